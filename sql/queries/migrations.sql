@@ -1,0 +1,17 @@
+-- name: create_migrations_table
+CREATE SCHEMA IF NOT EXISTS {state};
+CREATE TABLE IF NOT EXISTS {state}.schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: migrations_table_exists
+SELECT to_regclass($1) IS NOT NULL;
+
+-- name: applied_migrations
+SELECT version, checksum FROM {state}.schema_migrations ORDER BY version;
+
+-- name: record_migration
+INSERT INTO {state}.schema_migrations (version, name, checksum) VALUES ($1, $2, $3);

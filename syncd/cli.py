@@ -1,0 +1,123 @@
+"""The `syncd` command line. Every command loads the configuration once and passes it down;
+a `SyncdError` that reaches here is printed as one line (secrets scrubbed) with its exit code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import anyio
+
+from syncd import __version__, migrations
+from syncd.config import Config, default_config_path, load_config, redacted, to_toml
+from syncd.daemon import run_daemon
+from syncd.db import Database, describe_target
+from syncd.errors import StripeError, SyncdError
+from syncd.logs import configure as configure_logging
+from syncd.redaction import scrub
+from syncd.stripe_api import StripeAPI
+
+Command = Callable[[Config, argparse.Namespace], Awaitable[int]]
+
+
+async def cmd_run(cfg: Config, _args: argparse.Namespace) -> int:
+    cfg.require_api_key()
+    return await run_daemon(cfg)
+
+
+async def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
+    async with Database.connect(cfg.database, min_size=1) as db:
+        applied = await migrations.migrate(db, target=args.target)
+        versions = await migrations.applied_versions(db)
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing to apply"
+    version = max(versions, default=0)
+    print(f"migrated {describe_target(cfg.database.url)}: {names} (schema version {version})")
+    return 0
+
+
+async def cmd_config(cfg: Config, _args: argparse.Namespace) -> int:
+    print(f"# effective configuration (from {cfg.source} and the environment; secrets redacted)")
+    print(to_toml(redacted(cfg)), end="")
+    return 0
+
+
+async def cmd_check(cfg: Config, _args: argparse.Namespace) -> int:
+    """Reach everything the daemon needs; one actionable line per problem."""
+    problems: list[str] = []
+    target = describe_target(cfg.database.url)
+    try:
+        async with Database.connect(cfg.database, min_size=1) as db:
+            pending = await migrations.pending(db)
+        if pending:
+            problems.append(
+                f"database {target}: {len(pending)} migration(s) pending: run `syncd migrate`"
+            )
+        else:
+            print(f"ok   database {target}: reachable, schema current")
+    except SyncdError as exc:
+        problems.append(f"database: {exc}")
+    if not cfg.stripe.api_key:
+        problems.append("stripe.api_key: not set (set STRIPE_API_KEY or stripe.api_key)")
+    else:
+        try:
+            async with StripeAPI(cfg) as api:
+                await api.request("GET", "/v1/events", {"limit": 1}, retry=False)
+            print(f"ok   stripe {cfg.stripe.api_base}: key accepted, events readable")
+        except StripeError as exc:
+            problems.append(f"stripe {cfg.stripe.api_base}: {exc}")
+    for line in problems:
+        print(f"FAIL {scrub(line)}")
+    return 1 if problems else 0
+
+
+COMMANDS: dict[str, tuple[Command, str]] = {
+    "run": (cmd_run, "run the daemon (migrates first; stops cleanly on SIGTERM)"),
+    "migrate": (cmd_migrate, "apply pending database migrations and exit"),
+    "config": (cmd_config, "print the effective configuration, secrets redacted"),
+    "check": (cmd_check, "check the configuration, PostgreSQL and Stripe; exit 0 when all is well"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="syncd", description="Mirror Stripe into PostgreSQL without webhooks."
+    )
+    parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="configuration file (default: $SYNCD_CONFIG, else ./config.toml when present)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_fn, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "migrate":
+            p.add_argument(
+                "--target", type=int, default=None, help="stop after this migration version"
+            )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.config:
+            cfg = load_config(Path(args.config), explicit=True)
+        else:
+            path, explicit = default_config_path(os.environ)
+            cfg = load_config(path, explicit=explicit)
+        configure_logging(cfg.log.level, cfg.log.format)
+        command, _help = COMMANDS[args.command]
+        return anyio.run(command, cfg, args)
+    except SyncdError as exc:
+        print(f"syncd: error: {scrub(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

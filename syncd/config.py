@@ -1,0 +1,509 @@
+"""Configuration: `config.toml` plus `SYNCD_<SECTION>_<KEY>` environment overrides.
+
+Loaded once at start into frozen dataclasses and passed down; nothing reads configuration at
+import time. Every problem raises `ConfigError` with one line naming the key (exit code 2).
+Each field's metadata carries its one-line documentation and its bounds; `config.toml` at the
+top of the repository mirrors these defaults and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from syncd.errors import ConfigError
+from syncd.redaction import redact_dsn, redact_key
+
+STRIPE_API_BASE = "https://api.stripe.com"
+STRIPE_METER_EVENTS_BASE = "https://meter-events.stripe.com"
+PINNED_API_VERSION = "2025-03-31.basil"
+
+
+def _opt(
+    default: Any,
+    doc: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[str, ...] = (),
+    secret: bool = False,
+) -> Any:
+    meta = {"doc": doc, "min": lo, "max": hi, "choices": choices, "secret": secret}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = _opt(
+        "postgresql://postgres@localhost:5432/postgres",
+        "PostgreSQL DSN; also DATABASE_URL. TLS: add ?sslmode=verify-full&sslrootcert=/ca.pem",
+        secret=True,
+    )
+    url_file: str = _opt("", "read the DSN from this file instead (Docker/Kubernetes secrets)")
+    mirror_schema: str = _opt("stripe", "schema of the mirrored Stripe tables")
+    state_schema: str = _opt("syncd", "schema of the daemon's own state (cursors, ledger, jobs)")
+    app_schema: str = _opt("billing", "schema of the application views and usage_records")
+    pool_min_size: int = _opt(2, "connections kept open", lo=1, hi=100)
+    pool_max_size: int = _opt(8, "most connections the daemon opens", lo=2, hi=100)
+    connect_timeout: float = _opt(10.0, "seconds to wait for a connection", lo=0.1, hi=300)
+
+
+@dataclass(frozen=True)
+class StripeConfig:
+    api_key: str = _opt("", "secret or restricted key; also STRIPE_API_KEY", secret=True)
+    api_key_file: str = _opt("", "read the API key from this file instead")
+    mode: str = _opt(
+        "test", "test or live: a key of the other mode is refused", choices=("test", "live")
+    )
+    api_base: str = _opt(STRIPE_API_BASE, "Stripe API address (point it at the emulator offline)")
+    meter_events_base: str = _opt(
+        "", "address for meter events; empty: Stripe's own, or api_base when that is not Stripe"
+    )
+    api_version: str = _opt(PINNED_API_VERSION, "Stripe-Version pinned on every request")
+    account: str = _opt("", "connected account id (Stripe-Account header); empty: the key's own")
+    rate_limit: float = _opt(
+        0.0, "requests per second shared by all loops; 0: 25 in test mode, 100 live", lo=0, hi=10000
+    )
+    max_retries: int = _opt(
+        6, "retries of a 429, 5xx or network error before giving up", lo=0, hi=50
+    )
+    request_timeout: float = _opt(30.0, "seconds per HTTP request", lo=0.5, hi=600)
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    include: list[str] = _opt([], "tables to mirror (e.g. customers); empty: every type")
+    exclude: list[str] = _opt([], "tables not to mirror")
+    slices: int = _opt(8, "created-time slices per type in a full resync", lo=1, hi=256)
+    concurrency: int = _opt(8, "list requests in flight at once during a resync", lo=1, hi=64)
+    writers: int = _opt(2, "database connections writing resync pages", lo=1, hi=16)
+    resync_on_empty: bool = _opt(True, "run a full resync on first start with an empty mirror")
+    reconcile_interval: float = _opt(
+        86400.0, "seconds between full re-lists (changes Stripe emits no event for); 0: never", lo=0
+    )
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    enabled: bool = _opt(True, "stream changes from the Events API")
+    poll_interval: float = _opt(1.0, "seconds between polls of the newest events", lo=0.05, hi=3600)
+    overlap: float = _opt(
+        300.0, "seconds re-listed by the overlap sweep (late events)", lo=0, hi=86400
+    )
+    overlap_interval: float = _opt(30.0, "seconds between overlap sweeps", lo=1, hi=86400)
+    apply_mode: str = _opt(
+        "refetch",
+        "refetch objects at the pinned version, or apply snapshots",
+        choices=("refetch", "snapshot"),
+    )
+    max_cursor_age_days: float = _opt(29.0, "older cursor: automatic full resync", lo=1, hi=30)
+    warn_cursor_age_days: float = _opt(25.0, "cursor age that logs a warning", lo=0, hi=30)
+    ledger_retention_days: float = _opt(
+        35.0, "days the events ledger keeps an event", lo=1, hi=3650
+    )
+    notify_channel: str = _opt("syncd_changes", "NOTIFY channel for changed rows; empty: off")
+
+
+@dataclass(frozen=True)
+class UsageConfig:
+    enabled: bool = _opt(True, "report rows of usage_records to Stripe")
+    interval: float = _opt(
+        60.0, "seconds between flushes (ignored when cron is set)", lo=1, hi=86400
+    )
+    cron: str = _opt("", "crontab expression for flushes instead of interval, e.g. '*/5 * * * *'")
+    bucket_seconds: int = _opt(
+        60, "rows of one customer and metric in this window become one event", lo=1, hi=86400
+    )
+    target: str = _opt(
+        "meters",
+        "meters (Billing Meters) or legacy (usage records API)",
+        choices=("meters", "legacy"),
+    )
+    api_key: str = _opt(
+        "", "separate key for usage (meter-event write); empty: stripe.api_key", secret=True
+    )
+    api_key_file: str = _opt("", "read the usage API key from this file instead")
+    batch_size: int = _opt(5000, "rows claimed per flush round", lo=1, hi=1_000_000)
+    meters: dict[str, str] = _opt(
+        {}, 'metric name -> meter event_name, e.g. api_calls = "api_calls"'
+    )
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    user_id_metadata_key: str = _opt(
+        "supabase_user_id", "customer metadata key holding the app's user id"
+    )
+    row_level_security: bool = _opt(
+        True, "install row-level policies when auth.uid() exists (Supabase)"
+    )
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    shutdown_grace: float = _opt(
+        10.0, "seconds to finish the batch in hand on SIGTERM", lo=0, hi=600
+    )
+    heartbeat_interval: float = _opt(5.0, "seconds between heartbeat writes", lo=0.1, hi=3600)
+    leader_election: bool = _opt(True, "one replica leads (advisory lock), others stand by")
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    enabled: bool = _opt(True, "serve /healthz, /readyz and /metrics")
+    bind: str = _opt("0.0.0.0:9090", "host:port of the health and metrics server")
+    ready_max_poll_age: float = _opt(
+        60.0, "seconds since the last good poll before /readyz fails", lo=1
+    )
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = _opt(
+        "info", "debug, info, warning or error", choices=("debug", "info", "warning", "error")
+    )
+    format: str = _opt(
+        "auto", "auto (JSON off a terminal), json or console", choices=("auto", "json", "console")
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    stripe: StripeConfig = field(default_factory=StripeConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    usage: UsageConfig = field(default_factory=UsageConfig)
+    app: AppConfig = field(default_factory=AppConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = field(default="defaults", compare=False)
+
+    def require_api_key(self) -> str:
+        if not self.stripe.api_key:
+            raise ConfigError("stripe.api_key: not set (set STRIPE_API_KEY or stripe.api_key)")
+        return self.stripe.api_key
+
+    @property
+    def usage_api_key(self) -> str:
+        return self.usage.api_key or self.stripe.api_key
+
+    @property
+    def meter_events_base(self) -> str:
+        if self.stripe.meter_events_base:
+            return self.stripe.meter_events_base
+        if self.stripe.api_base.rstrip("/") == STRIPE_API_BASE:
+            return STRIPE_METER_EVENTS_BASE
+        return self.stripe.api_base
+
+    @property
+    def rate_limit(self) -> float:
+        if self.stripe.rate_limit > 0:
+            return self.stripe.rate_limit
+        return 100.0 if self.stripe.mode == "live" else 25.0
+
+
+SECTIONS: dict[str, type[Any]] = {
+    f.name: f.type if isinstance(f.type, type) else typing.get_type_hints(Config)[f.name]
+    for f in dataclasses.fields(Config)
+    if f.name != "source"
+}
+
+# Conventional variables honoured besides SYNCD_<SECTION>_<KEY> (which wins over them).
+_CONVENTIONAL_ENV = {("database", "url"): "DATABASE_URL", ("stripe", "api_key"): "STRIPE_API_KEY"}
+_FILE_KEYS = {
+    ("database", "url"): "url_file",
+    ("stripe", "api_key"): "api_key_file",
+    ("usage", "api_key"): "api_key_file",
+}
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def default_config_path(env: Mapping[str, str]) -> tuple[Path | None, bool]:
+    """The config file to read and whether the user named it (a named file must exist)."""
+    if env.get("SYNCD_CONFIG"):
+        return Path(env["SYNCD_CONFIG"]), True
+    local = Path("config.toml")
+    return (local, False) if local.is_file() else (None, False)
+
+
+def load_config(
+    path: Path | None = None, env: Mapping[str, str] | None = None, *, explicit: bool = True
+) -> Config:
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            if explicit:
+                raise ConfigError(f"config file {path}: not found") from None
+            text = ""
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from None
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+        source = str(path)
+    for name in raw:
+        if name not in SECTIONS:
+            raise ConfigError(f"{name}: unknown section (known: {', '.join(SECTIONS)})")
+        if not isinstance(raw[name], dict):
+            raise ConfigError(f"{name}: must be a table ([{name}])")
+    sections = {
+        name: _build_section(name, cls, raw.get(name, {}), env) for name, cls in SECTIONS.items()
+    }
+    cfg = Config(**sections, source=source)
+    _validate(cfg)
+    return cfg
+
+
+def _build_section(
+    section: str, cls: type[Any], values: dict[str, Any], env: Mapping[str, str]
+) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{section}.{key}: unknown key (known: {', '.join(known)})")
+    kwargs: dict[str, Any] = {}
+    for name, f in known.items():
+        key = f"{section}.{name}"
+        hint = hints[name]
+        value: Any = values.get(name, dataclasses.MISSING)
+        conventional = _CONVENTIONAL_ENV.get((section, name))
+        if conventional and env.get(conventional):
+            value = env[conventional]
+        env_name = f"SYNCD_{section.upper()}_{name.upper()}"
+        if env_name in env:
+            value = _parse_env(key, env_name, env[env_name], hint)
+        if value is dataclasses.MISSING:
+            continue
+        kwargs[name] = _check(key, value, hint, f.metadata)
+    obj = cls(**kwargs)
+    for (sec, name), file_key in _FILE_KEYS.items():
+        if sec == section and getattr(obj, file_key):
+            obj = dataclasses.replace(
+                obj, **{name: _read_secret_file(f"{section}.{file_key}", getattr(obj, file_key))}
+            )
+    return obj
+
+
+def _read_secret_file(key: str, path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+
+
+def _parse_env(key: str, env_name: str, text: str, hint: Any) -> Any:
+    if hint is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{key}: {env_name}={text!r} is not a boolean (true/false)")
+    if hint is int or hint is float:
+        try:
+            return hint(text)
+        except ValueError:
+            raise ConfigError(f"{key}: {env_name}={text!r} is not a number") from None
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if origin is dict:
+        pairs: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, val = part.partition("=")
+            if not sep:
+                raise ConfigError(f"{key}: {env_name} must be comma-separated name=value pairs")
+            pairs[name.strip()] = val.strip()
+        return pairs
+    return text
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.GenericAlias):
+        return "a list of strings" if typing.get_origin(hint) is list else "a table of strings"
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}[hint]
+
+
+def _check(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(hint)
+    ok: bool
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif origin is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif origin is dict:
+        ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        raise ConfigError(
+            f"{key}: expected {_type_name(hint)}, got {type(value).__name__} {_show(value, meta)}"
+        )
+    lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{key}: {value} is below the minimum {lo:g}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}: {value} is above the maximum {hi:g}")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _show(value: Any, meta: Mapping[str, Any]) -> str:
+    return "(redacted)" if meta.get("secret") else repr(value)
+
+
+def _validate(cfg: Config) -> None:
+    _validate_dsn(cfg.database.url)
+    for key in ("mirror_schema", "state_schema", "app_schema"):
+        name = getattr(cfg.database, key)
+        if not _IDENT.match(name):
+            raise ConfigError(f"database.{key}: {name!r} is not a plain lower-case SQL identifier")
+    schemas = [cfg.database.mirror_schema, cfg.database.state_schema, cfg.database.app_schema]
+    if len(set(schemas)) != 3:
+        raise ConfigError("database.mirror_schema, state_schema and app_schema must differ")
+    if cfg.database.pool_min_size > cfg.database.pool_max_size:
+        raise ConfigError("database.pool_min_size: larger than database.pool_max_size")
+    _validate_key("stripe.api_key", cfg.stripe.api_key, cfg.stripe.mode)
+    _validate_key("usage.api_key", cfg.usage.api_key, cfg.stripe.mode)
+    for key in ("api_base", "meter_events_base"):
+        url = getattr(cfg.stripe, key)
+        if url and urlsplit(url).scheme not in ("http", "https"):
+            raise ConfigError(f"stripe.{key}: {url!r} is not an http(s) address")
+    if cfg.stripe.api_version and not re.match(
+        r"^\d{4}-\d{2}-\d{2}(\.\w+)?$", cfg.stripe.api_version
+    ):
+        raise ConfigError(
+            f"stripe.api_version: {cfg.stripe.api_version!r} is not a Stripe API version"
+        )
+    if cfg.stripe.account and not cfg.stripe.account.startswith("acct_"):
+        raise ConfigError(f"stripe.account: {cfg.stripe.account!r} is not an account id (acct_...)")
+    if cfg.events.warn_cursor_age_days >= cfg.events.max_cursor_age_days:
+        raise ConfigError("events.warn_cursor_age_days: must be below events.max_cursor_age_days")
+    if cfg.events.notify_channel and not _IDENT.match(cfg.events.notify_channel):
+        raise ConfigError(
+            f"events.notify_channel: {cfg.events.notify_channel!r} is not a plain identifier"
+        )
+    if cfg.usage.cron and len(cfg.usage.cron.split()) != 5:
+        raise ConfigError(
+            f"usage.cron: {cfg.usage.cron!r} must have 5 fields (minute hour day month weekday)"
+        )
+    _host, sep, port = cfg.http.bind.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"http.bind: {cfg.http.bind!r} is not host:port")
+
+
+def _validate_dsn(dsn: str) -> None:
+    problem = None
+    try:
+        parts = urlsplit(dsn)
+        if parts.scheme not in ("postgres", "postgresql"):
+            problem = "must start with postgresql://"
+        else:
+            _ = parts.port  # raises ValueError on a non-numeric or out-of-range port
+    except ValueError as exc:
+        problem = str(exc)
+    if problem:
+        raise ConfigError(f"database.url: malformed DSN {redact_dsn(dsn)!r}: {problem}")
+
+
+def _validate_key(key: str, value: str, mode: str) -> None:
+    if not value:
+        return
+    if not re.match(r"^(sk|rk)_(test|live)_[0-9A-Za-z]+$", value):
+        raise ConfigError(f"{key}: not a Stripe secret or restricted key (sk_... or rk_...)")
+    key_mode = "live" if "_live_" in value[:8] else "test"
+    if key_mode != mode:
+        raise ConfigError(f"{key}: a {key_mode}-mode key while stripe.mode = {mode!r}")
+
+
+def redacted(cfg: Config) -> dict[str, dict[str, Any]]:
+    """The effective configuration as plain data, every secret redacted."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in SECTIONS:
+        section = getattr(cfg, name)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if f.metadata.get("secret") and value:
+                value = redact_dsn(value) if name == "database" else redact_key(value)
+            values[f.name] = value
+        out[name] = values
+    return out
+
+
+def to_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
+    """Render section -> key -> value as TOML (the value types config supports)."""
+    lines: list[str] = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        tables = {k: v for k, v in values.items() if isinstance(v, dict)}
+        for key, value in values.items():
+            if key not in tables:
+                lines.append(f"{key} = {_toml_value(value)}")
+        for key, table in tables.items():
+            lines.append(f"\n[{section}.{key}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def example_toml() -> str:
+    """The documented example (`config.toml`): every key, one comment each, its default shown."""
+    defaults = redacted(Config())
+    lines = [
+        "# syncd configuration. Every key is shown with its default;",
+        "# delete what you do not change.",
+        "# Any key can be overridden by SYNCD_<SECTION>_<KEY> (e.g. SYNCD_EVENTS_POLL_INTERVAL=2);",
+        "# DATABASE_URL and STRIPE_API_KEY work too.",
+        "# Print the effective values with `syncd config`.",
+        "",
+    ]
+    for section, cls in SECTIONS.items():
+        lines.append(f"[{section}]")
+        tables: list[tuple[str, str, dict[str, str]]] = []
+        for f in dataclasses.fields(cls):
+            value = defaults[section][f.name]
+            if isinstance(value, dict):
+                tables.append((f.name, f.metadata["doc"], value))
+                continue
+            lines.append(f"# {f.metadata['doc']}")
+            lines.append(f"{f.name} = {_toml_value(value)}")
+        for name, doc, table in tables:
+            lines.append(f"# {doc}")
+            lines.append(f"[{section}.{name}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+        lines.append("")
+    return "\n".join(lines)

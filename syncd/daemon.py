@@ -1,0 +1,78 @@
+"""`syncd run`: the long-running daemon. Its loops are siblings in one task group; an
+unexpected error in one ends the daemon loudly (exit 1) so the orchestrator restarts it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import anyio
+
+from syncd import __version__, migrations
+from syncd.config import Config, redacted
+from syncd.db import Database
+from syncd.errors import SyncdError
+from syncd.lifecycle import Lifecycle
+from syncd.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, db: Database, lifecycle: Lifecycle):
+        self.cfg = cfg
+        self.db = db
+        self.lifecycle = lifecycle
+        self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.role = "starting"
+
+    async def heartbeat_loop(self) -> None:
+        """Keep this instance's row fresh; failures are logged and retried, never fatal."""
+        while True:
+            try:
+                await self.db.execute(
+                    "heartbeat",
+                    self.instance_id,
+                    socket.gethostname(),
+                    os.getpid(),
+                    __version__,
+                    self.role,
+                )
+            except SyncdError as exc:
+                if not exc.retryable:
+                    raise
+                log.warning("heartbeat_failed", error=str(exc))
+            if not await self.lifecycle.sleep(self.cfg.daemon.heartbeat_interval):
+                return
+
+
+async def run_daemon(cfg: Config) -> int:
+    lifecycle = Lifecycle(cfg.daemon.shutdown_grace)
+    async with anyio.create_task_group() as outer:
+        await outer.start(lifecycle.watch_signals)
+        async with Database.connect(cfg.database) as db:
+            applied = await migrations.migrate(db)
+            log.info(
+                "daemon_started",
+                version=__version__,
+                migrations_applied=len(applied),
+                config=redacted(cfg),
+            )
+            daemon = Daemon(cfg, db, lifecycle)
+            daemon.role = "running"
+            with lifecycle.work_scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(daemon.heartbeat_loop)
+            await _mark_stopped(db, daemon.instance_id)
+        log.info("daemon_stopped", graceful=not lifecycle.work_scope.cancelled_caught)
+        outer.cancel_scope.cancel()
+    return 0
+
+
+async def _mark_stopped(db: Database, instance_id: str) -> None:
+    try:
+        with anyio.fail_after(2):
+            await db.execute("instance_stopped", instance_id)
+    except (SyncdError, TimeoutError) as exc:
+        log.warning("instance_stop_not_recorded", error=str(exc))

@@ -1,0 +1,198 @@
+"""The database layer: the only module that runs SQL.
+
+Queries live in `sql/queries/*.sql` and are loaded by name (`-- name: upsert_heartbeat`). The
+schema names are configurable, so SQL text says `{mirror}`, `{state}` and `{app}` and they are
+replaced with the quoted identifiers once, at load time. asyncpg errors are translated into
+syncd's error tree here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg
+import orjson
+
+from syncd.config import DatabaseConfig
+from syncd.errors import DatabaseError, DatabaseUnavailable
+
+T = TypeVar("T")
+_TOKEN = re.compile(r"\{(mirror|state|app)\}")
+_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+def sql_dir() -> Path:
+    """`sql/` ships inside the wheel as `syncd/sql`; in a checkout it sits beside the package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "sql", here.parent / "sql"):
+        if (candidate / "migrations").is_dir():
+            return candidate
+    raise DatabaseError(f"SQL files not found next to {here} (broken installation)")
+
+
+@dataclass(frozen=True)
+class Schemas:
+    mirror: str = "stripe"
+    state: str = "syncd"
+    app: str = "billing"
+
+    @classmethod
+    def from_config(cls, cfg: DatabaseConfig) -> Schemas:
+        return cls(cfg.mirror_schema, cfg.state_schema, cfg.app_schema)
+
+    def render(self, sql: str) -> str:
+        names = {"mirror": self.mirror, "state": self.state, "app": self.app}
+        return _TOKEN.sub(lambda m: '"' + names[m.group(1)] + '"', sql)
+
+
+@cache
+def _query_files() -> dict[str, str]:
+    queries: dict[str, str] = {}
+    for path in sorted((sql_dir() / "queries").glob("*.sql")):
+        parts = _NAME.split(path.read_text(encoding="utf-8"))
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in queries:
+                raise DatabaseError(f"query {name!r} defined twice ({path.name})")
+            queries[name] = body.strip()
+    return queries
+
+
+class Queries:
+    """Named SQL, rendered for one set of schema names."""
+
+    def __init__(self, schemas: Schemas):
+        self._rendered = {name: schemas.render(sql) for name, sql in _query_files().items()}
+
+    def __getitem__(self, name: str) -> str:
+        try:
+            return self._rendered[name]
+        except KeyError:
+            raise DatabaseError(f"no SQL query named {name!r} in sql/queries") from None
+
+
+def describe_target(dsn: str) -> str:
+    """host:port/dbname of a DSN, for messages: never the user's password."""
+    try:
+        parts = urlsplit(dsn)
+        host = parts.hostname or "localhost"
+        port = parts.port or 5432
+    except ValueError:
+        return "the database"
+    return f"{host}:{port}{parts.path or ''}"
+
+
+def translate(exc: BaseException, dsn: str) -> DatabaseError:
+    """Map a driver or socket error to syncd's tree: unreachable servers are retryable."""
+    target = describe_target(dsn)
+    if isinstance(exc, (OSError, socket.gaierror, TimeoutError, asyncpg.CannotConnectNowError)):
+        return DatabaseUnavailable(
+            f"cannot reach PostgreSQL at {target}: {exc.__class__.__name__}: {exc}"
+        )
+    if isinstance(exc, (asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError)):
+        return DatabaseUnavailable(f"connection to PostgreSQL at {target} lost: {exc}")
+    if isinstance(
+        exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError
+    ):
+        return DatabaseError(f"PostgreSQL at {target} refused the login: {exc}")
+    if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.AdminShutdownError):
+        return DatabaseUnavailable(f"PostgreSQL at {target} went away: {exc}")
+    if isinstance(exc, asyncpg.PostgresError):
+        return DatabaseError(f"PostgreSQL error {exc.sqlstate}: {exc}")
+    return DatabaseError(f"database error at {target}: {exc}")
+
+
+_TRANSLATED = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb travels as text; orjson is much faster than the json module both ways.
+    await conn.set_type_codec("jsonb", encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
+
+
+def _dumps(value: Any) -> str:
+    if isinstance(value, (str, bytes)):
+        # Already-serialized JSON (a whole page of objects from Stripe) passes through as is.
+        return value.decode() if isinstance(value, bytes) else value
+    return orjson.dumps(value).decode()
+
+
+class Database:
+    """A pool plus the named queries; every statement goes through here."""
+
+    def __init__(self, pool: asyncpg.Pool, cfg: DatabaseConfig, dsn: str):
+        self.pool = pool
+        self.cfg = cfg
+        self.dsn = dsn
+        self.schemas = Schemas.from_config(cfg)
+        self.queries = Queries(self.schemas)
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls, cfg: DatabaseConfig, *, min_size: int | None = None
+    ) -> AsyncIterator[Database]:
+        try:
+            pool = await asyncpg.create_pool(
+                cfg.url,
+                min_size=min_size if min_size is not None else cfg.pool_min_size,
+                max_size=cfg.pool_max_size,
+                timeout=cfg.connect_timeout,
+                init=_init_connection,
+                server_settings={"application_name": "syncd", "default_toast_compression": "lz4"},
+            )
+        except _TRANSLATED as exc:
+            raise translate(exc, cfg.url) from None
+        try:
+            yield cls(pool, cfg, cfg.url)
+        finally:
+            await pool.close()
+
+    async def dedicated_connection(self) -> asyncpg.Connection:
+        """A connection outside the pool, for advisory locks and LISTEN (the pool would unlock)."""
+        try:
+            conn = await asyncpg.connect(
+                self.dsn,
+                timeout=self.cfg.connect_timeout,
+                server_settings={"application_name": "syncd"},
+            )
+        except _TRANSLATED as exc:
+            raise translate(exc, self.dsn) from None
+        await _init_connection(conn)
+        return conn
+
+    def sql(self, name: str) -> str:
+        return self.queries[name]
+
+    async def run(
+        self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, transaction: bool = True
+    ) -> T:
+        """Run `fn` on a pooled connection (in one transaction by default), errors translated."""
+        try:
+            async with self.pool.acquire() as conn:
+                if not transaction:
+                    return await fn(conn)
+                async with conn.transaction():
+                    return await fn(conn)
+        except _TRANSLATED as exc:
+            raise translate(exc, self.dsn) from exc
+
+    async def execute(self, name: str, *args: Any) -> str:
+        return await self.run(lambda c: c.execute(self.sql(name), *args), transaction=False)
+
+    async def fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
+        return await self.run(lambda c: c.fetch(self.sql(name), *args), transaction=False)
+
+    async def fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
+        return await self.run(lambda c: c.fetchrow(self.sql(name), *args), transaction=False)
+
+    async def fetchval(self, name: str, *args: Any) -> Any:
+        return await self.run(lambda c: c.fetchval(self.sql(name), *args), transaction=False)

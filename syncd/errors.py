@@ -1,0 +1,70 @@
+"""One exception tree for the whole daemon.
+
+Driver errors (asyncpg, stripe, OS) are translated into these classes once, at the edge where
+they are raised, so callers decide on the class alone: `retryable` says whether trying again
+later can help, `exit_code` is what the CLI exits with when the error reaches it.
+"""
+
+from __future__ import annotations
+
+
+class SyncdError(Exception):
+    """Root of every error syncd raises on purpose."""
+
+    retryable: bool = False
+    exit_code: int = 1
+
+
+class ConfigError(SyncdError):
+    """The configuration is unusable; the message names the key and the problem."""
+
+    exit_code = 2
+
+
+class DatabaseError(SyncdError):
+    """PostgreSQL refused or failed a statement."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """PostgreSQL could not be reached; worth retrying."""
+
+    retryable = True
+
+
+class MigrationError(DatabaseError):
+    """A migration could not be applied, or an applied one was edited afterwards."""
+
+
+class CheckpointError(SyncdError):
+    """A stored cursor or checkpoint is unusable (corrupt, or too old for Stripe)."""
+
+
+class StripeError(SyncdError):
+    """Stripe (or the emulator) answered with an error, or could not be reached."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class StripeRetryable(StripeError):
+    """A transient failure: rate limited, 5xx, lock contention or a network error."""
+
+    retryable = True
+
+
+class StripeNotFound(StripeError):
+    """The object or endpoint does not exist (404)."""
+
+
+class StripePermissionDenied(StripeError):
+    """The key may not use this endpoint (401/403): reported, never retried."""
+
+
+class CursorExpired(StripeError):
+    """Stripe rejected an events cursor that fell out of its 30-day retention."""
+
+
+class UsageRecordError(SyncdError):
+    """A usage row cannot be reported (bad input or a permanent Stripe refusal)."""

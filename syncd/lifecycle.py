@@ -1,0 +1,61 @@
+"""Signals become actions in exactly this module.
+
+SIGTERM/SIGINT ask for a graceful stop: `stopping` is set, loops finish the batch in hand and
+return; if they are not done within `shutdown_grace`, their scope is cancelled (an open
+transaction rolls back, so the cursor stays consistent). A second SIGTERM/SIGINT cancels at once.
+Other signals (SIGHUP: full resync, SIGUSR1: flush usage) call the handlers registered for them.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import anyio
+from anyio.abc import TaskStatus
+
+from syncd.logs import get_logger
+
+log = get_logger(__name__)
+_STOP = (signal.SIGTERM, signal.SIGINT)
+
+
+class Lifecycle:
+    def __init__(self, shutdown_grace: float):
+        self.shutdown_grace = shutdown_grace
+        self.stopping = anyio.Event()
+        self.work_scope = anyio.CancelScope()
+        self._handlers: dict[signal.Signals, Callable[[], None]] = {}
+
+    def on_signal(self, sig: signal.Signals, handler: Callable[[], None]) -> None:
+        self._handlers[sig] = handler
+
+    def request_stop(self, reason: str) -> None:
+        if self.stopping.is_set():
+            log.warning("shutdown_forced", reason=reason)
+            self.work_scope.cancel()
+            return
+        log.info("shutdown_requested", reason=reason, grace_seconds=self.shutdown_grace)
+        self.stopping.set()
+        self.work_scope.deadline = anyio.current_time() + self.shutdown_grace
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep unless a stop is requested first; returns False when the caller should stop."""
+        with anyio.move_on_after(seconds):
+            await self.stopping.wait()
+        return not self.stopping.is_set()
+
+    async def watch_signals(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        watched = [*_STOP, signal.SIGHUP, signal.SIGUSR1]
+        with anyio.open_signal_receiver(*watched) as received:
+            task_status.started()
+            async for sig in received:
+                if sig in _STOP:
+                    self.request_stop(signal.Signals(sig).name)
+                elif sig in self._handlers:
+                    log.info("signal_received", signal=signal.Signals(sig).name)
+                    self._handlers[signal.Signals(sig)]()
+                else:
+                    log.info("signal_ignored", signal=signal.Signals(sig).name)

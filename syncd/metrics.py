@@ -1,0 +1,34 @@
+"""Prometheus metrics, defined once. Modules import the metric they move; `/metrics` serves them."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+api_requests = Counter(
+    "syncd_stripe_requests",
+    "Stripe API requests by endpoint and HTTP status",
+    ["endpoint", "status"],
+    registry=REGISTRY,
+)
+api_retries = Counter(
+    "syncd_stripe_retries", "Stripe API requests retried, by reason", ["reason"], registry=REGISTRY
+)
+rate_limit_wait_seconds = Counter(
+    "syncd_rate_limit_wait_seconds",
+    "Seconds spent waiting for the shared rate limiter",
+    registry=REGISTRY,
+)
+request_seconds = Histogram(
+    "syncd_stripe_request_seconds",
+    "Stripe API request latency",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+last_success = Gauge(
+    "syncd_last_success_timestamp_seconds",
+    "Unix time of the last success, per loop",
+    ["loop"],
+    registry=REGISTRY,
+)
