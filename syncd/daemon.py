@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 
 from syncd import __version__, migrations
 from syncd.config import Config, redacted
+from syncd.control import ControlLoop
 from syncd.db import Database
 from syncd.errors import SyncdError
 from syncd.lifecycle import Lifecycle
@@ -26,6 +29,12 @@ class Daemon:
         self.lifecycle = lifecycle
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.role = "starting"
+        self.control = ControlLoop(db, lifecycle)
+        # The work of the daemon: each feature adds its loops here (see attach_features).
+        self.loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
+
+    def add_loop(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.loops.append((name, loop))
 
     async def heartbeat_loop(self) -> None:
         """Keep this instance's row fresh; failures are logged and retried, never fatal."""
@@ -47,11 +56,20 @@ class Daemon:
                 return
 
 
+def session_settings(cfg: Config) -> dict[str, str]:
+    """Session settings the SQL side reads (the customers.user_id trigger)."""
+    return {"syncd.user_id_key": cfg.app.user_id_metadata_key}
+
+
+def attach_features(daemon: Daemon) -> None:
+    """Give each feature its loops and request handlers (one call per feature)."""
+
+
 async def run_daemon(cfg: Config) -> int:
     lifecycle = Lifecycle(cfg.daemon.shutdown_grace)
     async with anyio.create_task_group() as outer:
         await outer.start(lifecycle.watch_signals)
-        async with Database.connect(cfg.database) as db:
+        async with Database.connect(cfg.database, settings=session_settings(cfg)) as db:
             applied = await migrations.migrate(db)
             log.info(
                 "daemon_started",
@@ -60,10 +78,14 @@ async def run_daemon(cfg: Config) -> int:
                 config=redacted(cfg),
             )
             daemon = Daemon(cfg, db, lifecycle)
+            attach_features(daemon)
             daemon.role = "running"
             with lifecycle.work_scope:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(daemon.heartbeat_loop)
+                    tg.start_soon(daemon.control.run)
+                    for name, loop in daemon.loops:
+                        tg.start_soon(loop, name=name)
             await _mark_stopped(db, daemon.instance_id)
         log.info("daemon_stopped", graceful=not lifecycle.work_scope.cancelled_caught)
         outer.cancel_scope.cancel()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -26,6 +26,7 @@ from syncd.errors import DatabaseError, DatabaseUnavailable
 
 T = TypeVar("T")
 _TOKEN = re.compile(r"\{(mirror|state|app)\}")
+_PLAIN_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
@@ -128,18 +129,36 @@ def _dumps(value: Any) -> str:
 class Database:
     """A pool plus the named queries; every statement goes through here."""
 
-    def __init__(self, pool: asyncpg.Pool, cfg: DatabaseConfig, dsn: str):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        cfg: DatabaseConfig,
+        dsn: str,
+        server_settings: Mapping[str, str] | None = None,
+    ):
         self.pool = pool
+        self.server_settings = dict(server_settings or {"application_name": "syncd"})
         self.cfg = cfg
         self.dsn = dsn
         self.schemas = Schemas.from_config(cfg)
         self.queries = Queries(self.schemas)
+        self._table_sql: dict[tuple[str, str], str] = {}
 
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, cfg: DatabaseConfig, *, min_size: int | None = None
+        cls,
+        cfg: DatabaseConfig,
+        *,
+        min_size: int | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> AsyncIterator[Database]:
+        """A pool; `settings` become session settings (e.g. syncd.user_id_key for a trigger)."""
+        server_settings = {
+            "application_name": "syncd",
+            "default_toast_compression": "lz4",
+            **(settings or {}),
+        }
         try:
             pool = await asyncpg.create_pool(
                 cfg.url,
@@ -147,12 +166,12 @@ class Database:
                 max_size=cfg.pool_max_size,
                 timeout=cfg.connect_timeout,
                 init=_init_connection,
-                server_settings={"application_name": "syncd", "default_toast_compression": "lz4"},
+                server_settings=server_settings,
             )
         except _TRANSLATED as exc:
             raise translate(exc, cfg.url) from None
         try:
-            yield cls(pool, cfg, cfg.url)
+            yield cls(pool, cfg, cfg.url, server_settings)
         finally:
             await pool.close()
 
@@ -171,6 +190,17 @@ class Database:
 
     def sql(self, name: str) -> str:
         return self.queries[name]
+
+    def table_sql(self, name: str, table: str) -> str:
+        """A named query written for any mirror table (`{table}`), rendered for one of them."""
+        key = (name, table)
+        cached = self._table_sql.get(key)
+        if cached is None:
+            if not _PLAIN_IDENT.match(table):
+                raise DatabaseError(f"not a table name: {table!r}")
+            cached = self.queries[name].replace("{table}", f'"{table}"')
+            self._table_sql[key] = cached
+        return cached
 
     async def run(
         self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, transaction: bool = True

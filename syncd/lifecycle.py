@@ -39,10 +39,21 @@ class Lifecycle:
         self.stopping.set()
         self.work_scope.deadline = anyio.current_time() + self.shutdown_grace
 
-    async def sleep(self, seconds: float) -> bool:
-        """Sleep unless a stop is requested first; returns False when the caller should stop."""
+    async def sleep(self, seconds: float, wake: anyio.Event | None = None) -> bool:
+        """Sleep until `seconds` pass, `wake` is set or a stop is requested.
+
+        Returns False when the caller should stop, True otherwise.
+        """
         with anyio.move_on_after(seconds):
-            await self.stopping.wait()
+            async with anyio.create_task_group() as tg:
+
+                async def until(event: anyio.Event) -> None:
+                    await event.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(until, self.stopping)
+                if wake is not None:
+                    tg.start_soon(until, wake)
         return not self.stopping.is_set()
 
     async def watch_signals(

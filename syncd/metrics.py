@@ -32,3 +32,9 @@ last_success = Gauge(
     ["loop"],
     registry=REGISTRY,
 )
+rows_written = Counter(
+    "syncd_rows_written",
+    "Mirror rows changed, by table and operation",
+    ["table", "op"],
+    registry=REGISTRY,
+)

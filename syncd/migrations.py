@@ -72,13 +72,13 @@ async def migrate(db: Database, *, target: int | None = None) -> list[Migration]
     conn = await db.dedicated_connection()
     try:
         key = lock_key(db)
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+        if not await conn.fetchval(db.sql("try_advisory_lock"), key):
             log.info("migration_lock_wait", detail="another syncd is migrating; waiting for it")
-            await conn.execute("SELECT pg_advisory_lock($1)", key)
+            await conn.execute(db.sql("advisory_lock"), key)
         try:
             return await _apply(db, conn, target)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", key)
+            await conn.execute(db.sql("advisory_unlock"), key)
     finally:
         await conn.close()
 

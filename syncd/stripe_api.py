@@ -14,6 +14,8 @@ import random
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any, cast
 
 import anyio
@@ -35,6 +37,52 @@ log = get_logger(__name__)
 
 _RETRY_STATUS = {409, 429, 500, 502, 503, 504}
 _ID_SEGMENT = re.compile(r"/[a-z]+_[0-9A-Za-z_]+")
+
+
+class StripeClock:
+    """Stripe's time, estimated from the `Date` header of its answers, strictly increasing.
+
+    Every row carries the Stripe time at which its content was known (the ordering guard). Event
+    snapshots are stamped with the event's `created` (Stripe's clock), so fetches must be stamped
+    on the same clock: local time plus an offset kept within the one-second band the last `Date`
+    header allows. Readings never go backwards, so two fetches in one second still order.
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self._last = 0.0
+        self._synced = False
+
+    def observe(self, date_header: str | None) -> None:
+        if not date_header:
+            return
+        try:
+            server = parsedate_to_datetime(date_header).timestamp()
+        except (TypeError, ValueError):
+            return
+        local = time.time()
+        if not self._synced:
+            self.offset = server + 0.5 - local
+            self._synced = True
+            return
+        # Keep local + offset inside [server, server + 1): the band the header's second allows.
+        low, high = server - local, server + 1 - local
+        if self.offset < low:
+            self.offset = low
+        elif self.offset >= high:
+            self.offset = high - 1e-6
+
+    def now(self) -> float:
+        reading = max(time.time() + self.offset, self._last + 1e-6)
+        self._last = reading
+        return reading
+
+
+@dataclass(frozen=True)
+class Reply:
+    body: bytes
+    # Stripe time at which the answer was complete: the version of the content it carries.
+    version: float
 
 
 class RateLimiter:
@@ -88,6 +136,7 @@ class StripeAPI:
             http_client=self._http,
         )
         self.max_retries = cfg.stripe.max_retries
+        self.clock = StripeClock()
 
     async def close(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]
@@ -107,16 +156,17 @@ class StripeAPI:
         idempotency_key: str | None = None,
         base: str = "api",
         retry: bool = True,
-    ) -> bytes:
-        """Send one request (retried as policy allows) and return the raw body of a 2xx answer."""
+    ) -> Reply:
+        """Send one request (retried as policy allows); the 2xx answer's raw body and version."""
         attempt = 0
         label = endpoint_label(path)
         while True:
             await self.limiter.acquire()
             status, body, headers = await self._send(method, path, params, idempotency_key, base)
             metrics.api_requests.labels(label, str(status)).inc()
+            self.clock.observe(_header(headers, "date"))
             if 200 <= status < 300:
-                return body
+                return Reply(body, self.clock.now())
             err = _translate(status, body, headers, path)
             if not (retry and err.retryable and attempt < self.max_retries):
                 raise err
@@ -165,7 +215,7 @@ class StripeAPI:
         return int(status), cast(bytes, content), headers
 
     async def get(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = orjson.loads(await self.request("GET", path, params))
+        result: dict[str, Any] = orjson.loads((await self.request("GET", path, params)).body)
         return result
 
     async def post(
@@ -176,10 +226,16 @@ class StripeAPI:
         idempotency_key: str | None = None,
         base: str = "api",
     ) -> dict[str, Any]:
-        result: dict[str, Any] = orjson.loads(
-            await self.request("POST", path, params, idempotency_key=idempotency_key, base=base)
-        )
+        reply = await self.request("POST", path, params, idempotency_key=idempotency_key, base=base)
+        result: dict[str, Any] = orjson.loads(reply.body)
         return result
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
 
 
 def _translate(status: int, body: bytes, headers: Mapping[str, str], path: str) -> StripeError:
@@ -194,7 +250,7 @@ def _translate(status: int, body: bytes, headers: Mapping[str, str], path: str) 
     message = str(error.get("message") or body[:200].decode(errors="replace") or f"HTTP {status}")
     code = error.get("code")
     text = f"Stripe answered {status} on {endpoint_label(path)}: {message}"
-    should_retry = {k.lower(): v for k, v in headers.items()}.get("stripe-should-retry")
+    should_retry = _header(headers, "stripe-should-retry")
     if should_retry == "false":
         return StripeError(text, status=status, code=code)
     if status in _RETRY_STATUS or should_retry == "true":

@@ -15,3 +15,12 @@ SELECT version, checksum FROM {state}.schema_migrations ORDER BY version;
 
 -- name: record_migration
 INSERT INTO {state}.schema_migrations (version, name, checksum) VALUES ($1, $2, $3);
+
+-- name: try_advisory_lock
+SELECT pg_try_advisory_lock($1);
+
+-- name: advisory_lock
+SELECT pg_advisory_lock($1);
+
+-- name: advisory_unlock
+SELECT pg_advisory_unlock($1);

@@ -1,0 +1,95 @@
+-- Writes into mirror tables. `{table}` is the mirror table; $1 is a JSON array of Stripe objects
+-- (a whole list page is passed as one parameter and unpacked here).
+--
+-- The ordering guard: a row is only overwritten by a strictly newer version (`fetched_at`, Stripe's
+-- clock), and a tombstoned row is never written again (Stripe never undeletes). Content that did
+-- not change only advances `fetched_at`: skipping it outright would let a slower, older write that
+-- lands later pass the guard against the stale version.
+-- The result says per id what happened: insert, update, delete, same; stale writes are absent.
+
+-- name: upsert_objects
+WITH incoming AS (
+    SELECT DISTINCT ON (o->>'id') o->>'id' AS id, o AS raw,
+           COALESCE((o->>'deleted')::boolean, false) AS gone
+      FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS page(o, n)
+     WHERE o->>'id' IS NOT NULL
+     ORDER BY o->>'id', n DESC
+), before AS (
+    SELECT t.id, t.raw, t.deleted_at FROM {mirror}.{table} t JOIN incoming i ON i.id = t.id
+), written AS (
+    INSERT INTO {mirror}.{table} AS t (id, account_id, raw, api_version, fetched_at, deleted_at)
+    SELECT id, $2, raw, $3, to_timestamp($4), CASE WHEN gone THEN to_timestamp($4) END
+      FROM incoming
+    ON CONFLICT (id) DO UPDATE SET
+        raw = CASE WHEN EXCLUDED.deleted_at IS NULL THEN EXCLUDED.raw ELSE t.raw END,
+        api_version = CASE WHEN EXCLUDED.deleted_at IS NULL THEN EXCLUDED.api_version ELSE t.api_version END,
+        account_id = EXCLUDED.account_id,
+        fetched_at = EXCLUDED.fetched_at,
+        deleted_at = EXCLUDED.deleted_at,
+        synced_at = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
+                         THEN now() ELSE t.synced_at END
+    WHERE t.fetched_at < EXCLUDED.fetched_at AND t.deleted_at IS NULL
+    RETURNING t.id, t.raw, t.deleted_at
+)
+SELECT w.id,
+       CASE WHEN b.id IS NULL THEN 'insert'
+            WHEN w.deleted_at IS NOT NULL THEN 'delete'
+            WHEN w.raw IS DISTINCT FROM b.raw THEN 'update'
+            ELSE 'same' END AS op
+  FROM written w LEFT JOIN before b ON b.id = w.id;
+
+-- name: upsert_children
+-- Same as upsert_objects for a child table: $5 is the parent's id.
+WITH incoming AS (
+    SELECT DISTINCT ON (o->>'id') o->>'id' AS id, o AS raw,
+           COALESCE((o->>'deleted')::boolean, false) AS gone
+      FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS page(o, n)
+     WHERE o->>'id' IS NOT NULL
+     ORDER BY o->>'id', n DESC
+), before AS (
+    SELECT t.id, t.raw, t.deleted_at FROM {mirror}.{table} t JOIN incoming i ON i.id = t.id
+), written AS (
+    INSERT INTO {mirror}.{table} AS t (id, account_id, parent_id, raw, api_version, fetched_at, deleted_at)
+    SELECT id, $2, $5, raw, $3, to_timestamp($4), CASE WHEN gone THEN to_timestamp($4) END
+      FROM incoming
+    ON CONFLICT (id) DO UPDATE SET
+        raw = CASE WHEN EXCLUDED.deleted_at IS NULL THEN EXCLUDED.raw ELSE t.raw END,
+        api_version = CASE WHEN EXCLUDED.deleted_at IS NULL THEN EXCLUDED.api_version ELSE t.api_version END,
+        account_id = EXCLUDED.account_id,
+        parent_id = EXCLUDED.parent_id,
+        fetched_at = EXCLUDED.fetched_at,
+        deleted_at = EXCLUDED.deleted_at,
+        synced_at = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
+                         THEN now() ELSE t.synced_at END
+    WHERE t.fetched_at < EXCLUDED.fetched_at AND t.deleted_at IS NULL
+    RETURNING t.id, t.raw, t.deleted_at
+)
+SELECT w.id,
+       CASE WHEN b.id IS NULL THEN 'insert'
+            WHEN w.deleted_at IS NOT NULL THEN 'delete'
+            WHEN w.raw IS DISTINCT FROM b.raw THEN 'update'
+            ELSE 'same' END AS op
+  FROM written w LEFT JOIN before b ON b.id = w.id;
+
+-- name: tombstone_ids
+-- Objects known to be deleted ($1 ids), e.g. a `*.deleted` event or a refetch answering 404.
+UPDATE {mirror}.{table} t
+   SET deleted_at = to_timestamp($2), fetched_at = to_timestamp($2), synced_at = now()
+ WHERE t.id = ANY($1::text[]) AND t.deleted_at IS NULL AND t.fetched_at < to_timestamp($2)
+RETURNING t.id;
+
+-- name: tombstone_missing_children
+-- Children of parent $1 that its complete child list (ids $2) no longer shows.
+UPDATE {mirror}.{table} t
+   SET deleted_at = to_timestamp($3), fetched_at = to_timestamp($3), synced_at = now()
+ WHERE t.parent_id = $1 AND NOT (t.id = ANY($2::text[]))
+   AND t.deleted_at IS NULL AND t.fetched_at < to_timestamp($3)
+RETURNING t.id;
+
+-- name: versions_of
+-- Current versions of some rows: the event stream compares them with event times.
+SELECT id, extract(epoch FROM fetched_at)::double precision AS version, deleted_at IS NOT NULL AS deleted
+  FROM {mirror}.{table} WHERE id = ANY($1::text[]);
+
+-- name: notify_changes
+SELECT pg_notify($1, $2);

@@ -1,0 +1,160 @@
+"""Writes Stripe objects into the mirror: the one place rows change.
+
+Both the full resync and the event stream come through here, so the invariants hold for every
+write: an older version never overwrites a newer one, tombstones are final, a whole list page is
+one statement (the page's JSON is unpacked by PostgreSQL), and every change is announced with
+NOTIFY on `events.notify_channel`, which PostgreSQL delivers only if the transaction commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+
+from syncd import metrics
+from syncd.db import Database
+from syncd.registry import Resource
+
+# NOTIFY payloads are limited to 8000 bytes; stay well below with room for the envelope.
+_NOTIFY_BUDGET = 7000
+
+Objects = bytes | str | Sequence[dict[str, Any]]
+
+
+@dataclass
+class Written:
+    """What one write did: per id, `insert`, `update`, `delete` or `same` (stale writes absent)."""
+
+    ops: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def changed(self) -> list[tuple[str, str]]:
+        return [(i, op) for i, op in self.ops if op != "same"]
+
+    def __iadd__(self, other: Written) -> Written:
+        self.ops.extend(other.ops)
+        return self
+
+
+class Writer:
+    def __init__(self, db: Database, *, account_id: str = "", notify_channel: str = ""):
+        self.db = db
+        self.account_id = account_id
+        self.notify_channel = notify_channel
+
+    async def upsert(
+        self,
+        conn: asyncpg.Connection,
+        resource: Resource,
+        objects: Objects,
+        *,
+        version: float,
+        api_version: str | None,
+        parent_id: str | None = None,
+    ) -> Written:
+        """Upsert a batch (a JSON array, as bytes/str or parsed) stamped with `version`."""
+        payload = objects if isinstance(objects, (bytes, str)) else orjson.dumps(list(objects))
+        if resource.owned:
+            if parent_id is None:
+                raise ValueError(f"{resource.table} rows need their parent's id")
+            rows = await conn.fetch(
+                self.db.table_sql("upsert_children", resource.table),
+                payload,
+                self.account_id,
+                api_version,
+                version,
+                parent_id,
+            )
+        else:
+            rows = await conn.fetch(
+                self.db.table_sql("upsert_objects", resource.table),
+                payload,
+                self.account_id,
+                api_version,
+                version,
+            )
+        written = Written([(r["id"], r["op"]) for r in rows])
+        await self._announce(conn, resource, written.changed)
+        return written
+
+    async def tombstone(
+        self, conn: asyncpg.Connection, resource: Resource, ids: Iterable[str], *, version: float
+    ) -> Written:
+        rows = await conn.fetch(
+            self.db.table_sql("tombstone_ids", resource.table), list(ids), version
+        )
+        written = Written([(r["id"], "delete") for r in rows])
+        await self._announce(conn, resource, written.ops)
+        return written
+
+    async def replace_children(
+        self,
+        conn: asyncpg.Connection,
+        resource: Resource,
+        parent_id: str,
+        objects: Sequence[dict[str, Any]],
+        *,
+        version: float,
+        api_version: str | None,
+    ) -> Written:
+        """Make `objects` the complete child set of `parent_id`: upsert them, tombstone the rest.
+
+        Call inside the caller's transaction so readers never see a half-replaced set.
+        """
+        written = await self.upsert(
+            conn, resource, objects, version=version, api_version=api_version, parent_id=parent_id
+        )
+        keep = [o["id"] for o in objects if "id" in o]
+        rows = await conn.fetch(
+            self.db.table_sql("tombstone_missing_children", resource.table),
+            parent_id,
+            keep,
+            version,
+        )
+        gone = Written([(r["id"], "delete") for r in rows])
+        await self._announce(conn, resource, gone.ops)
+        written += gone
+        return written
+
+    async def versions(
+        self, conn: asyncpg.Connection, resource: Resource, ids: Iterable[str]
+    ) -> dict[str, tuple[float, bool]]:
+        """Current (version, deleted) of the rows that exist among `ids`."""
+        rows = await conn.fetch(self.db.table_sql("versions_of", resource.table), list(ids))
+        return {r["id"]: (r["version"], r["deleted"]) for r in rows}
+
+    async def _announce(
+        self, conn: asyncpg.Connection, resource: Resource, changes: list[tuple[str, str]]
+    ) -> None:
+        if not changes:
+            return
+        for op in ("insert", "update", "delete"):
+            count = sum(1 for _, o in changes if o == op)
+            if count:
+                metrics.rows_written.labels(resource.table, op).inc(count)
+        if not self.notify_channel:
+            return
+        for payload in _notify_payloads(resource.table, changes):
+            await conn.execute(self.db.sql("notify_changes"), self.notify_channel, payload)
+
+
+def _notify_payloads(table: str, changes: list[tuple[str, str]]) -> list[str]:
+    """Batch `{table, changes: [{id, op}]}` messages, each under PostgreSQL's payload limit."""
+    payloads: list[str] = []
+    batch: list[dict[str, str]] = []
+    size = 0
+    for row_id, op in changes:
+        item = {"id": row_id, "op": op}
+        item_size = len(row_id) + len(op) + 20
+        if batch and size + item_size > _NOTIFY_BUDGET:
+            payloads.append(orjson.dumps({"table": table, "changes": batch}).decode())
+            batch, size = [], 0
+        batch.append(item)
+        size += item_size
+    if batch:
+        payloads.append(orjson.dumps({"table": table, "changes": batch}).decode())
+    return payloads
