@@ -15,6 +15,7 @@ from .framework import (
     all_of,
     apply_params,
     delete_record,
+    field_eq,
     filters,
     get_or_404,
     list_response,
@@ -388,7 +389,7 @@ def list_subscriptions(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
     elif status == "ended":
         preds.append(lambda r: r.obj["status"] in ("canceled", "incomplete_expired"))
     elif status:
-        preds.append(lambda r, s=status: r.obj["status"] == s)
+        preds.append(field_eq("status", status))
     else:
         # Default: canceled and incomplete_expired subscriptions are hidden (SYNC_PITFALLS 10).
         preds.append(lambda r: r.obj["status"] not in ("canceled", "incomplete_expired"))
@@ -396,7 +397,7 @@ def list_subscriptions(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
     if price:
         preds.append(lambda r: any(i.obj["price"]["id"] == price for i in r.extra["items"]))
     if params.get("test_clock"):
-        preds.append(lambda r, tc=params["test_clock"]: r.obj.get("test_clock") == tc)
+        preds.append(field_eq("test_clock", params["test_clock"]))
     return list_response(ctx, "subscription", "/v1/subscriptions", params, all_of(preds))
 
 
@@ -686,7 +687,7 @@ def add_line(
         amount=amount,
         currency=inv.obj["currency"],
         description=description
-        or (f"{qty} × {price.get('nickname') or price['product']}" if price else None),
+        or (f"{qty} x {price.get('nickname') or price['product']}" if price else None),
         discount_amounts=[],
         discountable=True,
         discounts=[],

@@ -4,6 +4,7 @@ setup intents and entitlement features."""
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from typing import Any
 
 from .errors import card_declined, invalid, missing
@@ -13,6 +14,7 @@ from .framework import (
     all_of,
     apply_params,
     delete_record,
+    field_eq,
     filters,
     get_or_404,
     list_response,
@@ -130,7 +132,7 @@ def delete_customer(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
 def list_customers(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
     preds = filters(params, {"email": "email"})
     if params.get("test_clock"):
-        preds.append(lambda r, tc=params["test_clock"]: r.obj.get("test_clock") == tc)
+        preds.append(field_eq("test_clock", params["test_clock"]))
     else:
         preds.append(lambda r: r.obj.get("test_clock") is None)
     return list_response(ctx, "customer", "/v1/customers", params, all_of(preds))
@@ -548,7 +550,8 @@ def update_promotion_code(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
 def list_promotion_codes(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
     preds = filters(params, {"active": "active", "code": "code", "customer": "customer"})
     if params.get("coupon"):
-        preds.append(lambda r, c=params["coupon"]: r.obj["promotion"]["coupon"] == c)
+        coupon = params["coupon"]
+        preds.append(lambda r: r.obj["promotion"]["coupon"] == coupon)
     return list_response(ctx, "promotion_code", "/v1/promotion_codes", params, all_of(preds))
 
 
@@ -645,9 +648,9 @@ def list_customer_tax_ids(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
 @route("GET", "/v1/tax_ids")
 def list_tax_ids(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
     owner = params.get("owner")
-    preds = []
+    preds: list[Callable[[Record], bool]] = []
     if isinstance(owner, dict) and owner.get("customer"):
-        preds.append(lambda r, c=owner["customer"]: r.obj["customer"] == c)
+        preds.append(field_eq("customer", owner["customer"]))
     return list_response(ctx, "tax_id", "/v1/tax_ids", params, all_of(preds))
 
 

@@ -339,10 +339,19 @@ def filters(params: JSON, mapping: dict[str, str]) -> list[Callable[[Record], bo
             continue
         if fld in ("active", "valid"):
             b = to_bool(v, param)
-            preds.append(lambda r, f=fld, b=b: r.obj.get(f) is b)
+            preds.append(field_is(fld, b))
         else:
-            preds.append(lambda r, f=fld, v=v: _id_of(r.obj.get(f)) == v)
+            preds.append(field_eq(fld, v))
     return preds
+
+
+def field_is(fld: str, value: Any) -> Callable[[Record], bool]:
+    return lambda r: r.obj.get(fld) is value
+
+
+def field_eq(fld: str, value: Any) -> Callable[[Record], bool]:
+    """Equality on a field holding an id or an expanded object."""
+    return lambda r: _id_of(r.obj.get(fld)) == value
 
 
 def _id_of(v: Any) -> Any:

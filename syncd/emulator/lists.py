@@ -1,4 +1,4 @@
-"""List endpoints: Stripe's cursor pagination, ``created`` filters, and list bodies built from bytes.
+"""List endpoints: Stripe's cursor pagination, ``created`` filters, list bodies built from bytes.
 
 Semantics reproduced (see SYNC_PITFALLS.md 1, 10, 11):
 * newest first: reverse ``created``; equal ``created`` → the later inserted comes first;

@@ -3,6 +3,7 @@ event summaries and exact recorded totals for tests."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
@@ -13,6 +14,7 @@ from .framework import (
     Ctx,
     Resp,
     all_of,
+    field_eq,
     get_or_404,
     list_response,
     need,
@@ -135,9 +137,9 @@ def reactivate_meter(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
 
 @route("GET", "/v1/billing/meters")
 def list_meters(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
-    preds = []
+    preds: list[Callable[[Record], bool]] = []
     if params.get("status"):
-        preds.append(lambda r, s=params["status"]: r.obj["status"] == s)
+        preds.append(field_eq("status", params["status"]))
     return list_response(
         ctx, "billing.meter", "/v1/billing/meters", params, all_of(preds), "billing.meter"
     )

@@ -38,7 +38,7 @@ def balance_txn(
     ctx: Ctx, amount: int, currency: str, type_: str, source: str, fee: bool = True
 ) -> Record:
     obj = new_object(ctx, "balance_transaction", "txn_")
-    f = int(round(abs(amount) * FEE_PERCENT / 100)) + FEE_FIXED if fee and amount > 0 else 0
+    f = round(abs(amount) * FEE_PERCENT / 100) + FEE_FIXED if fee and amount > 0 else 0
     obj.update(
         amount=amount,
         available_on=ctx.now + 2 * 86400,
@@ -852,7 +852,7 @@ def complete_checkout_session(
         resp = create_customer(ctx, {"email": email, "name": name or ""}, {})
         cus = orjson.loads(resp.body)["id"]
     pm = attach_pm(ctx, payment_method, cus) if cus else resolve_pm(ctx, payment_method)
-    details = {
+    details: JSON = {
         "address": None,
         "email": email,
         "name": name,

@@ -14,10 +14,10 @@ if sys.path[:1] != [_ROOT]:
     for _m in [m for m in sys.modules if m == "syncd" or m.startswith("syncd.")]:
         del sys.modules[_m]
 
-import pytest
-import stripe
+import pytest  # noqa: E402
+import stripe  # noqa: E402
 
-from syncd.emulator import Emulator
+from syncd.emulator import Emulator  # noqa: E402
 
 
 @pytest.fixture
@@ -49,8 +49,13 @@ def make_catalog(client: Any, n_prices: int = 1, amount: int = 1000) -> list[Any
     prod = client.v1.products.create({"name": "Pro"})
     return [
         client.v1.prices.create(
-            {"product": prod.id, "currency": "usd", "unit_amount": amount * (i + 1),
-             "recurring": {"interval": "month"}})
+            {
+                "product": prod.id,
+                "currency": "usd",
+                "unit_amount": amount * (i + 1),
+                "recurring": {"interval": "month"},
+            }
+        )
         for i in range(n_prices)
     ]
 

@@ -15,16 +15,27 @@ async def _events(raw: Any, **params: Any) -> tuple[int, Any]:
         return r.status, await r.json()
 
 
-async def test_envelope_snapshot_and_previous(emu: Emulator, aclient: stripe.StripeClient,
-                                              raw: Any) -> None:
-    cus = await aclient.v1.customers.create_async({"email": "a@x.io"},
-                                                  options={"idempotency_key": "k1"})
+async def test_envelope_snapshot_and_previous(
+    emu: Emulator, aclient: stripe.StripeClient, raw: Any
+) -> None:
+    cus = await aclient.v1.customers.create_async(
+        {"email": "a@x.io"}, options={"idempotency_key": "k1"}
+    )
     await aclient.v1.customers.update_async(cus.id, {"email": "b@x.io", "metadata": {"n": "1"}})
-    st, body = await _events(raw)
+    _, body = await _events(raw)
     upd, created = body["data"]
     assert created["type"] == "customer.created" and upd["type"] == "customer.updated"
-    assert set(created) == {"id", "object", "api_version", "created", "data", "livemode",
-                            "pending_webhooks", "request", "type"}
+    assert set(created) == {
+        "id",
+        "object",
+        "api_version",
+        "created",
+        "data",
+        "livemode",
+        "pending_webhooks",
+        "request",
+        "type",
+    }
     assert created["id"].startswith("evt_") and created["object"] == "event"
     assert created["request"]["idempotency_key"] == "k1"
     assert created["request"]["id"].startswith("req_")
@@ -100,9 +111,12 @@ async def test_late_visibility_is_seeded(emu: Emulator) -> None:
     for seed in (5, 5):
         async with Emulator.running(seed=seed, late_visibility_ms=(0, 1000)) as e:
             for _ in range(3):
-                e.locked(lambda e=e: e.state.emit("customer.created",
-                                                  e.state.insert({"id": e.state.new_id("cus_"),
-                                                                  "object": "customer"})))
+                e.locked(
+                    lambda e=e: e.state.emit(
+                        "customer.created",
+                        e.state.insert({"id": e.state.new_id("cus_"), "object": "customer"}),
+                    )
+                )
             vis = [r.extra["visible_at"] for r in e.state.coll("event").records]
             delays.append([round(v - vis[0], 2) for v in vis])
     assert delays[0] == delays[1]
@@ -110,19 +124,32 @@ async def test_late_visibility_is_seeded(emu: Emulator) -> None:
 
 async def test_subscription_events(emu: Emulator, aclient: stripe.StripeClient) -> None:
     prod = await aclient.v1.products.create_async({"name": "p"})
-    price = await aclient.v1.prices.create_async({"product": prod.id, "currency": "usd",
-                                                  "unit_amount": 500,
-                                                  "recurring": {"interval": "month"}})
+    price = await aclient.v1.prices.create_async(
+        {
+            "product": prod.id,
+            "currency": "usd",
+            "unit_amount": 500,
+            "recurring": {"interval": "month"},
+        }
+    )
     cus = await aclient.v1.customers.create_async({"payment_method": "pm_card_visa"})
     pm = (await aclient.v1.payment_methods.list_async({"customer": cus.id})).data[0]
     sub = await aclient.v1.subscriptions.create_async(
-        {"customer": cus.id, "items": [{"price": price.id}], "default_payment_method": pm.id})
+        {"customer": cus.id, "items": [{"price": price.id}], "default_payment_method": pm.id}
+    )
     types = [e["type"] for e in reversed(emu.events())]
     i = types.index("customer.subscription.created")
     assert types[i:] == [
-        "customer.subscription.created", "invoice.created", "invoice.finalized",
-        "payment_intent.created", "charge.succeeded", "payment_intent.succeeded",
-        "invoice.paid", "invoice.payment_succeeded", "customer.subscription.updated"]
+        "customer.subscription.created",
+        "invoice.created",
+        "invoice.finalized",
+        "payment_intent.created",
+        "charge.succeeded",
+        "payment_intent.succeeded",
+        "invoice.paid",
+        "invoice.payment_succeeded",
+        "customer.subscription.updated",
+    ]
     created = next(e for e in emu.events() if e["type"] == "customer.subscription.created")
     assert created["data"]["object"]["status"] == "incomplete"
     assert "current_period_start" in created["data"]["object"]["items"]["data"][0]

@@ -104,8 +104,9 @@ async def test_rate_limiter(emu: Emulator, raw: Any) -> None:
 
 async def test_control_endpoints_for_faults(emu: Emulator) -> None:
     async with aiohttp.ClientSession(base_url=emu.url) as s:
-        async with s.post("/_emulator/faults", json={"pattern": "GET /v1/prices", "status": 503,
-                                                     "error_rate": 1}) as r:
+        async with s.post(
+            "/_emulator/faults", json={"pattern": "GET /v1/prices", "status": 503, "error_rate": 1}
+        ) as r:
             assert r.status == 200
         async with s.get("/v1/prices", headers={"Authorization": "Bearer sk_test_1"}) as r:
             assert r.status == 503

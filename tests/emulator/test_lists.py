@@ -73,7 +73,9 @@ def test_subscription_default_filters(temu: Emulator, sclient: stripe.StripeClie
     ids = [s.id for s in sclient.v1.subscriptions.list().data]
     assert ids == [keep.id]
     assert {s.id for s in sclient.v1.subscriptions.list({"status": "all"}).data} == {
-        keep.id, gone.id}
+        keep.id,
+        gone.id,
+    }
     assert [s.id for s in sclient.v1.subscriptions.list({"status": "canceled"}).data] == [gone.id]
     assert [s.id for s in sclient.v1.subscriptions.list({"price": price.id}).data] == [keep.id]
     other = sclient.v1.customers.create()
@@ -84,12 +86,17 @@ def test_nested_items_truncated_and_paged(temu: Emulator, sclient: stripe.Stripe
     prices = make_catalog(sclient, n_prices=12, amount=0)
     cus = sclient.v1.customers.create()
     sub = sclient.v1.subscriptions.create(
-        {"customer": cus.id, "items": [{"price": p.id} for p in prices]})
+        {"customer": cus.id, "items": [{"price": p.id} for p in prices]}
+    )
     items = sub["items"]
     assert len(items.data) == 10 and items.has_more is True and items.total_count == 12
     assert items.url == f"/v1/subscription_items?subscription={sub.id}"
-    all_items = [i.id for i in sclient.v1.subscription_items.list(
-        {"subscription": sub.id, "limit": 4}).auto_paging_iter()]
+    all_items = [
+        i.id
+        for i in sclient.v1.subscription_items.list(
+            {"subscription": sub.id, "limit": 4}
+        ).auto_paging_iter()
+    ]
     assert len(all_items) == 12 and all_items[:10] == [i.id for i in items.data]
     # removing an item emits no event of its own, and it retrieves as deleted
     n_events = len(temu.events())
@@ -98,8 +105,9 @@ def test_nested_items_truncated_and_paged(temu: Emulator, sclient: stripe.Stripe
     assert sclient.v1.subscription_items.retrieve(all_items[-1]).to_dict()["deleted"] is True
     assert sclient.v1.subscriptions.retrieve(sub.id)["items"].total_count == 11
     # adding via the item endpoint updates the subscription
-    si = sclient.v1.subscription_items.create({"subscription": sub.id, "price": prices[0].id,
-                                               "quantity": 5})
+    si = sclient.v1.subscription_items.create(
+        {"subscription": sub.id, "price": prices[0].id, "quantity": 5}
+    )
     assert si.quantity == 5
     assert temu.events()[0]["type"] == "customer.subscription.updated"
 
@@ -107,11 +115,11 @@ def test_nested_items_truncated_and_paged(temu: Emulator, sclient: stripe.Stripe
 async def test_expand_customer_on_list(emu: Emulator, aclient: stripe.StripeClient) -> None:
     cus = await aclient.v1.customers.create_async({"email": "e@x.io"})
     await aclient.v1.payment_intents.create_async(
-        {"amount": 100, "currency": "usd", "customer": cus.id})
+        {"amount": 100, "currency": "usd", "customer": cus.id}
+    )
     lst = await aclient.v1.payment_intents.list_async({"expand": ["data.customer"]})
     assert lst.data[0].customer.email == "e@x.io"
-    pi = await aclient.v1.payment_intents.retrieve_async(lst.data[0].id,
-                                                         {"expand": ["customer"]})
+    pi = await aclient.v1.payment_intents.retrieve_async(lst.data[0].id, {"expand": ["customer"]})
     assert pi.customer.id == cus.id
 
 
