@@ -398,6 +398,8 @@ def list_subscriptions(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
         preds.append(lambda r: any(i.obj["price"]["id"] == price for i in r.extra["items"]))
     if params.get("test_clock"):
         preds.append(field_eq("test_clock", params["test_clock"]))
+    else:
+        preds.append(field_eq("test_clock", None))  # test-clock objects are hidden by default
     return list_response(ctx, "subscription", "/v1/subscriptions", params, all_of(preds))
 
 
