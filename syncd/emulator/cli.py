@@ -1,0 +1,92 @@
+"""``syncd emulator`` / ``python -m syncd.emulator``: run the emulator standalone."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from .emulator import Emulator
+
+
+def _seed_spec(text: str) -> dict[str, int | bool]:
+    """``customers=1000,subscriptions=200,events=true``"""
+    out: dict[str, int | bool] = {}
+    for part in filter(None, text.split(",")):
+        k, _, v = part.partition("=")
+        k = k.strip()
+        if k == "events":
+            out[k] = v.strip().lower() in ("1", "true", "yes")
+        else:
+            out[k] = int(v)
+    return out
+
+
+def _range_ms(text: str) -> tuple[float, float]:
+    lo, _, hi = text.partition(",")
+    return (float(lo), float(hi or lo))
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=12111)
+    p.add_argument(
+        "--seed",
+        type=_seed_spec,
+        default=None,
+        metavar="customers=N[,k=v...]",
+        help="seed data, e.g. customers=1000,subscriptions=200,events=true",
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="accept exactly this key (default: any sk_test_/rk_test_ key)",
+    )
+    p.add_argument("--rate-limit", type=float, default=None, help="requests/s (token bucket)")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every call")
+    p.add_argument(
+        "--late-visibility-ms",
+        type=_range_ms,
+        default=None,
+        metavar="MIN[,MAX]",
+        help="events become listable after a random delay in this range",
+    )
+    p.add_argument("--random-seed", type=int, default=0, help="seed for ids and randomness")
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    emu = Emulator(
+        host=args.host,
+        port=args.port,
+        seed=args.random_seed,
+        api_key=args.api_key,
+        rate_limit=args.rate_limit,
+        latency_ms=args.latency_ms,
+        late_visibility_ms=args.late_visibility_ms,
+    )
+    if args.seed:
+        counts = emu.seed(**args.seed)
+        print(f"seeded: {counts}", file=sys.stderr)
+    await emu.start()
+    print(
+        f"Stripe emulator listening on {emu.url} (api key: {emu.api_key})",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await emu.stop()
+    print("Stripe emulator stopped", file=sys.stderr)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_serve(args))

@@ -1,0 +1,193 @@
+"""The ``/_emulator/`` control API (no API key): clock, faults, rate limit, seeding, import,
+inspection, counters, realism switches and test helpers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from .errors import StripeError
+from .forms import decode
+
+if TYPE_CHECKING:
+    from .emulator import Emulator
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS),
+        status=status,
+        content_type="application/json",
+    )
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        return dict(request.query)
+    if request.content_type == "application/json" or raw[:1] in (b"{", b"["):
+        return orjson.loads(raw)
+    return decode(raw.decode())
+
+
+def add_control_routes(app: web.Application, emu: Emulator) -> None:
+    r = app.router
+
+    async def reset(req: web.Request) -> web.Response:
+        b = await _body(req)
+        seed = b.get("seed") if isinstance(b, dict) else None
+        emu.reset(int(seed) if seed is not None else None)
+        return _json({"ok": True})
+
+    async def clock_get(req: web.Request) -> web.Response:
+        return _json(emu.clock.as_json())
+
+    async def clock_post(req: web.Request) -> web.Response:
+        b = await _body(req)
+        action = b.get("action")
+        with emu.state.lock:
+            if action == "freeze":
+                emu.clock.freeze(float(b["at"]) if b.get("at") is not None else None)
+            elif action == "unfreeze":
+                emu.clock.unfreeze()
+            elif action == "advance":
+                emu.clock.advance(float(b.get("seconds", 0)))
+            elif action == "set":
+                emu.clock.set(float(b["time"]))
+            else:
+                return _json({"error": "action must be freeze|unfreeze|advance|set"}, 400)
+        return _json(emu.clock.as_json())
+
+    async def faults_get(req: web.Request) -> web.Response:
+        return _json(emu.faults.as_json())
+
+    async def faults_post(req: web.Request) -> web.Response:
+        b = await _body(req)
+        rules = (
+            b
+            if isinstance(b, list)
+            else b.get("rules", [b] if "pattern" in b or "lock_object_id" in b else [])
+        )
+        if isinstance(b, dict) and "latency_ms" in b and not rules:
+            emu.faults.base_latency_ms = float(b["latency_ms"])
+        try:
+            for rule in rules:
+                emu.faults.set(**rule)
+        except TypeError as e:
+            return _json({"error": str(e)}, 400)
+        return _json(emu.faults.as_json())
+
+    async def faults_delete(req: web.Request) -> web.Response:
+        emu.faults.clear()
+        emu.faults.base_latency_ms = 0.0
+        return _json(emu.faults.as_json())
+
+    async def ratelimit_get(req: web.Request) -> web.Response:
+        return _json(emu.limiter.as_json())
+
+    async def ratelimit_post(req: web.Request) -> web.Response:
+        b = await _body(req)
+        rate = b.get("rate")
+        burst = b.get("burst")
+        emu.limiter.configure(
+            float(rate) if rate not in (None, "", 0) else None,
+            float(burst) if burst not in (None, "") else None,
+        )
+        return _json(emu.limiter.as_json())
+
+    async def seed(req: web.Request) -> web.Response:
+        b = await _body(req)
+        kw = {
+            k: (v if isinstance(v, bool) else int(v))
+            if k != "events"
+            else (v in (True, "true", "1", 1))
+            for k, v in b.items()
+        }
+        return _json(emu.seed(**kw))
+
+    async def import_(req: web.Request) -> web.Response:
+        b = await _body(req)
+        objs = b.get("objects", b) if isinstance(b, dict) and "objects" in b else b
+        return _json({"imported": emu.import_objects(objs)})
+
+    async def objects(req: web.Request) -> web.Response:
+        type_ = req.match_info["type"]
+        data = emu.objects(type_)
+        return _json({"object": "list", "data": data, "count": len(data)})
+
+    async def stats_get(req: web.Request) -> web.Response:
+        return _json(emu.stats.as_json())
+
+    async def stats_delete(req: web.Request) -> web.Response:
+        emu.stats.reset()
+        return _json(emu.stats.as_json())
+
+    async def visibility_get(req: web.Request) -> web.Response:
+        lv = emu.state.late_visibility
+        return _json(
+            {
+                "late_visibility_ms": None if lv is None else [lv[0] * 1000, lv[1] * 1000],
+                "burst": emu.state.burst_created is not None,
+            }
+        )
+
+    async def visibility_post(req: web.Request) -> web.Response:
+        b = await _body(req)
+        if "late_visibility_ms" in b:
+            lv = b["late_visibility_ms"]
+            if lv in (None, "", False):
+                emu.clear_late_visibility()
+            else:
+                emu.set_late_visibility(float(lv[0]), float(lv[1]))
+        if "min_ms" in b:
+            emu.set_late_visibility(float(b["min_ms"]), float(b.get("max_ms", b["min_ms"])))
+        if "burst" in b:
+            emu.set_burst(b["burst"] in (True, "true", "1", 1))
+        return await visibility_get(req)
+
+    async def meter_totals(req: web.Request) -> web.Response:
+        tot = emu.meter_totals()
+        return _json(
+            {
+                "totals": [
+                    {"meter": m, "customer": c, "value": str(v)}
+                    for (m, c), v in sorted(tot.items())
+                ],
+                "usage_records": emu.usage_totals(),
+            }
+        )
+
+    async def complete_checkout(req: web.Request) -> web.Response:
+        b = await _body(req)
+        try:
+            return _json(emu.complete_checkout_session(req.match_info["id"], **b))
+        except StripeError as e:
+            return web.Response(body=e.body(), status=e.status, content_type="application/json")
+
+    async def dispute(req: web.Request) -> web.Response:
+        b = await _body(req)
+        try:
+            return _json(emu.create_dispute(str(b["charge"]), str(b.get("reason", "fraudulent"))))
+        except StripeError as e:
+            return web.Response(body=e.body(), status=e.status, content_type="application/json")
+
+    r.add_post("/_emulator/reset", reset)
+    r.add_get("/_emulator/clock", clock_get)
+    r.add_post("/_emulator/clock", clock_post)
+    r.add_get("/_emulator/faults", faults_get)
+    r.add_post("/_emulator/faults", faults_post)
+    r.add_delete("/_emulator/faults", faults_delete)
+    r.add_get("/_emulator/ratelimit", ratelimit_get)
+    r.add_post("/_emulator/ratelimit", ratelimit_post)
+    r.add_post("/_emulator/seed", seed)
+    r.add_post("/_emulator/import", import_)
+    r.add_get("/_emulator/objects/{type}", objects)
+    r.add_get("/_emulator/stats", stats_get)
+    r.add_delete("/_emulator/stats", stats_delete)
+    r.add_get("/_emulator/events/visibility", visibility_get)
+    r.add_post("/_emulator/events/visibility", visibility_post)
+    r.add_get("/_emulator/meter_totals", meter_totals)
+    r.add_post("/_emulator/checkout/sessions/{id}/complete", complete_checkout)
+    r.add_post("/_emulator/disputes", dispute)

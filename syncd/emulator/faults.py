@@ -1,0 +1,158 @@
+"""Fault injection, the token-bucket rate limiter and request counters."""
+
+from __future__ import annotations
+
+import fnmatch
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class FaultRule:
+    """One rule, matched against ``"METHOD /path"`` (or just the path) with ``fnmatch``.
+
+    ``error_rate`` of requests get ``status`` (429 carries ``Stripe-Should-Retry: true``);
+    ``drop_rate`` of requests get their connection closed without an answer; ``latency_ms`` plus
+    uniform ``jitter_ms`` delays every matching request; ``lock_object_id`` makes every request
+    whose path or parameters mention that id fail with 429 ``lock_timeout``. ``times`` limits how
+    many requests the rule affects (None: unlimited).
+    """
+
+    pattern: str = "*"
+    status: int = 500
+    error_rate: float = 0.0
+    drop_rate: float = 0.0
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    lock_object_id: str | None = None
+    times: int | None = None
+    hits: int = 0
+
+    def matches(self, method: str, path: str) -> bool:
+        return fnmatch.fnmatchcase(f"{method} {path}", self.pattern) or fnmatch.fnmatchcase(
+            path, self.pattern
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FaultDecision:
+    delay: float = 0.0
+    drop: bool = False
+    status: int | None = None
+    lock: bool = False
+
+
+class Faults:
+    """Per-test fault configuration. Randomness comes from a seeded RNG (deterministic)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rules: list[FaultRule] = []
+        self.rng = random.Random(seed + 2)
+        self.base_latency_ms = 0.0
+        self._lock = threading.Lock()
+
+    def set(self, **kw: Any) -> FaultRule:
+        """Add a rule, e.g. ``faults.set(pattern="GET /v1/events", status=429, error_rate=0.5)``."""
+        rule = FaultRule(**kw)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        with self._lock:
+            self.rules.clear()
+
+    def decide(self, method: str, path: str, param_ids: str) -> FaultDecision:
+        d = FaultDecision(delay=self.base_latency_ms / 1000.0)
+        with self._lock:
+            for r in self.rules:
+                if r.times is not None and r.hits >= r.times:
+                    continue
+                if r.lock_object_id is not None:
+                    if r.lock_object_id in path or r.lock_object_id in param_ids:
+                        r.hits += 1
+                        d.lock = True
+                    continue
+                if not r.matches(method, path):
+                    continue
+                hit = False
+                if r.latency_ms or r.jitter_ms:
+                    d.delay += (r.latency_ms + self.rng.uniform(0, r.jitter_ms)) / 1000.0
+                    hit = True
+                if r.drop_rate and self.rng.random() < r.drop_rate:
+                    d.drop = True
+                    hit = True
+                elif r.error_rate and d.status is None and self.rng.random() < r.error_rate:
+                    d.status = r.status
+                    hit = True
+                if hit:
+                    r.hits += 1
+        return d
+
+    def as_json(self) -> dict[str, Any]:
+        return {"latency_ms": self.base_latency_ms, "rules": [r.as_json() for r in self.rules]}
+
+
+class RateLimiter:
+    """Token bucket on a real monotonic clock; off when ``rate`` is None (the default)."""
+
+    def __init__(self, rate: float | None = None, burst: float | None = None) -> None:
+        self.configure(rate, burst)
+        self._lock = threading.Lock()
+
+    def configure(self, rate: float | None, burst: float | None = None) -> None:
+        self.rate = rate
+        self.burst = burst if burst is not None else (rate or 0.0)
+        self.tokens = self.burst
+        self.last = time.monotonic()
+
+    def allow(self) -> bool:
+        if self.rate is None:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return True
+            return False
+
+    def as_json(self) -> dict[str, Any]:
+        return {"rate": self.rate, "burst": self.burst}
+
+
+@dataclass
+class Stats:
+    """Requests served per endpoint (route pattern) and status."""
+
+    counts: Counter[tuple[str, int]] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def record(self, endpoint: str, status: int) -> None:
+        self.counts[(endpoint, status)] += 1
+
+    def count(self, endpoint: str | None = None, status: int | None = None) -> int:
+        return sum(
+            n
+            for (e, s), n in self.counts.items()
+            if (endpoint is None or fnmatch.fnmatchcase(e, endpoint))
+            and (status is None or s == status)
+        )
+
+    def reset(self) -> None:
+        self.counts.clear()
+        self.dropped.clear()
+
+    def as_json(self) -> dict[str, Any]:
+        by: dict[str, dict[str, int]] = {}
+        for (e, s), n in sorted(self.counts.items()):
+            by.setdefault(e, {})[str(s)] = n
+        return {"endpoints": by, "dropped": dict(self.dropped), "total": self.count()}

@@ -1,0 +1,208 @@
+"""aiohttp application: auth, rate limiting, faults, form decoding, idempotency, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from . import billing, catalog, events, meters, payments  # noqa: F401  (register routes)
+from .errors import StripeError, lock_timeout, rate_limited
+from .forms import decode
+from .framework import ROUTES, Ctx, Handler, Resp, unknown_endpoint
+from .state import API_VERSION
+
+if TYPE_CHECKING:
+    from .emulator import Emulator
+
+IDEMPOTENCY_TTL = 24 * 3600
+JSON_CT = "application/json"
+
+
+@dataclass
+class IdemEntry:
+    fingerprint: str
+    status: int
+    body: bytes
+    created: int
+
+
+def _error_response(err: StripeError, extra_headers: dict[str, str] | None = None) -> web.Response:
+    headers = dict(err.headers)
+    if extra_headers:
+        headers.update(extra_headers)
+    return web.Response(body=err.body(), status=err.status, content_type=JSON_CT, headers=headers)
+
+
+class ApiServer:
+    """Binds the resource routes to an :class:`Emulator`'s state, faults and counters."""
+
+    def __init__(self, emu: Emulator) -> None:
+        self.emu = emu
+        self.idempotency: dict[tuple[str, str], IdemEntry] = {}
+
+    # authentication ----------------------------------------------------------------------
+    def check_key(self, request: web.Request) -> str:
+        auth = request.headers.get("Authorization", "")
+        key = ""
+        if auth.startswith("Bearer "):
+            key = auth[7:].strip()
+        elif auth.startswith("Basic "):
+            try:
+                key = base64.b64decode(auth[6:]).decode().split(":", 1)[0]
+            except ValueError:
+                key = ""
+        if not key:
+            raise StripeError(
+                401,
+                "You did not provide an API key. You need to provide your API key in the "
+                "Authorization header, using Bearer auth (e.g. 'Authorization: Bearer "
+                "YOUR_SECRET_KEY'). See https://stripe.com/docs/api#authentication for details, "
+                "or we can help at https://support.stripe.com/.",
+            )
+        if not self.emu.key_ok(key):
+            shown = key[:8] + "*" * max(len(key) - 12, 0) + key[-4:] if len(key) > 12 else key
+            raise StripeError(401, f"Invalid API Key provided: {shown}", code=None)
+        return key
+
+    # request handling --------------------------------------------------------------------
+    def wrap(self, handler: Handler) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            endpoint = (
+                f"{request.method} {request.match_info.route.resource.canonical}"
+                if request.match_info.route.resource is not None
+                else request.path
+            )
+            resp = await self.serve(request, handler, endpoint)
+            if resp is None:
+                self.emu.stats.dropped[endpoint] += 1
+                tr = request.transport
+                if tr is not None:
+                    tr.abort()
+                # the transport is gone; aiohttp discards whatever is returned
+                return web.Response(status=500)
+            self.emu.stats.record(endpoint, resp.status)
+            return resp
+
+        return handle
+
+    async def serve(
+        self, request: web.Request, handler: Handler, endpoint: str
+    ) -> web.Response | None:
+        emu = self.emu
+        version = request.headers.get("Stripe-Version", API_VERSION)
+        base_headers = {"Stripe-Version": version}
+        try:
+            api_key = self.check_key(request)
+            if not emu.limiter.allow():
+                raise rate_limited()
+            body = await request.text() if request.can_read_body else ""
+            query = request.query_string
+            d = emu.faults.decide(request.method, request.path, query + "&" + body)
+            if d.delay > 0:
+                await asyncio.sleep(d.delay)
+            if d.drop:
+                return None
+            if d.lock:
+                raise lock_timeout()
+            if d.status is not None:
+                raise StripeError(
+                    d.status,
+                    "Too many requests hit the API too quickly."
+                    if d.status == 429
+                    else "An unknown error occurred (injected by the emulator).",
+                    type_="invalid_request_error" if d.status == 429 else "api_error",
+                    code="rate_limit" if d.status == 429 else None,
+                    headers={"Stripe-Should-Retry": "true"},
+                )
+            params = decode(query) if query else {}
+            if body:
+                params.update(decode(body))
+            idem_key = request.headers.get("Idempotency-Key")
+            idem_slot: tuple[str, str] | None = None
+            fingerprint = ""
+            if idem_key and request.method == "POST":
+                base_headers["Idempotency-Key"] = idem_key
+                idem_slot = (api_key, idem_key)
+                fingerprint = hashlib.sha256(
+                    orjson.dumps(
+                        [request.method, request.path, params], option=orjson.OPT_SORT_KEYS
+                    )
+                ).hexdigest()
+                with emu.state.lock:
+                    now = emu.state.clock.now()
+                    prior = self.idempotency.get(idem_slot)
+                    if prior is not None and prior.created > now - IDEMPOTENCY_TTL:
+                        if prior.fingerprint != fingerprint:
+                            raise StripeError(
+                                400,
+                                "Keys for idempotent requests can only be used with the same "
+                                "parameters they were first used with. Try using a key other "
+                                f"than '{idem_key}' if you meant to execute a different "
+                                "request.",
+                                type_="idempotency_error",
+                            )
+                        return web.Response(
+                            body=prior.body,
+                            status=prior.status,
+                            content_type=JSON_CT,
+                            headers={
+                                **base_headers,
+                                "Idempotent-Replayed": "true",
+                                "Request-Id": emu.state.new_id("req_", 14),
+                            },
+                        )
+            expand = params.pop("expand", [])
+            if isinstance(expand, str):
+                expand = [expand]
+            with emu.state.lock:
+                request_id = emu.state.new_id("req_", 14)
+                ctx = Ctx(emu.state, request_id, idem_key, list(expand))
+                try:
+                    result: Resp = handler(ctx, params, dict(request.match_info))
+                    status, out = result.status, result.body
+                    headers = {}
+                except StripeError as e:
+                    status, out, headers = e.status, e.body(), dict(e.headers)
+                if idem_slot is not None and status < 500:
+                    self.idempotency[idem_slot] = IdemEntry(
+                        fingerprint, status, out, emu.state.clock.now()
+                    )
+            base_headers["Request-Id"] = request_id
+            return web.Response(
+                body=out, status=status, content_type=JSON_CT, headers={**base_headers, **headers}
+            )
+        except StripeError as e:
+            return _error_response(e, base_headers)
+
+    def add_routes(self, app: web.Application) -> None:
+        for r in ROUTES:
+            app.router.add_route(r.method, r.path, self.wrap(r.handler))
+
+
+@web.middleware
+async def not_found_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Unknown URLs answer in Stripe's error shape rather than aiohttp's HTML."""
+    try:
+        resp: web.StreamResponse = await handler(request)
+        return resp
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
+        if request.path.startswith("/_emulator"):
+            raise
+        return _error_response(unknown_endpoint(request.method, request.path))
+
+
+def build_app(emu: Emulator) -> web.Application:
+    from .control import add_control_routes
+
+    app = web.Application(middlewares=[not_found_middleware], client_max_size=64 * 1024**2)
+    api = ApiServer(emu)
+    emu._api_server = api
+    add_control_routes(app, emu)
+    api.add_routes(app)
+    return app
