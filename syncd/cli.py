@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -15,12 +16,18 @@ from syncd import __version__, migrations
 from syncd.config import Config, default_config_path, load_config, redacted, to_toml
 from syncd.daemon import run_daemon
 from syncd.db import Database, describe_target
+from syncd.emulator import cli as emulator_cli
 from syncd.errors import StripeError, SyncdError
 from syncd.logs import configure as configure_logging
 from syncd.redaction import scrub
 from syncd.stripe_api import StripeAPI
 
-Command = Callable[[Config, argparse.Namespace], Awaitable[int]]
+
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[Config, argparse.Namespace], Awaitable[int]]
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
 
 
 async def cmd_run(cfg: Config, _args: argparse.Namespace) -> int:
@@ -73,11 +80,19 @@ async def cmd_check(cfg: Config, _args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-COMMANDS: dict[str, tuple[Command, str]] = {
-    "run": (cmd_run, "run the daemon (migrates first; stops cleanly on SIGTERM)"),
-    "migrate": (cmd_migrate, "apply pending database migrations and exit"),
-    "config": (cmd_config, "print the effective configuration, secrets redacted"),
-    "check": (cmd_check, "check the configuration, PostgreSQL and Stripe; exit 0 when all is well"),
+def _migrate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", type=int, default=None, help="stop after this migration version")
+
+
+COMMANDS: dict[str, Command] = {
+    "run": Command(cmd_run, "run the daemon (migrates first; stops cleanly on SIGTERM)"),
+    "migrate": Command(
+        cmd_migrate, "apply pending database migrations and exit", _migrate_arguments
+    ),
+    "config": Command(cmd_config, "print the effective configuration, secrets redacted"),
+    "check": Command(
+        cmd_check, "check the configuration, PostgreSQL and Stripe; exit 0 when all is well"
+    ),
 }
 
 
@@ -92,17 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="configuration file (default: $SYNCD_CONFIG, else ./config.toml when present)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_fn, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if name == "migrate":
-            p.add_argument(
-                "--target", type=int, default=None, help="stop after this migration version"
-            )
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        if command.arguments is not None:
+            command.arguments(p)
+    emulator = sub.add_parser(
+        "emulator",
+        help="run the Stripe emulator (offline testing; see docs/emulator.md)",
+        description="A stateful Stripe API emulator on loopback, for tests, benchmarks and demos.",
+    )
+    emulator_cli.configure_parser(emulator)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "emulator":
+        # The emulator stands apart from the daemon: it needs no syncd configuration.
+        return emulator_cli.run(args)
     try:
         if args.config:
             cfg = load_config(Path(args.config), explicit=True)
@@ -110,8 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path, explicit = default_config_path(os.environ)
             cfg = load_config(path, explicit=explicit)
         configure_logging(cfg.log.level, cfg.log.format)
-        command, _help = COMMANDS[args.command]
-        return anyio.run(command, cfg, args)
+        return anyio.run(COMMANDS[args.command].run, cfg, args)
     except SyncdError as exc:
         print(f"syncd: error: {scrub(str(exc))}", file=sys.stderr)
         return exc.exit_code

@@ -36,7 +36,9 @@ from syncd.logs import get_logger
 log = get_logger(__name__)
 
 _RETRY_STATUS = {409, 429, 500, 502, 503, 504}
-_ID_SEGMENT = re.compile(r"/[a-z]+_[0-9A-Za-z_]+")
+# An id segment: a prefix (cus, sub_sched, ...) then a token with a digit or capital letter,
+# which tells `/cus_NffrFeUf2` apart from a path word such as `/meter_events`.
+_ID_SEGMENT = re.compile(r"/[a-z]+(?:_[a-z]+)*_[0-9A-Za-z]*[0-9A-Z][0-9A-Za-z]*")
 
 
 class StripeClock:

@@ -22,6 +22,7 @@ import pytest
 from syncd import migrations
 from syncd.config import Config, DatabaseConfig, StripeConfig, load_config
 from syncd.db import Database
+from syncd.emulator import Emulator
 from syncd.pgserver import LocalPostgres, throwaway_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +118,20 @@ def make_config(db_url: str, **sections: dict[str, Any]) -> Config:
 @pytest.fixture
 def cfg(db_url: str) -> Config:
     return make_config(db_url)
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    """A fresh Stripe emulator served from this test's event loop."""
+    async with Emulator.running(port=0, seed=1) as emu:
+        yield emu
+
+
+def emulator_config(db_url: str, emu: Emulator, **sections: dict[str, Any]) -> Config:
+    """A Config pointing at this database and this emulator (generous rate, fast retries)."""
+    stripe_overrides = {"api_base": emu.url, "rate_limit": 1000.0, **sections.pop("stripe", {})}
+    cfg = make_config(db_url, **sections)
+    return dataclasses.replace(cfg, stripe=dataclasses.replace(cfg.stripe, **stripe_overrides))
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -87,6 +88,9 @@ class ApiServer:
                 # the transport is gone; aiohttp discards whatever is returned
                 return web.Response(status=500)
             self.emu.stats.record(endpoint, resp.status)
+            # Stripe's clock is the emulator's clock: clients that read the Date header (syncd
+            # stamps fetched rows with it) see frozen or advanced time as they would see Stripe's.
+            resp.headers["Date"] = formatdate(self.emu.state.clock.time(), usegmt=True)
             return resp
 
         return handle

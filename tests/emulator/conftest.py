@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
-# Test the package in this checkout even when another checkout is installed in editable mode.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
-    for _m in [m for m in sys.modules if m == "syncd" or m.startswith("syncd.")]:
-        del sys.modules[_m]
+import pytest
+import stripe
 
-import pytest  # noqa: E402
-import stripe  # noqa: E402
-
-from syncd.emulator import Emulator  # noqa: E402
+from syncd.emulator import Emulator
 
 
 @pytest.fixture
