@@ -32,6 +32,9 @@ class Daemon:
         self.control = ControlLoop(db, lifecycle)
         # The work of the daemon: each feature adds its loops here (see attach_features).
         self.loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
+        # Steps awaited in order before the loops start (e.g. taking the events cursor before a
+        # first full resync can begin listing).
+        self.startup: list[Callable[[], Coroutine[Any, Any, None]]] = []
 
     def add_loop(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self.loops.append((name, loop))
@@ -81,6 +84,8 @@ async def run_daemon(cfg: Config) -> int:
             attach_features(daemon)
             daemon.role = "running"
             with lifecycle.work_scope:
+                for step in daemon.startup:
+                    await step()
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(daemon.heartbeat_loop)
                     tg.start_soon(daemon.control.run)
