@@ -18,15 +18,22 @@ from syncd.db import Database
 from syncd.errors import SyncdError
 from syncd.lifecycle import Lifecycle
 from syncd.logs import get_logger
+from syncd.stripe_api import StripeAPI
+from syncd.writer import Writer
 
 log = get_logger(__name__)
 
 
 class Daemon:
-    def __init__(self, cfg: Config, db: Database, lifecycle: Lifecycle):
+    def __init__(self, cfg: Config, db: Database, lifecycle: Lifecycle, api: StripeAPI):
         self.cfg = cfg
         self.db = db
         self.lifecycle = lifecycle
+        # One Stripe client (and so one rate limiter) and one writer shared by every feature.
+        self.api = api
+        self.writer = Writer(
+            db, account_id=cfg.stripe.account, notify_channel=cfg.events.notify_channel
+        )
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.role = "starting"
         self.control = ControlLoop(db, lifecycle)
@@ -72,7 +79,10 @@ async def run_daemon(cfg: Config) -> int:
     lifecycle = Lifecycle(cfg.daemon.shutdown_grace)
     async with anyio.create_task_group() as outer:
         await outer.start(lifecycle.watch_signals)
-        async with Database.connect(cfg.database, settings=session_settings(cfg)) as db:
+        async with (
+            Database.connect(cfg.database, settings=session_settings(cfg)) as db,
+            StripeAPI(cfg) as api,
+        ):
             applied = await migrations.migrate(db)
             log.info(
                 "daemon_started",
@@ -80,7 +90,7 @@ async def run_daemon(cfg: Config) -> int:
                 migrations_applied=len(applied),
                 config=redacted(cfg),
             )
-            daemon = Daemon(cfg, db, lifecycle)
+            daemon = Daemon(cfg, db, lifecycle, api)
             attach_features(daemon)
             daemon.role = "running"
             with lifecycle.work_scope:
