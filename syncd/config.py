@@ -157,6 +157,9 @@ class DaemonConfig:
     )
     heartbeat_interval: float = _opt(5.0, "seconds between heartbeat writes", lo=0.1, hi=3600)
     leader_election: bool = _opt(True, "one replica leads (advisory lock), others stand by")
+    election_interval: float = _opt(
+        1.0, "seconds between a standby's lock attempts and the leader's lock checks", lo=0.1, hi=60
+    )
 
 
 @dataclass(frozen=True)

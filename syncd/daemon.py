@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
 
-from syncd import __version__, migrations
+from syncd import __version__, health, metrics, migrations
 from syncd.config import Config, redacted
 from syncd.control import ControlLoop
 from syncd.db import Database
 from syncd.errors import SyncdError
+from syncd.leader import Leadership
 from syncd.lifecycle import Lifecycle
 from syncd.logs import get_logger
 from syncd.stripe_api import StripeAPI
@@ -36,6 +38,16 @@ class Daemon:
         )
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.role = "starting"
+        self.http_bind = ""
+        self.leader_since = 0.0
+        self.last_beat = anyio.current_time()
+        self._beat_now = anyio.Event()
+        self.leadership = Leadership(
+            db,
+            lifecycle,
+            enabled=cfg.daemon.leader_election,
+            interval=cfg.daemon.election_interval,
+        )
         self.control = ControlLoop(db, lifecycle)
         # The work of the daemon: each feature adds its loops here (see attach_features).
         self.loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
@@ -46,24 +58,92 @@ class Daemon:
     def add_loop(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self.loops.append((name, loop))
 
+    def set_role(self, role: str) -> None:
+        """`standby`, `leader`, `stopping`: written at once (the heartbeat wakes) and logged."""
+        if role != self.role:
+            log.info("role_changed", role=role, previous=self.role)
+            self.role = role
+            self.leader_since = time.time() if role == "leader" else 0.0
+            self._beat_now.set()
+
     async def heartbeat_loop(self) -> None:
         """Keep this instance's row fresh; failures are logged and retried, never fatal."""
         while True:
+            self.last_beat = anyio.current_time()
             try:
                 await self.db.execute(
-                    "heartbeat",
+                    "leader_heartbeat",
                     self.instance_id,
                     socket.gethostname(),
                     os.getpid(),
                     __version__,
                     self.role,
+                    _last_successes(),
+                    self.http_bind,
                 )
+                metrics.heartbeats.labels("ok").inc()
             except SyncdError as exc:
                 if not exc.retryable:
                     raise
+                metrics.heartbeats.labels("failed").inc()
                 log.warning("heartbeat_failed", error=str(exc))
-            if not await self.lifecycle.sleep(self.cfg.daemon.heartbeat_interval):
+            self._beat_now = anyio.Event()
+            if not await self.lifecycle.sleep(self.cfg.daemon.heartbeat_interval, self._beat_now):
                 return
+
+    async def lead_when_elected(self) -> None:
+        """Stand by until elected, lead until the lock is lost or a stop is requested, repeat."""
+        while not self.lifecycle.stopping.is_set():
+            self.set_role("standby")
+            if not await self.leadership.acquire():
+                return
+            self.set_role("leader")
+            try:
+                await self._lead()
+            except Exception as exc:
+                # Losing the database mid-work is an election matter, not a crash: stand by and
+                # try again. Anything else ends the daemon (the orchestrator restarts it).
+                if not all(isinstance(e, SyncdError) and e.retryable for e in _leaves(exc)):
+                    raise
+                log.warning("leader_work_interrupted", error=str(_leaves(exc)[0]))
+                await self.lifecycle.sleep(self.cfg.daemon.election_interval)
+            finally:
+                await self.leadership.release()
+
+    async def _lead(self) -> None:
+        """The leader's work: startup steps, then the control loop and every feature loop.
+
+        A sibling task watches the lock; if it is lost, the whole scope is cancelled at once
+        (open transactions roll back, the cursor stays at its last commit): never two writers.
+        """
+        async with anyio.create_task_group() as tg:
+
+            async def work() -> None:
+                for step in self.startup:
+                    await step()
+                async with anyio.create_task_group() as loops:
+                    loops.start_soon(self.control.run, name="control")
+                    for name, loop in self.loops:
+                        loops.start_soon(loop, name=name)
+                tg.cancel_scope.cancel()  # stopping: the loops are done, stop watching
+
+            tg.start_soon(work, name="leader_work")
+            await self.leadership.watch()
+            tg.cancel_scope.cancel()
+
+
+def _last_successes() -> dict[str, float]:
+    out: dict[str, float] = {}
+    for family in metrics.last_success.collect():
+        for sample in family.samples:
+            out[sample.labels["loop"]] = sample.value
+    return out
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 def session_settings(cfg: Config) -> dict[str, str]:
@@ -75,35 +155,41 @@ def attach_features(daemon: Daemon) -> None:
     """Give each feature its loops and request handlers (one call per feature)."""
 
 
-async def run_daemon(cfg: Config) -> int:
+async def run_daemon(cfg: Config, features: Callable[[Daemon], None] = attach_features) -> int:
+    """Every replica runs the heartbeat and the HTTP server; only the leader does the work."""
     lifecycle = Lifecycle(cfg.daemon.shutdown_grace)
-    async with anyio.create_task_group() as outer:
-        await outer.start(lifecycle.watch_signals)
-        async with (
-            Database.connect(cfg.database, settings=session_settings(cfg)) as db,
-            StripeAPI(cfg) as api,
-        ):
-            applied = await migrations.migrate(db)
-            log.info(
-                "daemon_started",
-                version=__version__,
-                migrations_applied=len(applied),
-                config=redacted(cfg),
-            )
-            daemon = Daemon(cfg, db, lifecycle, api)
-            attach_features(daemon)
-            daemon.role = "running"
-            with lifecycle.work_scope:
-                for step in daemon.startup:
-                    await step()
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(daemon.heartbeat_loop)
-                    tg.start_soon(daemon.control.run)
-                    for name, loop in daemon.loops:
-                        tg.start_soon(loop, name=name)
-            await _mark_stopped(db, daemon.instance_id)
-        log.info("daemon_stopped", graceful=not lifecycle.work_scope.cancelled_caught)
-        outer.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as outer:
+            await outer.start(lifecycle.watch_signals)
+            async with (
+                Database.connect(cfg.database, settings=session_settings(cfg)) as db,
+                StripeAPI(cfg) as api,
+            ):
+                applied = await migrations.migrate(db)
+                log.info(
+                    "daemon_started",
+                    version=__version__,
+                    migrations_applied=len(applied),
+                    config=redacted(cfg),
+                )
+                daemon = Daemon(cfg, db, lifecycle, api)
+                features(daemon)
+                with lifecycle.work_scope:
+                    async with anyio.create_task_group() as tg:
+                        if cfg.http.enabled:
+                            await tg.start(health.serve, daemon, name="http")
+                        tg.start_soon(daemon.heartbeat_loop, name="heartbeat")
+                        await daemon.lead_when_elected()
+                daemon.set_role("stopped")
+                await _mark_stopped(db, daemon.instance_id)
+            log.info("daemon_stopped", graceful=not lifecycle.work_scope.cancelled_caught)
+            outer.cancel_scope.cancel()
+    except Exception as exc:
+        # A task group wraps errors; the CLI prints the first syncd error as one line.
+        first = next((e for e in _leaves(exc) if isinstance(e, SyncdError)), None)
+        if first is None:
+            raise
+        raise first from exc
     return 0
 
 

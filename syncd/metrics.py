@@ -38,3 +38,50 @@ rows_written = Counter(
     ["table", "op"],
     registry=REGISTRY,
 )
+
+# Features (event stream, full resync, usage). Defined here so /metrics always lists them.
+events_applied = Counter(
+    "syncd_events_applied",
+    "Stripe events applied, by event type and outcome (applied, stale, skipped, failed)",
+    ["type", "outcome"],
+    registry=REGISTRY,
+)
+event_lag_seconds = Gauge(
+    "syncd_event_lag_seconds",
+    "Seconds between the newest applied event's creation and its application",
+    registry=REGISTRY,
+)
+cursor_age_seconds = Gauge(
+    "syncd_cursor_age_seconds",
+    "Age of the events cursor (Stripe keeps events 30 days)",
+    registry=REGISTRY,
+)
+resync_objects = Counter(
+    "syncd_resync_objects",
+    "Objects listed by full resyncs, by table",
+    ["table"],
+    registry=REGISTRY,
+)
+usage_rows = Gauge(
+    "syncd_usage_rows",
+    "Usage rows by status (pending, reported, failed), as last read from the database",
+    ["status"],
+    registry=REGISTRY,
+)
+
+# Operations: leadership and liveness.
+is_leader = Gauge(
+    "syncd_leader", "1 while this replica holds leadership, else 0", registry=REGISTRY
+)
+leadership_changes = Counter(
+    "syncd_leadership_changes",
+    "Leadership transitions of this replica (acquired, lost, released)",
+    ["change"],
+    registry=REGISTRY,
+)
+heartbeats = Counter(
+    "syncd_heartbeats",
+    "Heartbeats written to the instances table, by outcome (ok, failed)",
+    ["outcome"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,63 @@
+-- Leadership, health and `syncd status`.
+
+-- name: leader_heartbeat
+-- The heartbeat of one replica with its role; leader_since is kept while the role stays leader.
+INSERT INTO {state}.instances
+       (instance_id, hostname, pid, version, role, leader_since, last_success, http_bind)
+VALUES ($1, $2, $3, $4, $5, CASE WHEN $5 = 'leader' THEN now() END, $6, $7)
+ON CONFLICT (instance_id) DO UPDATE
+   SET beat_at = now(),
+       role = EXCLUDED.role,
+       stopped_at = NULL,
+       last_success = EXCLUDED.last_success,
+       http_bind = EXCLUDED.http_bind,
+       leader_since = CASE
+           WHEN EXCLUDED.role <> 'leader' THEN NULL
+           WHEN {state}.instances.role = 'leader' THEN {state}.instances.leader_since
+           ELSE now() END;
+
+-- name: ping
+SELECT 1;
+
+-- name: database_now
+SELECT now();
+
+-- name: relation_exists
+SELECT to_regclass($1) IS NOT NULL;
+
+-- name: status_instances
+-- Replicas seen in the last day, newest beat first; `alive` means a beat within $1 seconds.
+SELECT instance_id, hostname, pid, version, role, started_at, beat_at, stopped_at, leader_since,
+       last_success, http_bind,
+       (stopped_at IS NULL AND beat_at > now() - make_interval(secs => $1)) AS alive,
+       extract(epoch FROM now() - beat_at)::float8 AS beat_age
+  FROM {state}.instances
+ WHERE beat_at > now() - interval '1 day'
+ ORDER BY beat_at DESC;
+
+-- name: status_schema_version
+SELECT coalesce(max(version), 0) FROM {state}.schema_migrations;
+
+-- name: status_requests
+-- The latest operator requests (resync, flush-usage), newest first.
+SELECT id, kind, status, requested_at, started_at, finished_at, error,
+       extract(epoch FROM finished_at - started_at)::float8 AS seconds
+  FROM {state}.requests
+ ORDER BY id DESC
+ LIMIT $1;
+
+-- name: status_mirror_counts
+-- Live and tombstoned rows of one mirror table (rendered per table with db.table_sql).
+SELECT count(*) FILTER (WHERE deleted_at IS NULL) AS live,
+       count(*) FILTER (WHERE deleted_at IS NOT NULL) AS deleted,
+       max(synced_at) AS last_synced
+  FROM {mirror}.{table};
+
+-- name: leader_lock_held
+-- Is the leader's advisory lock (bigint key: classid = high, objid = low 32 bits) still ours?
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+     WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
+       AND objsubid = 1 AND classid::bigint = ($1::bigint >> 32)
+       AND objid::bigint = ($1::bigint & 4294967295)
+);

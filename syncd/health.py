@@ -1,0 +1,139 @@
+"""The daemon's HTTP face (`http.bind`): /healthz, /readyz and /metrics, on every replica.
+
+- `/healthz`: the process is alive: the event loop answers and the heartbeat loop keeps ticking
+  (a wedged loop or a dead task group fails it). Orchestrators restart on failure.
+- `/readyz`: the replica can do its job: PostgreSQL answers, no migration is pending, it is the
+  leader or a standby, and (leader only) the event stream polled successfully within
+  `http.ready_max_poll_age`. Standbys are ready: they are the spare wheel, not a fault.
+- `/metrics`: Prometheus text from `syncd.metrics.REGISTRY`.
+
+Bodies say what failed in a few words: no DSN, no key, no customer data (a test checks).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+from aiohttp import web
+from anyio.abc import TaskStatus
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from syncd import metrics, migrations
+from syncd.errors import ConfigError, SyncdError
+from syncd.logs import get_logger
+
+if TYPE_CHECKING:
+    from syncd.daemon import Daemon
+
+log = get_logger(__name__)
+# The loop whose last success tells whether the mirror is current (the event stream's poll).
+POLL_LOOP = "events"
+CHECK_TIMEOUT = 2.0
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"http.bind: {bind!r} is not host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _json(status: int, body: dict[str, Any]) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+class Health:
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    def alive(self) -> dict[str, Any]:
+        d = self.daemon
+        # The heartbeat loop stamps every round, even when the database is down.
+        limit = max(3 * d.cfg.daemon.heartbeat_interval, 10.0)
+        age = anyio.current_time() - d.last_beat
+        return {"ok": age <= limit, "heartbeat_loop_age": round(age, 3), "role": d.role}
+
+    async def ready(self) -> dict[str, Any]:
+        d = self.daemon
+        checks: dict[str, str] = {}
+        try:
+            with anyio.fail_after(CHECK_TIMEOUT):
+                pending = await migrations.pending(d.db)
+            checks["database"] = "ok"
+            checks["migrations"] = f"{len(pending)} pending" if pending else "ok"
+        except (SyncdError, TimeoutError):
+            checks["database"] = "unreachable"
+        checks["role"] = d.role if d.role in ("leader", "standby") else f"not ready ({d.role})"
+        if d.role == "leader":
+            checks["poll"] = self._poll_check()
+        ok = all(
+            v == "ok" or (k == "role" and v in ("leader", "standby")) for k, v in checks.items()
+        )
+        return {"ok": ok, "checks": checks}
+
+    def _poll_check(self) -> str:
+        d = self.daemon
+        if not d.cfg.events.enabled or POLL_LOOP not in {name for name, _ in d.loops}:
+            return "ok"
+        limit = d.cfg.http.ready_max_poll_age
+        last = _last_success(POLL_LOOP)
+        since = d.leader_since
+        # A new leader gets one allowance to make its first poll.
+        newest = max(last or 0.0, since)
+        age = time.time() - newest
+        return "ok" if age <= limit else f"last successful poll {age:.0f}s ago (> {limit:.0f}s)"
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        body = self.alive()
+        return _json(200 if body["ok"] else 503, body)
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        body = await self.ready()
+        return _json(200 if body["ok"] else 503, body)
+
+    async def metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+
+def _last_success(loop: str) -> float | None:
+    for family in metrics.last_success.collect():
+        for sample in family.samples:
+            if sample.labels.get("loop") == loop:
+                return sample.value
+    return None
+
+
+async def serve(
+    daemon: Daemon, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until a stop is requested; `daemon.http_bind` gets the bound address."""
+    host, port = parse_bind(daemon.cfg.http.bind)
+    health = Health(daemon)
+    app = web.Application()
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", health.metrics)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise SyncdError(f"http.bind {daemon.cfg.http.bind}: {exc.strerror or exc}") from None
+        # Port 0 asks for any free port (tests): report the one the server got.
+        server: Any = site._server
+        sockets = server.sockets if server is not None else ()
+        bound = sockets[0].getsockname() if sockets else (host, port)
+        daemon.http_bind = f"{host}:{bound[1]}"
+        log.info("http_listening", bind=daemon.http_bind)
+        task_status.started()
+        await daemon.lifecycle.stopping.wait()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()
