@@ -99,23 +99,30 @@ class Daemon:
                 return
             self.set_role("leader")
             try:
-                await self._lead()
+                lost = await self._lead()
             except Exception as exc:
                 # Losing the database mid-work is an election matter, not a crash: stand by and
                 # try again. Anything else ends the daemon (the orchestrator restarts it).
                 if not all(isinstance(e, SyncdError) and e.retryable for e in _leaves(exc)):
                     raise
                 log.warning("leader_work_interrupted", error=str(_leaves(exc)[0]))
-                await self.lifecycle.sleep(self.cfg.daemon.election_interval)
+                lost = True
             finally:
                 await self.leadership.release()
+            if lost:
+                # The replica that lost its lock is likely the unwell one: give the others the
+                # first try at the lock.
+                self.set_role("standby")
+                await self.lifecycle.sleep(2 * self.cfg.daemon.election_interval)
 
-    async def _lead(self) -> None:
+    async def _lead(self) -> bool:
         """The leader's work: startup steps, then the control loop and every feature loop.
 
         A sibling task watches the lock; if it is lost, the whole scope is cancelled at once
         (open transactions roll back, the cursor stays at its last commit): never two writers.
+        Returns True when leadership was lost, False when the work ended (a stop).
         """
+        lost = False
         async with anyio.create_task_group() as tg:
 
             async def work() -> None:
@@ -129,7 +136,10 @@ class Daemon:
 
             tg.start_soon(work, name="leader_work")
             await self.leadership.watch()
+            lost = True
+            self.set_role("standby")
             tg.cancel_scope.cancel()
+        return lost
 
 
 def _last_successes() -> dict[str, float]:
