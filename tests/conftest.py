@@ -56,13 +56,14 @@ async def template_db(pg_server: PgServer) -> AsyncIterator[str]:
     admin = await asyncpg.connect(pg_server.admin_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        cfg = DatabaseConfig(url=with_db(pg_server.admin_dsn, name))
-        async with Database.connect(cfg, min_size=1) as db:
-            await migrations.migrate(db)
-        yield name
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+    cfg = DatabaseConfig(url=with_db(pg_server.admin_dsn, name))
+    async with Database.connect(cfg, min_size=1) as db:
+        await migrations.migrate(db)
+    yield name
+    # A fresh connection: a test may have restarted the server (readiness tests) meanwhile.
+    await drop_database(pg_server, name)
 
 
 async def create_database(pg_server: PgServer, template: str | None) -> str:
