@@ -18,8 +18,10 @@ from syncd.daemon import run_daemon
 from syncd.db import Database, describe_target
 from syncd.emulator import cli as emulator_cli
 from syncd.errors import StripeError, SyncdError
+from syncd.health import cmd_health, health_arguments
 from syncd.logs import configure as configure_logging
 from syncd.redaction import scrub
+from syncd.status import cmd_status, status_arguments
 from syncd.stripe_api import StripeAPI
 
 
@@ -92,6 +94,16 @@ COMMANDS: dict[str, Command] = {
     "config": Command(cmd_config, "print the effective configuration, secrets redacted"),
     "check": Command(
         cmd_check, "check the configuration, PostgreSQL and Stripe; exit 0 when all is well"
+    ),
+    "status": Command(
+        cmd_status,
+        "leader, last poll, cursor, resyncs, usage, rows per table; exit 1 when unhealthy",
+        status_arguments,
+    ),
+    "health": Command(
+        cmd_health,
+        "probe this host's /healthz (or --ready: /readyz); for HEALTHCHECK",
+        health_arguments,
     ),
 }
 

@@ -12,9 +12,11 @@ Bodies say what failed in a few words: no DSN, no key, no customer data (a test 
 
 from __future__ import annotations
 
+import argparse
 import time
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import anyio
 import orjson
 from aiohttp import web
@@ -22,6 +24,7 @@ from anyio.abc import TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from syncd import metrics, migrations
+from syncd.config import Config
 from syncd.errors import ConfigError, SyncdError
 from syncd.logs import get_logger
 
@@ -137,3 +140,29 @@ async def serve(
     finally:
         with anyio.CancelScope(shield=True):
             await runner.cleanup()
+
+
+async def cmd_health(cfg: Config, args: argparse.Namespace) -> int:
+    """`syncd health`: probe this host's /healthz (or /readyz): the container HEALTHCHECK."""
+    host, port = parse_bind(cfg.http.bind)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    path = "/readyz" if args.ready else "/healthz"
+    url = f"http://{host}:{port}{path}"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as session,
+            session.get(url) as resp,
+        ):
+            body = await resp.text()
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"syncd health: {url}: {exc.__class__.__name__}: {exc}")
+        return 1
+    print(f"{status} {path} {body}")
+    return 0 if status == 200 else 1
+
+
+def health_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ready", action="store_true", help="probe /readyz instead of /healthz")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")

@@ -1,0 +1,186 @@
+"""`syncd status`: what an on-call engineer asks first, read from the database alone.
+
+Leader and replicas (from their heartbeats), schema version and pending migrations, the last
+poll, operator requests, rows per mirror table, and the features' own state when their tables
+exist (events cursor and ledger, full resyncs, usage). Exit code 1 when unhealthy: no live
+leader, pending migrations, a stale poll or an events cursor too old; so `syncd status --quiet`
+works as a health check from anywhere that reaches the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from syncd import migrations
+from syncd.config import Config
+from syncd.db import Database, describe_target
+from syncd.health import POLL_LOOP
+from syncd.registry import RESOURCES
+
+Report = dict[str, Any]
+
+
+def live_after(cfg: Config) -> float:
+    """Seconds without a heartbeat after which a replica counts as dead."""
+    return max(3 * cfg.daemon.heartbeat_interval, 15.0)
+
+
+async def _exists(db: Database, table: str) -> bool:
+    return bool(await db.fetchval("relation_exists", table))
+
+
+async def gather(db: Database, cfg: Config) -> Report:
+    """Everything `syncd status` shows, as plain JSON-able data, plus the problems found."""
+    report: Report = {"database": describe_target(cfg.database.url), "problems": []}
+    problems: list[str] = report["problems"]
+    pending = await migrations.pending(db)
+    state = db.schemas.state
+    version = 0
+    if await _exists(db, f'"{state}".schema_migrations'):
+        version = await db.fetchval("status_schema_version")
+    report["schema"] = {
+        "version": version,
+        "pending": [f"{m.version:04d}_{m.name}" for m in pending],
+    }
+    if pending:
+        problems.append(f"{len(pending)} migration(s) pending: run `syncd migrate`")
+    if pending and version < 40:
+        # Too old to read the rest; say so rather than fail on missing columns.
+        return report
+
+    instances = [dict(r) for r in await db.fetch("status_instances", live_after(cfg))]
+    leaders = [i for i in instances if i["alive"] and i["role"] == "leader"]
+    report["instances"] = [
+        {
+            "id": i["instance_id"],
+            "role": i["role"] if i["alive"] or i["stopped_at"] else f"{i['role']} (silent)",
+            "alive": i["alive"],
+            "version": i["version"],
+            "beat_age": round(i["beat_age"], 1),
+            "leader_since": _iso(i["leader_since"]),
+            "http": i["http_bind"],
+        }
+        for i in instances
+    ]
+    report["leader"] = leaders[0]["instance_id"] if leaders else None
+    if not leaders:
+        problems.append("no live leader heartbeat")
+    elif len(leaders) > 1:
+        problems.append(f"{len(leaders)} replicas claim leadership")
+
+    # The last poll, as the leader's heartbeat last reported it.
+    report["last_success"] = {}
+    if leaders:
+        successes: dict[str, float] = leaders[0]["last_success"] or {}
+        now = time.time()
+        report["last_success"] = {k: round(now - v, 1) for k, v in successes.items()}
+        poll_age = report["last_success"].get(POLL_LOOP)
+        limit = cfg.http.ready_max_poll_age
+        if cfg.events.enabled and poll_age is not None and poll_age > limit:
+            problems.append(f"last successful poll {poll_age:.0f}s ago (> {limit:.0f}s)")
+
+    report["requests"] = [
+        {
+            "id": r["id"],
+            "kind": r["kind"],
+            "status": r["status"],
+            "requested_at": _iso(r["requested_at"]),
+            "seconds": None if r["seconds"] is None else round(r["seconds"], 1),
+            "error": r["error"],
+        }
+        for r in await db.fetch("status_requests", 5)
+    ]
+
+    tables: dict[str, dict[str, Any]] = {}
+    for resource in RESOURCES:
+        if not await _exists(db, f'"{db.schemas.mirror}"."{resource.table}"'):
+            continue
+        query = db.table_sql("status_mirror_counts", resource.table)
+
+        async def count(conn: Any, sql: str = query) -> Any:
+            return await conn.fetchrow(sql)
+
+        row = await db.run(count, transaction=False)
+        if row is not None and (row["live"] or row["deleted"]):
+            tables[resource.table] = {
+                "live": row["live"],
+                "deleted": row["deleted"],
+                "last_synced": _iso(row["last_synced"]),
+            }
+    report["tables"] = tables
+    return report
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value is not None else None
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def render(report: Report) -> str:
+    """The human summary: one screen, the problems first."""
+    lines: list[str] = []
+    problems = report["problems"]
+    lines.append(f"syncd status for {report['database']}: " + ("UNHEALTHY" if problems else "ok"))
+    lines.extend(f"  ! {p}" for p in problems)
+    schema = report["schema"]
+    pending = ", ".join(schema["pending"]) or "none pending"
+    lines.append(f"schema      version {schema['version']} ({pending})")
+    if "instances" not in report:
+        return "\n".join(lines) + "\n"
+    lines.append(f"leader      {report['leader'] or 'none'}")
+    for inst in report["instances"]:
+        state = "alive" if inst["alive"] else "gone"
+        lines.append(
+            f"  {inst['role']:<10} {inst['id']}  v{inst['version']}  {state}, "
+            f"beat {inst['beat_age']}s ago" + (f"  http {inst['http']}" if inst["http"] else "")
+        )
+    for loop, age in sorted(report["last_success"].items()):
+        lines.append(f"last {loop:<7}{_age(age)}")
+    for section in ("events", "resync", "usage"):
+        for key, value in report.get(section, {}).items():
+            lines.append(f"{section:<11} {key}: {value}")
+    if report["requests"]:
+        lines.append("requests")
+        for r in report["requests"]:
+            took = f" in {r['seconds']}s" if r["seconds"] is not None else ""
+            error = f": {r['error']}" if r["error"] else ""
+            lines.append(
+                f"  #{r['id']} {r['kind']} {r['status']}{took} ({r['requested_at']}){error}"
+            )
+    tables = report["tables"]
+    lines.append(f"mirror      {sum(t['live'] for t in tables.values())} live rows")
+    for name, t in sorted(tables.items()):
+        deleted = f" (+{t['deleted']} deleted)" if t["deleted"] else ""
+        lines.append(f"  {name:<28} {t['live']:>8}{deleted}")
+    return "\n".join(lines) + "\n"
+
+
+async def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
+    async with Database.connect(cfg.database, min_size=1) as db:
+        report = await gather(db, cfg)
+    if args.json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    elif not args.quiet:
+        print(render(report), end="")
+    return 1 if report["problems"] else 0
+
+
+def status_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--quiet", action="store_true", help="print nothing; exit 1 when unhealthy (health checks)"
+    )
