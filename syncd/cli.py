@@ -16,6 +16,7 @@ from syncd import __version__, migrations
 from syncd.config import Config, default_config_path, load_config, redacted, to_toml
 from syncd.daemon import run_daemon
 from syncd.db import Database, describe_target
+from syncd.demo import cmd_demo, demo_arguments
 from syncd.emulator import cli as emulator_cli
 from syncd.errors import StripeError, SyncdError
 from syncd.health import cmd_health, health_arguments
@@ -99,6 +100,11 @@ COMMANDS: dict[str, Command] = {
         cmd_status,
         "leader, last poll, cursor, resyncs, usage, rows per table; exit 1 when unhealthy",
         status_arguments,
+    ),
+    "demo": Command(
+        cmd_demo,
+        "try syncd offline: throwaway PostgreSQL, the emulator, the daemon and live changes",
+        demo_arguments,
     ),
     "health": Command(
         cmd_health,

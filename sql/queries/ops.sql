@@ -61,3 +61,12 @@ SELECT EXISTS (
        AND objsubid = 1 AND classid::bigint = ($1::bigint >> 32)
        AND objid::bigint = ($1::bigint & 4294967295)
 );
+
+-- name: demo_live_count
+-- Live rows of one mirror table (rendered per table with db.table_sql).
+SELECT count(*) FROM {mirror}.{table} WHERE deleted_at IS NULL;
+
+-- name: demo_synced_at
+-- When the content of these rows last changed, as unix seconds (the demo's end-to-end lag).
+SELECT id, extract(epoch FROM synced_at)::float8 AS synced
+  FROM {mirror}.{table} WHERE id = ANY($1::text[]);

@@ -1,0 +1,371 @@
+"""`syncd demo`: the whole system on a fresh machine, no Stripe key and no database needed.
+
+It starts a throwaway PostgreSQL (`pgserver`: Docker if present, else the local binaries), the
+Stripe emulator with a seeded account (in this process), and the real daemon (`syncd run` as a
+subprocess pointed at both). Then it changes the account through the real stripe SDK (sign-ups,
+upgrades, cancellations, refunds, usage rows) while printing what reached PostgreSQL and how
+fast, sends SIGHUP (a full resync) part way, stops the daemon with SIGTERM and prints a summary
+with queries to try. Everything is removed at the end unless `--keep`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import STDOUT
+from typing import Any
+
+import anyio
+import asyncpg
+import stripe
+from anyio.abc import Process
+
+from syncd import status
+from syncd.config import Config, DatabaseConfig
+from syncd.db import Database
+from syncd.emulator import Emulator
+from syncd.errors import SyncdError
+from syncd.pgserver import free_port, throwaway_postgres
+
+# Tables shown in the live view (the rest appear in the summary).
+LIVE_TABLES = ("customers", "subscriptions", "invoices", "charges", "refunds")
+QUERIES = """\
+SELECT id, email, name, created FROM stripe.customers ORDER BY created DESC LIMIT 5;
+SELECT status, count(*) FROM stripe.subscriptions GROUP BY status ORDER BY 2 DESC;
+SELECT s.id, c.email, p.unit_amount, s.status
+  FROM stripe.subscriptions s JOIN stripe.customers c ON c.id = s.customer_id
+  JOIN stripe.prices p ON p.id = s.price_id ORDER BY s.created DESC LIMIT 5;
+SELECT id, amount, amount_refunded, refunded FROM stripe.charges WHERE refunded LIMIT 5;
+SELECT raw->>'object', count(*) FROM stripe.invoices GROUP BY 1;"""
+
+
+@dataclass
+class Activity:
+    """What the demo changed in "Stripe", and when (for the end-to-end lag)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    # (table, id, wall time of the change): synced when the mirror row's synced_at passes it.
+    changes: list[tuple[str, str, float]] = field(default_factory=list)
+    lags: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def did(self, kind: str, table: str, object_id: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.changes.append((table, object_id, time.time()))
+
+
+class Shopper:
+    """Makes the kind of changes a live SaaS account sees, through the real SDK."""
+
+    def __init__(self, client: Any, activity: Activity, rng: random.Random):
+        self.c = client.v1
+        self.activity = activity
+        self.rng = rng
+        self.prices: list[str] = []
+        self.subs: list[str] = []
+        self.charges: list[str] = []
+        self.n = 0
+
+    async def setup(self) -> None:
+        for name, amount in (("Starter", 900), ("Pro", 2900), ("Scale", 9900)):
+            product = await self.c.products.create_async(
+                {
+                    "name": f"Demo {name}",
+                    "default_price_data": {
+                        "currency": "usd",
+                        "unit_amount": amount,
+                        "recurring": {"interval": "month"},
+                    },
+                }
+            )
+            self.prices.append(product.default_price)
+            self.activity.did("product", "products", product.id)
+
+    async def step(self) -> None:
+        roll = self.rng.random()
+        if roll < 0.4 or not self.subs:
+            await self.sign_up()
+        elif roll < 0.6:
+            await self.upgrade()
+        elif roll < 0.75:
+            await self.cancel()
+        elif roll < 0.9 or not self.charges:
+            await self.pay()
+        else:
+            await self.refund()
+
+    async def sign_up(self) -> None:
+        self.n += 1
+        cus = await self.c.customers.create_async(
+            {
+                "email": f"newcomer{self.n}@demo.example",
+                "name": f"Newcomer {self.n}",
+                "payment_method": "pm_card_visa",
+                "invoice_settings": {"default_payment_method": "pm_card_visa"},
+                "metadata": {"supabase_user_id": f"user-{self.n}"},
+            }
+        )
+        self.activity.did("sign-up", "customers", cus.id)
+        sub = await self.c.subscriptions.create_async(
+            {"customer": cus.id, "items": [{"price": self.prices[0]}]}
+        )
+        self.subs.append(sub.id)
+        self.activity.did("subscription", "subscriptions", sub.id)
+
+    async def upgrade(self) -> None:
+        sub_id = self.rng.choice(self.subs)
+        sub = await self.c.subscriptions.retrieve_async(sub_id)
+        item = sub["items"]["data"][0]
+        price = self.rng.choice(self.prices[1:])
+        await self.c.subscriptions.update_async(
+            sub_id, {"items": [{"id": item["id"], "price": price}]}
+        )
+        self.activity.did("upgrade", "subscriptions", sub_id)
+
+    async def cancel(self) -> None:
+        sub_id = self.subs.pop(self.rng.randrange(len(self.subs)))
+        await self.c.subscriptions.cancel_async(sub_id)
+        self.activity.did("cancellation", "subscriptions", sub_id)
+
+    async def pay(self) -> None:
+        pi = await self.c.payment_intents.create_async(
+            {
+                "amount": self.rng.choice((500, 1200, 4900)),
+                "currency": "usd",
+                "payment_method": "pm_card_visa",
+                "confirm": True,
+            }
+        )
+        if pi.latest_charge:
+            self.charges.append(pi.latest_charge)
+            self.activity.did("payment", "charges", pi.latest_charge)
+
+    async def refund(self) -> None:
+        charge = self.charges.pop(self.rng.randrange(len(self.charges)))
+        await self.c.refunds.create_async({"charge": charge})
+        self.activity.did("refund", "charges", charge)
+
+
+def _daemon_env(dsn: str, emu: Emulator, http_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCD_", "STRIPE_"))}
+    env.update(
+        {
+            "DATABASE_URL": dsn,
+            "STRIPE_API_KEY": emu.api_key,
+            "SYNCD_STRIPE_API_BASE": emu.url,
+            "SYNCD_STRIPE_RATE_LIMIT": "200",
+            "SYNCD_EVENTS_POLL_INTERVAL": "0.5",
+            "SYNCD_HTTP_BIND": f"127.0.0.1:{http_port}",
+            "SYNCD_LOG_FORMAT": "json",
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        }
+    )
+    return env
+
+
+async def _counts(conn: asyncpg.Connection, db: Database) -> dict[str, int]:
+    out = {}
+    for table in LIVE_TABLES:
+        out[table] = await conn.fetchval(db.table_sql("demo_live_count", table))
+    return out
+
+
+async def _measure_lag(conn: asyncpg.Connection, db: Database, activity: Activity) -> None:
+    """Move changes whose mirror row now reflects them into `lags` (synced_at - change time)."""
+    waiting: list[tuple[str, str, float]] = []
+    by_table: dict[str, list[tuple[str, float]]] = {}
+    for table, object_id, at in activity.changes:
+        by_table.setdefault(table, []).append((object_id, at))
+    for table, items in by_table.items():
+        rows = await conn.fetch(db.table_sql("demo_synced_at", table), [i for i, _ in items])
+        synced = {r["id"]: r["synced"] for r in rows}
+        for object_id, at in items:
+            seen = synced.get(object_id)
+            if seen is not None and seen >= at - 0.001:
+                activity.lags.append(max(0.0, seen - at))
+            else:
+                waiting.append((table, object_id, at))
+    activity.changes = waiting
+
+
+def _fmt_lag(lags: list[float]) -> str:
+    if not lags:
+        return "lag n/a"
+    ordered = sorted(lags)
+    p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+    return f"lag p50 {statistics.median(ordered):.2f}s p95 {p95:.2f}s"
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="syncd-demo-"))
+    say("syncd demo: a throwaway PostgreSQL, the Stripe emulator and the real daemon")
+    with throwaway_postgres(prefer_local=args.local_postgres) as (admin_dsn, _local):
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute("CREATE DATABASE syncd_demo")
+        finally:
+            await admin.close()
+        dsn = admin_dsn.rpartition("/")[0] + "/syncd_demo"
+        say(f"  postgres   {dsn}")
+        async with Emulator.running(port=0, seed=args.seed) as emu:
+            seeded = emu.seed(customers=args.customers, events=False, days=90)
+            say(f"  emulator   {emu.url}  seeded {seeded}")
+            code = await _with_daemon(args, work, dsn, emu)
+            if args.keep and code == 0:
+                say(f"\nkept running: psql '{dsn}'  (Ctrl-C to remove everything)")
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        break
+    return code
+
+
+async def _with_daemon(args: argparse.Namespace, work: Path, dsn: str, emu: Emulator) -> int:
+    http_port = free_port()
+    log_path = work / "daemon.log"
+    cfg = Config(database=DatabaseConfig(url=dsn, pool_min_size=1, pool_max_size=2))
+    with log_path.open("w") as log_file:
+        proc = await anyio.open_process(
+            [sys.executable, "-m", "syncd", "run"],
+            cwd=work,
+            env=_daemon_env(dsn, emu, http_port),
+            stdout=log_file,
+            stderr=STDOUT,
+        )
+        say(f"  daemon     pid {proc.pid}, http://127.0.0.1:{http_port}/metrics, log {log_path}")
+        try:
+            code = await _drive(args, cfg, emu, proc, http_port)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                with anyio.CancelScope(shield=True):
+                    await proc.wait()
+    if code != 0:
+        say(f"\nlast lines of {log_path}:")
+        say("\n".join(log_path.read_text().splitlines()[-20:]))
+    return code
+
+
+async def _drive(
+    args: argparse.Namespace, cfg: Config, emu: Emulator, proc: Process, port: int
+) -> int:
+    activity = Activity()
+    rng = random.Random(args.seed)
+    http = stripe.AIOHTTPClient()
+    client = emu.client(http_client=http)
+    shopper = Shopper(client, activity, rng)
+    started = time.monotonic()
+    try:
+        async with Database.connect(cfg.database, min_size=1) as db:
+            await _wait_ready(db, cfg, proc)
+            say(f"  ready in {time.monotonic() - started:.1f}s\n")
+            await shopper.setup()
+            conn = await db.dedicated_connection()
+            try:
+                await _live(args, db, conn, shopper, activity, proc)
+            finally:
+                await conn.close()
+            report = await status.gather(db, cfg)  # while the daemon still runs
+            say("\nstopping the daemon (SIGTERM)...")
+            proc.send_signal(signal.SIGTERM)
+            stopped = time.monotonic()
+            with anyio.move_on_after(30):
+                await proc.wait()
+            code = proc.returncode
+            say(f"  exit code {code} after {time.monotonic() - stopped:.1f}s")
+    finally:
+        await http.close_async()  # type: ignore[no-untyped-call]
+    say("\n" + status.render(report))
+    made = ", ".join(f"{n} {k}" for k, n in sorted(activity.counts.items()))
+    say(f"changes made through the stripe SDK: {made}")
+    say(f"end-to-end {_fmt_lag(activity.lags)} over {len(activity.lags)} synced changes")
+    if activity.changes:
+        say(f"{len(activity.changes)} changes not (yet) in the mirror when the daemon stopped")
+    if activity.errors:
+        say(f"{len(activity.errors)} SDK errors, first: {activity.errors[0]}")
+    say("\nqueries to try (psql, with --keep):\n" + QUERIES)
+    return 0 if code == 0 else 1
+
+
+async def _wait_ready(db: Database, cfg: Config, proc: Process) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            raise SyncdError(f"the daemon exited with code {proc.returncode} while starting")
+        try:
+            report = await status.gather(db, cfg)
+            if report.get("leader"):
+                return
+        except SyncdError:
+            pass  # migrations still running
+        await anyio.sleep(0.2)
+    raise SyncdError("the daemon did not become leader within 60s")
+
+
+async def _live(
+    args: argparse.Namespace,
+    db: Database,
+    conn: asyncpg.Connection,
+    shopper: Shopper,
+    activity: Activity,
+    proc: Process,
+) -> None:
+    say(f"making changes for {args.duration:.0f}s (sign-ups, upgrades, cancellations, refunds):")
+    start = time.monotonic()
+    end = start + args.duration
+    hup_at = start + args.duration * 0.6
+    next_view = start
+    while time.monotonic() < end:
+        if proc.returncode is not None:
+            raise SyncdError(f"the daemon exited with code {proc.returncode}")
+        try:
+            await shopper.step()
+        except stripe.StripeError as exc:
+            activity.errors.append(f"{exc.__class__.__name__}: {exc.user_message or exc}")
+        if hup_at and time.monotonic() >= hup_at:
+            hup_at = 0
+            proc.send_signal(signal.SIGHUP)
+            say("  -> SIGHUP sent: the daemon starts a full resync")
+        if time.monotonic() >= next_view:
+            next_view += 2
+            await _measure_lag(conn, db, activity)
+            counts = await _counts(conn, db)
+            shown = " ".join(f"{t} {n}" for t, n in counts.items())
+            say(
+                f"  {time.monotonic() - start:5.1f}s  changes {sum(activity.counts.values()):4d}"
+                f" | mirror: {shown} | {_fmt_lag(activity.lags)}"
+            )
+        await anyio.sleep(1 / args.rate)
+    # Give the last changes a moment to arrive before stopping.
+    settle = time.monotonic() + 10
+    while activity.changes and time.monotonic() < settle:
+        await anyio.sleep(0.5)
+        await _measure_lag(conn, db, activity)
+
+
+async def cmd_demo(_cfg: Config, args: argparse.Namespace) -> int:
+    return await run_demo(args)
+
+
+def demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of live changes (60)")
+    p.add_argument("--rate", type=float, default=4.0, help="changes per second (4)")
+    p.add_argument("--customers", type=int, default=300, help="customers seeded first (300)")
+    p.add_argument("--seed", type=int, default=7, help="random seed")
+    p.add_argument(
+        "--local-postgres", action="store_true", help="use local binaries even if Docker answers"
+    )
+    p.add_argument(
+        "--keep", action="store_true", help="keep PostgreSQL and the emulator until Ctrl-C"
+    )
