@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint format bench run migrate clean
+.PHONY: install demo test lint format bench run migrate clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,6 +11,9 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed
+
+demo: install  ## try it: throwaway PostgreSQL + Stripe emulator + the daemon, ~1 minute, no key needed
+	$(BIN)/syncd demo
 
 test: install  ## the whole suite against a throwaway PostgreSQL (no Docker needed)
 	$(BIN)/pytest
