@@ -108,6 +108,8 @@ def make_config(db_url: str, **sections: dict[str, Any]) -> Config:
         cfg,
         database=DatabaseConfig(url=db_url, pool_min_size=1, pool_max_size=8),
         stripe=StripeConfig(api_key=TEST_API_KEY),
+        # Any free port: daemons of parallel test runs must not fight over 9090.
+        http=dataclasses.replace(cfg.http, bind="127.0.0.1:0"),
     )
     for section, values in sections.items():
         cfg = dataclasses.replace(
@@ -150,6 +152,7 @@ def syncd_cli(
         for k, v in os.environ.items()
         if not k.startswith(("SYNCD_", "DATABASE_URL", "STRIPE_"))
     }
+    full_env["SYNCD_HTTP_BIND"] = "127.0.0.1:0"  # any free port (parallel test runs)
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "syncd", *args],

@@ -77,7 +77,7 @@ async def test_run_migrates_logs_redacted_config_and_stops_on_sigterm(empty_db_u
         try:
             for _ in range(50):
                 beats = await conn.fetchval(
-                    "SELECT count(*) FROM syncd.instances WHERE role = 'running'"
+                    "SELECT count(*) FROM syncd.instances WHERE role = 'leader'"
                 )
                 if beats:
                     break
