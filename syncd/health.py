@@ -35,6 +35,7 @@ log = get_logger(__name__)
 # The loop whose last success tells whether the mirror is current (the event stream's poll).
 POLL_LOOP = "events"
 CHECK_TIMEOUT = 2.0
+DB_GAUGES_EVERY = 5.0
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -51,6 +52,7 @@ def _json(status: int, body: dict[str, Any]) -> web.Response:
 class Health:
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
+        self._refreshed = -DB_GAUGES_EVERY
 
     def alive(self) -> dict[str, Any]:
         d = self.daemon
@@ -97,7 +99,25 @@ class Health:
         body = await self.ready()
         return _json(200 if body["ok"] else 503, body)
 
+    async def refresh_from_database(self) -> None:
+        """Gauges only the database knows (the usage backlog), at most every few seconds."""
+        now = anyio.current_time()
+        if now - self._refreshed < DB_GAUGES_EVERY:
+            return
+        self._refreshed = now
+        db = self.daemon.db
+        try:
+            with anyio.fail_after(CHECK_TIMEOUT):
+                if await db.fetchval("relation_exists", f'"{db.schemas.app}".usage_records'):
+                    counts = {r["status"]: r["n"] for r in await db.fetch("metrics_usage_backlog")}
+                    for status in ("pending", "sending", "failed"):
+                        metrics.usage_backlog.labels(status).set(counts.get(status, 0))
+        except (SyncdError, TimeoutError) as exc:
+            # Stale gauges beat a failed scrape: the database being down shows in /readyz.
+            log.debug("metrics_refresh_failed", error=str(exc))
+
     async def metrics(self, _request: web.Request) -> web.Response:
+        await self.refresh_from_database()
         return web.Response(
             body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )

@@ -62,9 +62,9 @@ resync_objects = Counter(
     ["table"],
     registry=REGISTRY,
 )
-usage_rows = Gauge(
-    "syncd_usage_rows",
-    "Usage rows by status (pending, reported, failed), as last read from the database",
+usage_backlog = Gauge(
+    "syncd_usage_backlog_rows",
+    "Usage rows not settled (pending, sending) or failed, read from the database at scrape time",
     ["status"],
     registry=REGISTRY,
 )

@@ -113,7 +113,68 @@ async def gather(db: Database, cfg: Config) -> Report:
                 "last_synced": _iso(row["last_synced"]),
             }
     report["tables"] = tables
+
+    # The features' own state, when their migrations are in (each is optional).
+    if await _exists(db, f'"{state}".events_cursor'):
+        report["events"] = await _events(db, cfg, problems)
+    if await _exists(db, f'"{state}".resync_runs'):
+        report["resync"] = await _resync(db)
+    if await _exists(db, f'"{db.schemas.app}".usage_records'):
+        report["usage"] = await _usage(db)
     return report
+
+
+async def _events(db: Database, cfg: Config, problems: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for r in await db.fetch("status_events"):
+        age = float(r["cursor_age"])
+        out.append(
+            {
+                "account": r["account_id"] or "(own)",
+                "cursor_age": round(age, 1),
+                "cursor_reason": r["reason"],
+                "cursor_advanced": round(float(r["advanced_ago"]), 1),
+                "ledger_24h": r["ledger_24h"],
+                "median_lag": None if r["median_lag"] is None else round(r["median_lag"], 2),
+                "last_event_at": _iso(r["last_event_at"]),
+            }
+        )
+        warn_days = cfg.events.warn_cursor_age_days
+        if age > warn_days * 86400:
+            problems.append(f"events cursor is {age / 86400:.1f} days old (> {warn_days:g})")
+    return out
+
+
+async def _resync(db: Database) -> list[dict[str, Any]]:
+    return [
+        {
+            "run": r["run_id"],
+            "scope": ",".join(r["tables"]) if r["tables"] else "all",
+            "reason": r["reason"],
+            "status": r["status"],
+            "started_at": _iso(r["started_at"]),
+            "seconds": None if r["seconds"] is None else round(r["seconds"], 1),
+            "objects": r["objects"],
+            "error": r["error"],
+        }
+        for r in await db.fetch("status_resync", 3)
+    ]
+
+
+async def _usage(db: Database) -> dict[str, Any]:
+    row = await db.fetchrow("usage_summary", 3)
+    assert row is not None
+    return {
+        "rows": row["counts"],
+        "oldest_unreported": _iso(row["oldest_unreported"]),
+        "last_reported_at": _iso(row["last_reported_at"]),
+        "batches_sending": row["batches_sending"],
+        "meter_problems": row["meter_problems"],
+        "latest_errors": [
+            {"id": e["id"], "metric": e["metric"], "error": e["error"]}
+            for e in row["latest_errors"]
+        ],
+    }
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -150,9 +211,30 @@ def render(report: Report) -> str:
         )
     for loop, age in sorted(report["last_success"].items()):
         lines.append(f"last {loop:<7}{_age(age)}")
-    for section in ("events", "resync", "usage"):
-        for key, value in report.get(section, {}).items():
-            lines.append(f"{section:<11} {key}: {value}")
+    for ev in report.get("events", []):
+        ledger = ", ".join(f"{k} {v}" for k, v in sorted(ev["ledger_24h"].items())) or "empty"
+        lag = "n/a" if ev["median_lag"] is None else f"{ev['median_lag']}s"
+        lines.append(
+            f"events      cursor {_age(ev['cursor_age'])} ({ev['cursor_reason']}), moved "
+            f"{_age(ev['cursor_advanced'])}; ledger 24h: {ledger}; median lag {lag}"
+        )
+    for run in report.get("resync", []):
+        took = f" in {run['seconds']}s" if run["seconds"] is not None else ""
+        error = f": {run['error']}" if run["error"] else ""
+        lines.append(
+            f"resync      #{run['run']} {run['scope']} {run['status']}{took}, "
+            f"{run['objects']} objects, started {run['started_at']} ({run['reason']}){error}"
+        )
+    if "usage" in report:
+        usage = report["usage"]
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(usage["rows"].items())) or "no rows"
+        lines.append(f"usage       {counts}; last reported {usage['last_reported_at'] or 'never'}")
+        if usage["oldest_unreported"]:
+            lines.append(f"  oldest unreported row from {usage['oldest_unreported']}")
+        for problem in usage["meter_problems"]:
+            lines.append(f"  meter {problem['metric']}: {problem['problem']}")
+        for error in usage["latest_errors"]:
+            lines.append(f"  failed row {error['id']} ({error['metric']}): {error['error']}")
     if report["requests"]:
         lines.append("requests")
         for r in report["requests"]:

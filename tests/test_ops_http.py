@@ -20,7 +20,7 @@ EXPECTED = {
     "syncd_event_lag_seconds",
     "syncd_cursor_age_seconds",
     "syncd_resync_objects",
-    "syncd_usage_rows",
+    "syncd_usage_backlog_rows",
     "syncd_stripe_requests",
     "syncd_rate_limit_wait_seconds",
     "syncd_rows_written",

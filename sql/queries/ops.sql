@@ -70,3 +70,37 @@ SELECT count(*) FROM {mirror}.{table} WHERE deleted_at IS NULL;
 -- When the content of these rows last changed, as unix seconds (the demo's end-to-end lag).
 SELECT id, extract(epoch FROM synced_at)::float8 AS synced
   FROM {mirror}.{table} WHERE id = ANY($1::text[]);
+
+-- name: status_events
+-- The events cursor (per account), its age, and the ledger of the last 24 hours by outcome,
+-- with the median lag (event creation to processing) of the latest 200 events.
+SELECT c.account_id, c.position, c.reason, c.advanced_at,
+       extract(epoch FROM now())::float8 - c.position AS cursor_age,
+       extract(epoch FROM now() - c.advanced_at)::float8 AS advanced_ago,
+       (SELECT COALESCE(jsonb_object_agg(outcome, n), '{}'::jsonb)
+          FROM (SELECT outcome, count(*) AS n FROM {state}.events_ledger
+                 WHERE processed_at > now() - interval '1 day' GROUP BY outcome) o) AS ledger_24h,
+       (SELECT percentile_cont(0.5) WITHIN GROUP (
+                   ORDER BY extract(epoch FROM processed_at) - created)
+          FROM (SELECT processed_at, created FROM {state}.events_ledger
+                 ORDER BY processed_at DESC LIMIT 200) l) AS median_lag,
+       (SELECT max(processed_at) FROM {state}.events_ledger) AS last_event_at
+  FROM {state}.events_cursor c
+ ORDER BY c.account_id;
+
+-- name: status_resync
+-- The latest resync runs, with objects listed and how long each took.
+SELECT r.run_id, r.tables, r.reason, r.status, r.requested_at, r.started_at, r.finished_at,
+       r.error, extract(epoch FROM r.finished_at - r.started_at)::float8 AS seconds,
+       (SELECT COALESCE(sum(objects), 0)::bigint FROM {state}.resync_slices s
+         WHERE s.run_id = r.run_id) AS objects
+  FROM {state}.resync_runs r
+ ORDER BY r.run_id DESC
+ LIMIT $1;
+
+-- name: metrics_usage_backlog
+-- Usage rows not yet settled, and failed ones (partial indexes keep this cheap).
+SELECT status, count(*)::bigint AS n
+  FROM {app}.usage_records
+ WHERE status IN ('pending', 'sending', 'failed')
+ GROUP BY status;
