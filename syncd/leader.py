@@ -59,6 +59,7 @@ class Leadership:
                 try:
                     if conn is None or conn.is_closed():
                         conn = await self.db.dedicated_connection()
+                        await conn.fetchrow(self.db.sql("leader_session_keepalive"))
                     with anyio.fail_after(max(2.0, self.interval * 3)):
                         got = await conn.fetchval(self.db.sql("try_advisory_lock"), self.key)
                 except (SyncdError, *_DRIVER_ERRORS) as exc:
