@@ -56,8 +56,9 @@ class Health:
 
     def alive(self) -> dict[str, Any]:
         d = self.daemon
-        # The heartbeat loop stamps every round, even when the database is down.
-        limit = max(3 * d.cfg.daemon.heartbeat_interval, 10.0)
+        # The heartbeat loop stamps every round, even when the database is down; a round may
+        # spend up to connect_timeout reaching an unreachable host.
+        limit = max(3 * d.cfg.daemon.heartbeat_interval, 10.0) + d.cfg.database.connect_timeout
         age = anyio.current_time() - d.last_beat
         return {"ok": age <= limit, "heartbeat_loop_age": round(age, 3), "role": d.role}
 
