@@ -35,6 +35,15 @@ from syncd.emulator import Emulator
 from syncd.errors import SyncdError
 from syncd.pgserver import free_port, throwaway_postgres
 
+METRIC = "api_calls"
+# The daemon's configuration besides the environment: usage reported every few seconds.
+DAEMON_CONFIG = f"""\
+[usage]
+interval = 5
+
+[usage.meters]
+{METRIC} = "{METRIC}"
+"""
 # Tables shown in the live view (the rest appear in the summary).
 LIVE_TABLES = ("customers", "subscriptions", "invoices", "charges", "refunds")
 QUERIES = """\
@@ -56,6 +65,7 @@ class Activity:
     changes: list[tuple[str, str, float]] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    usage_quantity: int = 0
 
     def did(self, kind: str, table: str, object_id: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
@@ -65,8 +75,18 @@ class Activity:
 class Shopper:
     """Makes the kind of changes a live SaaS account sees, through the real SDK."""
 
-    def __init__(self, client: Any, activity: Activity, rng: random.Random):
+    def __init__(
+        self,
+        client: Any,
+        activity: Activity,
+        rng: random.Random,
+        db: Database,
+        usage_enabled: bool,
+    ):
         self.c = client.v1
+        self.db = db
+        self.usage_enabled = usage_enabled
+        self.customers: list[str] = []
         self.activity = activity
         self.rng = rng
         self.prices: list[str] = []
@@ -75,6 +95,14 @@ class Shopper:
         self.n = 0
 
     async def setup(self) -> None:
+        if self.usage_enabled:
+            await self.c.billing.meters.create_async(
+                {
+                    "display_name": "API calls",
+                    "event_name": METRIC,
+                    "default_aggregation": {"formula": "sum"},
+                }
+            )
         for name, amount in (("Starter", 900), ("Pro", 2900), ("Scale", 9900)):
             product = await self.c.products.create_async(
                 {
@@ -91,7 +119,9 @@ class Shopper:
 
     async def step(self) -> None:
         roll = self.rng.random()
-        if roll < 0.4 or not self.subs:
+        if self.usage_enabled and self.customers and roll < 0.2:
+            await self.use()
+        elif roll < 0.4 or not self.subs:
             await self.sign_up()
         elif roll < 0.6:
             await self.upgrade()
@@ -114,6 +144,7 @@ class Shopper:
             }
         )
         self.activity.did("sign-up", "customers", cus.id)
+        self.customers.append(cus.id)
         sub = await self.c.subscriptions.create_async(
             {"customer": cus.id, "items": [{"price": self.prices[0]}]}
         )
@@ -148,16 +179,25 @@ class Shopper:
             self.charges.append(pi.latest_charge)
             self.activity.did("payment", "charges", pi.latest_charge)
 
+    async def use(self) -> None:
+        """The application records usage: a row in usage_records; syncd reports it."""
+        customer = self.rng.choice(self.customers)
+        quantity = self.rng.randint(1, 20)
+        await self.db.execute("demo_insert_usage", customer, METRIC, quantity)
+        self.activity.counts["usage row"] = self.activity.counts.get("usage row", 0) + 1
+        self.activity.usage_quantity += quantity
+
     async def refund(self) -> None:
         charge = self.charges.pop(self.rng.randrange(len(self.charges)))
         await self.c.refunds.create_async({"charge": charge})
         self.activity.did("refund", "charges", charge)
 
 
-def _daemon_env(dsn: str, emu: Emulator, http_port: int) -> dict[str, str]:
+def _daemon_env(dsn: str, emu: Emulator, http_port: int, config: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCD_", "STRIPE_"))}
     env.update(
         {
+            "SYNCD_CONFIG": str(config),
             "DATABASE_URL": dsn,
             "STRIPE_API_KEY": emu.api_key,
             "SYNCD_STRIPE_API_BASE": emu.url,
@@ -169,6 +209,22 @@ def _daemon_env(dsn: str, emu: Emulator, http_port: int) -> dict[str, str]:
         }
     )
     return env
+
+
+async def _exists(db: Database, relation: str) -> bool:
+    return bool(await db.fetchval("relation_exists", relation))
+
+
+async def _usage(db: Database) -> dict[str, tuple[int, float]]:
+    return {r["status"]: (r["n"], r["quantity"]) for r in await db.fetch("demo_usage_counts")}
+
+
+async def _resync_line(db: Database) -> str:
+    row = await db.fetchrow("demo_last_resync")
+    if row is None:
+        return "resync none yet"
+    took = f" {row['seconds']:.1f}s" if row["seconds"] is not None else ""
+    return f"resync #{row['run_id']} {row['status']}{took} {row['objects']} objects"
 
 
 async def _counts(conn: asyncpg.Connection, db: Database) -> dict[str, int]:
@@ -234,18 +290,20 @@ async def run_demo(args: argparse.Namespace) -> int:
 async def _with_daemon(args: argparse.Namespace, work: Path, dsn: str, emu: Emulator) -> int:
     http_port = free_port()
     log_path = work / "daemon.log"
+    config = work / "config.toml"
+    config.write_text(DAEMON_CONFIG)
     cfg = Config(database=DatabaseConfig(url=dsn, pool_min_size=1, pool_max_size=2))
     with log_path.open("w") as log_file:
         proc = await anyio.open_process(
             [sys.executable, "-m", "syncd", "run"],
             cwd=work,
-            env=_daemon_env(dsn, emu, http_port),
+            env=_daemon_env(dsn, emu, http_port, config),
             stdout=log_file,
             stderr=STDOUT,
         )
         say(f"  daemon     pid {proc.pid}, http://127.0.0.1:{http_port}/metrics, log {log_path}")
         try:
-            code = await _drive(args, cfg, emu, proc, http_port)
+            code = await _drive(args, cfg, emu, proc)
         finally:
             if proc.returncode is None:
                 proc.kill()
@@ -257,26 +315,29 @@ async def _with_daemon(args: argparse.Namespace, work: Path, dsn: str, emu: Emul
     return code
 
 
-async def _drive(
-    args: argparse.Namespace, cfg: Config, emu: Emulator, proc: Process, port: int
-) -> int:
+async def _drive(args: argparse.Namespace, cfg: Config, emu: Emulator, proc: Process) -> int:
     activity = Activity()
     rng = random.Random(args.seed)
     http = stripe.AIOHTTPClient()
     client = emu.client(http_client=http)
-    shopper = Shopper(client, activity, rng)
     started = time.monotonic()
     try:
         async with Database.connect(cfg.database, min_size=1) as db:
             await _wait_ready(db, cfg, proc)
-            say(f"  ready in {time.monotonic() - started:.1f}s\n")
+            say(f"  ready in {time.monotonic() - started:.1f}s (leader elected, schema current)\n")
+            usage = await _exists(db, f'"{db.schemas.app}".usage_records')
+            resync = await _exists(db, f'"{db.schemas.state}".resync_runs')
+            shopper = Shopper(client, activity, rng, db, usage)
             await shopper.setup()
             conn = await db.dedicated_connection()
             try:
-                await _live(args, db, conn, shopper, activity, proc)
+                await _live(args, db, conn, shopper, activity, proc, resync)
+                if usage:
+                    await _flush(db, proc)
             finally:
                 await conn.close()
             report = await status.gather(db, cfg)  # while the daemon still runs
+            usage_rows = await _usage(db) if usage else {}
             say("\nstopping the daemon (SIGTERM)...")
             proc.send_signal(signal.SIGTERM)
             stopped = time.monotonic()
@@ -288,14 +349,33 @@ async def _drive(
         await http.close_async()  # type: ignore[no-untyped-call]
     say("\n" + status.render(report))
     made = ", ".join(f"{n} {k}" for k, n in sorted(activity.counts.items()))
-    say(f"changes made through the stripe SDK: {made}")
+    say(f"changes made through the stripe SDK and the database: {made}")
     say(f"end-to-end {_fmt_lag(activity.lags)} over {len(activity.lags)} synced changes")
     if activity.changes:
         say(f"{len(activity.changes)} changes not (yet) in the mirror when the daemon stopped")
+    if usage:
+        reported = usage_rows.get("reported", (0, 0.0))
+        metered = sum(float(v) for v in emu.meter_totals().values())
+        say(
+            f"usage: {activity.usage_quantity} {METRIC} recorded in rows, {reported[1]:.0f} "
+            f"reported by syncd ({reported[0]} rows), {metered:.0f} counted by the Stripe meter"
+        )
     if activity.errors:
         say(f"{len(activity.errors)} SDK errors, first: {activity.errors[0]}")
     say("\nqueries to try (psql, with --keep):\n" + QUERIES)
     return 0 if code == 0 else 1
+
+
+async def _flush(db: Database, proc: Process) -> None:
+    """SIGUSR1: report the usage rows now rather than at the next interval."""
+    proc.send_signal(signal.SIGUSR1)
+    say("  -> SIGUSR1 sent: the daemon flushes usage now")
+    with anyio.move_on_after(15):
+        while True:
+            counts = await _usage(db)
+            if not counts.get("pending") and not counts.get("sending"):
+                break
+            await anyio.sleep(0.3)
 
 
 async def _wait_ready(db: Database, cfg: Config, proc: Process) -> None:
@@ -320,8 +400,12 @@ async def _live(
     shopper: Shopper,
     activity: Activity,
     proc: Process,
+    resync: bool,
 ) -> None:
-    say(f"making changes for {args.duration:.0f}s (sign-ups, upgrades, cancellations, refunds):")
+    kinds = "sign-ups, upgrades, cancellations, payments, refunds"
+    if shopper.usage_enabled:
+        kinds += ", usage rows"
+    say(f"making changes for {args.duration:.0f}s ({kinds}):")
     start = time.monotonic()
     end = start + args.duration
     hup_at = start + args.duration * 0.6
@@ -341,11 +425,19 @@ async def _live(
             next_view += 2
             await _measure_lag(conn, db, activity)
             counts = await _counts(conn, db)
-            shown = " ".join(f"{t} {n}" for t, n in counts.items())
-            say(
-                f"  {time.monotonic() - start:5.1f}s  changes {sum(activity.counts.values()):4d}"
-                f" | mirror: {shown} | {_fmt_lag(activity.lags)}"
-            )
+            parts = [
+                f"  {time.monotonic() - start:5.1f}s  changes {sum(activity.counts.values()):4d}",
+                "mirror " + " ".join(f"{t} {n}" for t, n in counts.items()),
+                _fmt_lag(activity.lags),
+            ]
+            if shopper.usage_enabled:
+                usage = await _usage(db)
+                parts.append(
+                    "usage " + " ".join(f"{k} {n}" for k, (n, _q) in sorted(usage.items()))
+                )
+            if resync:
+                parts.append(await _resync_line(db))
+            say(" | ".join(parts))
         await anyio.sleep(1 / args.rate)
     # Give the last changes a moment to arrive before stopping.
     settle = time.monotonic() + 10

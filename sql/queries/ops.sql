@@ -113,3 +113,17 @@ SELECT set_config('tcp_keepalives_idle', '5', false),
        set_config('tcp_keepalives_interval', '2', false),
        set_config('tcp_keepalives_count', '3', false),
        set_config('tcp_user_timeout', '10000', false);
+
+-- name: demo_insert_usage
+-- `syncd demo` writes usage as an application would.
+INSERT INTO {app}.usage_records (customer_id, metric, quantity) VALUES ($1, $2, $3);
+
+-- name: demo_usage_counts
+SELECT status, count(*)::bigint AS n, COALESCE(sum(quantity), 0)::float8 AS quantity
+  FROM {app}.usage_records GROUP BY status;
+
+-- name: demo_last_resync
+SELECT run_id, status, reason, extract(epoch FROM finished_at - started_at)::float8 AS seconds,
+       (SELECT COALESCE(sum(objects), 0)::bigint FROM {state}.resync_slices s
+         WHERE s.run_id = r.run_id) AS objects
+  FROM {state}.resync_runs r ORDER BY run_id DESC LIMIT 1;
