@@ -39,29 +39,7 @@ rows_written = Counter(
     registry=REGISTRY,
 )
 
-# Features (event stream, full resync, usage). Defined here so /metrics always lists them.
-events_applied = Counter(
-    "syncd_events_applied",
-    "Stripe events applied, by event type and outcome (applied, stale, skipped, failed)",
-    ["type", "outcome"],
-    registry=REGISTRY,
-)
-event_lag_seconds = Gauge(
-    "syncd_event_lag_seconds",
-    "Seconds between the newest applied event's creation and its application",
-    registry=REGISTRY,
-)
-cursor_age_seconds = Gauge(
-    "syncd_cursor_age_seconds",
-    "Age of the events cursor (Stripe keeps events 30 days)",
-    registry=REGISTRY,
-)
-resync_objects = Counter(
-    "syncd_resync_objects",
-    "Objects listed by full resyncs, by table",
-    ["table"],
-    registry=REGISTRY,
-)
+# Usage rows the database holds (refreshed at scrape time by syncd.health).
 usage_backlog = Gauge(
     "syncd_usage_backlog_rows",
     "Usage rows not settled (pending, sending) or failed, read from the database at scrape time",

@@ -16,10 +16,6 @@ from tests.conftest import TEST_API_KEY, PgServer
 from tests.test_ops_helpers import DaemonProcess, prepare
 
 EXPECTED = {
-    "syncd_events_applied",
-    "syncd_event_lag_seconds",
-    "syncd_cursor_age_seconds",
-    "syncd_resync_objects",
     "syncd_usage_backlog_rows",
     "syncd_stripe_requests",
     "syncd_rate_limit_wait_seconds",
