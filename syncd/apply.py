@@ -56,6 +56,8 @@ class Change:
     api_version: str | None
     parent_id: str = ""
     children: list[tuple[Resource, list[dict[str, Any]]]] = field(default_factory=list)
+    # Child lists an event snapshot does not carry (they need an expand): paged separately.
+    unexpanded: list[Child] = field(default_factory=list)
 
 
 @dataclass
@@ -136,10 +138,13 @@ class Applier:
         for group in routed:
             if not self._plan_snapshot(group, versions):
                 to_fetch.append(group)
-        if to_fetch:
+        unexpanded = [g for g in routed if g.change is not None and g.change.unexpanded]
+        if to_fetch or unexpanded:
             async with anyio.create_task_group() as tg:
                 for group in to_fetch:
                     tg.start_soon(self._refetch, group)
+                for group in unexpanded:
+                    tg.start_soon(self._add_unexpanded_children, group)
         return out
 
     def _route(self, event: Event) -> tuple[tuple[str, str] | None, Group | None]:
@@ -222,9 +227,31 @@ class Applier:
             return resource.retrieve_path is None and self._skip_children(group, obj, created)
         group.reason = "snapshot"
         group.change = Change(
-            resource, obj, float(created), _str(latest.get("api_version")), children=children
+            resource,
+            obj,
+            float(created),
+            _str(latest.get("api_version")),
+            children=children,
+            unexpanded=[
+                c
+                for c in resource.children
+                if c.parent_expand and c.inline_field not in obj and c.table in self.tables
+            ],
         )
         return True
+
+    async def _add_unexpanded_children(self, group: Group) -> None:
+        change = group.change
+        assert change is not None and change.obj is not None
+        async with self.fetch_limit:
+            for child in change.unexpanded:
+                try:
+                    data = await self._page_children(child, str(change.obj["id"]))
+                except StripeError as exc:
+                    if exc.retryable:
+                        raise
+                    continue  # gone meanwhile, or not readable: the parent's row still lands
+                change.children.append((BY_TABLE[child.table], data))
 
     def _skip_children(self, group: Group, obj: dict[str, Any], created: int) -> bool:
         # Cannot be retrieved alone and its children are truncated: keep the object, not the list.
@@ -267,6 +294,8 @@ class Applier:
             if not (child.inline_field and child_resource.owned and child.table in self.tables):
                 continue
             inline = obj.get(child.inline_field)
+            if inline is None and child.parent_expand:
+                continue  # not in the object unless expanded: paged separately
             if not isinstance(inline, dict) or inline.get("has_more"):
                 return None
             out.append((child_resource, [o for o in inline.get("data") or [] if "id" in o]))

@@ -3,7 +3,6 @@ ties, deletes, ledger, late events, cursor expiry, bad events."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import anyio
@@ -178,9 +177,7 @@ async def test_older_snapshot_never_overwrites_newer_row(db_url: str, emulator: 
         assert reasons[created_event["id"]] == "superseded"
 
 
-async def test_late_events_are_caught_by_the_overlap_sweep(
-    db_url: str, emulator: Emulator
-) -> None:
+async def test_late_events_are_caught_by_the_overlap_sweep(db_url: str, emulator: Emulator) -> None:
     async with harness(db_url, emulator, overlap=120.0) as h:
         await h.stream.take_cursor()
         emulator.set_late_visibility(800, 800)
@@ -198,9 +195,7 @@ async def test_late_events_are_caught_by_the_overlap_sweep(
         assert await differences(emulator, h.db, ("customer",)) == []
 
 
-async def test_cursor_moves_with_polls_and_never_backwards(
-    db_url: str, emulator: Emulator
-) -> None:
+async def test_cursor_moves_with_polls_and_never_backwards(db_url: str, emulator: Emulator) -> None:
     async with harness(db_url, emulator) as h:
         taken = await h.stream.take_cursor()
         assert await h.stream.take_cursor() == taken  # a second start keeps the first cursor
@@ -253,8 +248,18 @@ async def test_a_bad_event_is_recorded_and_the_rest_applied(
         }
         odd = [
             {**bad, "id": "evt_noobj", "data": {}},
-            {**bad, "id": "evt_unknown", "type": "brand_new.thing", "data": {"object": {"object": "thing", "id": "th_1"}}},
-            {**bad, "id": "evt_noid", "type": "invoice.upcoming", "data": {"object": {"object": "invoice"}}},
+            {
+                **bad,
+                "id": "evt_unknown",
+                "type": "brand_new.thing",
+                "data": {"object": {"object": "thing", "id": "th_1"}},
+            },
+            {
+                **bad,
+                "id": "evt_noid",
+                "type": "invoice.upcoming",
+                "data": {"object": {"object": "invoice"}},
+            },
         ]
         emulator.import_objects([bad, *odd])
         result = await h.stream.poll_head()
@@ -274,16 +279,19 @@ async def test_changes_are_announced_after_commit(db_url: str, emulator: Emulato
     async with harness(db_url, emulator) as h:
         await h.stream.take_cursor()
         got: list[dict[str, Any]] = []
+        arrived = anyio.Event()
+
+        def listen(*args: Any) -> None:
+            got.append(orjson.loads(args[3]))
+            arrived.set()
+
         conn = await h.db.dedicated_connection()
         try:
-            await conn.add_listener(
-                h.cfg.events.notify_channel, lambda *args: got.append(orjson.loads(args[3]))
-            )
+            await conn.add_listener(h.cfg.events.notify_channel, listen)
             cust = await h.user.post("/v1/customers", {"email": "a@example.com"})
             await h.stream.poll_head()
-            deadline = time.monotonic() + 5
-            while not got and time.monotonic() < deadline:
-                await anyio.sleep(0.05)
+            with anyio.move_on_after(5):
+                await arrived.wait()
         finally:
             await conn.close()
         assert got == [{"table": "customers", "changes": [{"id": cust["id"], "op": "insert"}]}]
