@@ -35,7 +35,7 @@ import orjson
 from syncd import metrics
 from syncd.config import Config
 from syncd.db import Database
-from syncd.errors import StripeError, StripeNotFound
+from syncd.errors import StripeError, StripeNotFound, SyncdError
 from syncd.registry import BY_OBJECT, BY_TABLE, Child, Resource
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
@@ -140,11 +140,14 @@ class Applier:
                 to_fetch.append(group)
         unexpanded = [g for g in routed if g.change is not None and g.change.unexpanded]
         if to_fetch or unexpanded:
-            async with anyio.create_task_group() as tg:
-                for group in to_fetch:
-                    tg.start_soon(self._refetch, group)
-                for group in unexpanded:
-                    tg.start_soon(self._add_unexpanded_children, group)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for group in to_fetch:
+                        tg.start_soon(self._refetch, group)
+                    for group in unexpanded:
+                        tg.start_soon(self._add_unexpanded_children, group)
+            except BaseExceptionGroup as errors:
+                raise _one_error(errors) from None
         return out
 
     def _route(self, event: Event) -> tuple[tuple[str, str] | None, Group | None]:
@@ -434,6 +437,21 @@ class Applier:
         if rows:
             await conn.execute(self.db.sql("events_ledger_record"), orjson.dumps(rows))
         return changed
+
+
+def _one_error(errors: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error callers decide on: a non-retryable one wins; anything foreign stays grouped."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [errors]
+    while pending:
+        e = pending.pop()
+        if isinstance(e, BaseExceptionGroup):
+            pending.extend(e.exceptions)
+        else:
+            leaves.append(e)
+    if not all(isinstance(e, SyncdError) for e in leaves):
+        return errors
+    return next((e for e in leaves if not getattr(e, "retryable", False)), leaves[0])
 
 
 def _str(value: Any) -> str | None:
