@@ -600,7 +600,7 @@ class _Sweep:
                 continue
             with bind_context(resource=res.table):
                 if res.complete_list:
-                    await self._sweep_table(res)
+                    await self._sweep_table(res, res.table)
                 for child, child_res in self.r.child_lists(res):
                     if child_res.owned:
                         await self._sweep_orphans(res, child_res)
@@ -609,11 +609,12 @@ class _Sweep:
                         and not child.inline_field
                         and child_res.table not in self.state.disabled_children
                     ):
-                        await self._sweep_table(child_res)
+                        await self._sweep_table(child_res, res.table)
             self.state.status[res.table] = "swept"
             await self.db.execute("resync_set_table", self.run_id, res.table, "swept", None)
 
-    async def _sweep_table(self, res: Resource) -> None:
+    async def _sweep_table(self, res: Resource, owner: str) -> None:
+        """`owner`: the listed table the counts are kept under (children count with parents)."""
         after = ""
         while True:
             rows = await self._unconfirmed("resync_unconfirmed", res, after, SWEEP_BATCH)
@@ -621,10 +622,10 @@ class _Sweep:
                 return
             ids = [r["id"] for r in rows]
             after = ids[-1]
-            if not await self._verify(res, ids):
+            if not await self._verify(res, ids, owner):
                 return
 
-    async def _verify(self, res: Resource, ids: list[str]) -> bool:
+    async def _verify(self, res: Resource, ids: list[str], owner: str) -> bool:
         """Retrieve each candidate: tombstone the gone ones, refresh the ones still there."""
         assert res.retrieve_path is not None
         gone: list[tuple[str, float]] = []
@@ -654,7 +655,7 @@ class _Sweep:
         if denied:
             log.warning("resync_sweep_skipped", table=res.table, error=str(denied[0]))
         if gone or alive:
-            await self.db.run(lambda c: self._apply(c, res, gone, alive))
+            await self.db.run(lambda c: self._apply(c, res, gone, alive, owner))
         return not denied
 
     async def _apply(
@@ -663,6 +664,7 @@ class _Sweep:
         res: Resource,
         gone: list[tuple[str, float]],
         alive: list[tuple[dict[str, Any], float]],
+        owner: str,
     ) -> None:
         w = self.r.writer
         count = 0
