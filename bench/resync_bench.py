@@ -96,9 +96,7 @@ async def bench(args: argparse.Namespace, dsn: str, url: str) -> None:
     cfg = dataclasses.replace(
         cfg,
         database=DatabaseConfig(url=dsn, pool_min_size=2, pool_max_size=8),
-        stripe=StripeConfig(
-            api_key="sk_test_bench0000000000", api_base=url, rate_limit=args.rate
-        ),
+        stripe=StripeConfig(api_key="sk_test_bench0000000000", api_base=url, rate_limit=args.rate),
         sync=sync,
     )
     async with Database.connect(cfg.database) as db, StripeAPI(cfg) as api:
