@@ -134,7 +134,19 @@ class UsageConfig:
         "", "separate key for usage (meter-event write); empty: stripe.api_key", secret=True
     )
     api_key_file: str = _opt("", "read the usage API key from this file instead")
-    batch_size: int = _opt(5000, "rows claimed per flush round", lo=1, hi=1_000_000)
+    batch_size: int = _opt(
+        50000, "rows claimed per flush round (bigger rounds aggregate better)", lo=1, hi=1_000_000
+    )
+    concurrency: int = _opt(16, "usage requests in flight at once", lo=1, hi=256)
+    unresolved_grace: float = _opt(
+        600.0,
+        "seconds a row whose customer is not (yet) in the mirror waits before it fails",
+        lo=0,
+        hi=30 * 86400,
+    )
+    retention_days: float = _opt(
+        35.0, "days the outbox keeps finished batches (rows are kept)", lo=1, hi=3650
+    )
     meters: dict[str, str] = _opt(
         {}, 'metric name -> meter event_name, e.g. api_calls = "api_calls"'
     )
