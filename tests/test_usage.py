@@ -20,6 +20,7 @@ from tests.test_usage_support import (
     emulator_totals,
     insert_rows,
     make_meter,
+    mirror_object,
     random_rows,
     row_totals,
     statuses,
@@ -108,21 +109,10 @@ async def test_customer_is_resolved_from_subscription_or_user(
     meter = await make_meter(emulator, "api_calls")
     a, b = customers(emulator, 2)
     # The mirror knows customer b by its app user id and a subscription of customer a.
-    conn = await asyncpg.connect(db_url)
-    try:
-        await conn.execute(
-            "INSERT INTO stripe.customers (id, raw, fetched_at) VALUES ($1, $2::jsonb, now())",
-            b["id"],
-            '{"id": "%s", "object": "customer", "metadata": {"supabase_user_id": "user-b"}}'
-            % b["id"],
-        )
-        await conn.execute(
-            "INSERT INTO stripe.subscriptions (id, raw, fetched_at) VALUES ($1, $2::jsonb, now())",
-            "sub_a",
-            '{"id": "sub_a", "object": "subscription", "customer": "%s"}' % a["id"],
-        )
-    finally:
-        await conn.close()
+    await mirror_object(
+        db_url, "customers", {"id": b["id"], "metadata": {"supabase_user_id": "user-b"}}
+    )
+    await mirror_object(db_url, "subscriptions", {"id": "sub_a", "customer": a["id"]})
     now = datetime.now(UTC)
     await insert_rows(
         db_url,

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import orjson
 import stripe
 
 from syncd.emulator import Emulator
@@ -101,7 +102,22 @@ def emulator_totals(emu: Emulator, meters: dict[str, str]) -> dict[tuple[str, st
 async def statuses(dsn: str) -> dict[str, int]:
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT status, count(*) AS n FROM billing.usage_records GROUP BY 1")
+        rows = await conn.fetch(
+            "SELECT status, count(*) AS n FROM billing.usage_records GROUP BY 1"
+        )
     finally:
         await conn.close()
     return {r["status"]: r["n"] for r in rows}
+
+
+async def mirror_object(dsn: str, table: str, obj: dict[str, Any]) -> None:
+    """Put an object into the mirror as the sync would (the trigger sets customers.user_id)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            f"INSERT INTO stripe.{table} (id, raw, fetched_at) VALUES ($1, $2::jsonb, now())",
+            obj["id"],
+            orjson.dumps(obj).decode(),
+        )
+    finally:
+        await conn.close()
