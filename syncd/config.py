@@ -422,9 +422,20 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"usage.cron: {cfg.usage.cron!r} must have 5 fields (minute hour day month weekday)"
         )
+    if cfg.usage.cron:
+        _validate_cron(cfg.usage.cron)
     _host, sep, port = cfg.http.bind.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"http.bind: {cfg.http.bind!r} is not host:port")
+
+
+def _validate_cron(expr: str) -> None:
+    from apscheduler.triggers.cron import CronTrigger  # the scheduler that will run it
+
+    try:
+        CronTrigger.from_crontab(expr, timezone="UTC")
+    except ValueError as exc:
+        raise ConfigError(f"usage.cron: {expr!r} is not valid: {exc}") from None
 
 
 def _validate_dsn(dsn: str) -> None:

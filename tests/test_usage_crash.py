@@ -9,7 +9,6 @@ the commit. Reruns until every row is reported; the emulator's totals must equal
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 
 import anyio
 import asyncpg
+import pytest
 
 from syncd.config import Config
 from syncd.db import Database
@@ -25,6 +25,7 @@ from syncd.stripe_api import StripeAPI
 from syncd.usage import FlushResult, UsageFlusher
 from tests.conftest import ROOT, TEST_API_KEY, emulator_config
 from tests.test_usage_support import (
+    cli_env,
     customers,
     emulator_totals,
     insert_rows,
@@ -35,24 +36,6 @@ from tests.test_usage_support import (
 )
 
 METER_POST = "POST /v1/billing/meter_events"
-
-
-def cli_env(db_url: str, emu: Emulator, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SYNCD_", "DATABASE_URL", "STRIPE_"))
-    }
-    env.update(
-        SYNCD_DATABASE_URL=db_url,
-        SYNCD_STRIPE_API_KEY=TEST_API_KEY,
-        SYNCD_STRIPE_API_BASE=emu.url,
-        SYNCD_STRIPE_RATE_LIMIT="1000",
-        SYNCD_USAGE_METERS="api_calls=api_calls",
-        SYNCD_LOG_LEVEL="warning",
-    )
-    env.update(extra)
-    return env
 
 
 async def run_cli(env: dict[str, str], kill_after: float | None) -> int | None:
@@ -86,6 +69,7 @@ async def run_cli(env: dict[str, str], kill_after: float | None) -> int | None:
             await proc.wait()
 
 
+@pytest.mark.slow
 async def test_kill_9_at_random_points_never_loses_or_double_counts(
     db_url: str, emulator: Emulator
 ) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
+import sys
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -13,6 +16,7 @@ import orjson
 import stripe
 
 from syncd.emulator import Emulator
+from tests.conftest import ROOT, TEST_API_KEY
 
 ROW_COLUMNS = ("user_id", "subscription_id", "customer_id", "metric", "quantity", "timestamp")
 
@@ -121,3 +125,44 @@ async def mirror_object(dsn: str, table: str, obj: dict[str, Any]) -> None:
         )
     finally:
         await conn.close()
+
+
+def cli_env(db_url: str, emu: Emulator, **extra: str) -> dict[str, str]:
+    """Environment for the real CLI aimed at this database and emulator."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SYNCD_", "DATABASE_URL", "STRIPE_"))
+    }
+    env.update(
+        SYNCD_DATABASE_URL=db_url,
+        SYNCD_STRIPE_API_KEY=TEST_API_KEY,
+        SYNCD_STRIPE_API_BASE=emu.url,
+        SYNCD_STRIPE_RATE_LIMIT="1000",
+        SYNCD_USAGE_METERS="api_calls=api_calls",
+        SYNCD_LOG_LEVEL="warning",
+    )
+    env.update(extra)
+    return env
+
+
+async def cli(*args: str, env: dict[str, str], wait: float = 60) -> tuple[int, str, str]:
+    """Run the CLI as a subprocess without blocking the loop that serves the emulator."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "syncd",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), wait)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
