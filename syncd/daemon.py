@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from syncd import __version__, health, metrics, migrations, resync
+from syncd import __version__, health, metrics, migrations, resync, usage_schedule
 from syncd.config import Config, redacted
 from syncd.control import ControlLoop
 from syncd.db import Database
@@ -165,6 +165,7 @@ def attach_features(daemon: Daemon) -> None:
     """Give each feature its loops and request handlers (one call per feature)."""
     _attach_events(daemon)
     resync.attach(daemon)
+    usage_schedule.attach(daemon)
 
 
 def _attach_events(daemon: Daemon) -> None:

@@ -178,6 +178,8 @@ class ApiServer:
                         fingerprint, status, out, emu.state.clock.now()
                     )
             base_headers["Request-Id"] = request_id
+            if d.after > 0:
+                await asyncio.sleep(d.after)  # the request took effect; the answer is late
             return web.Response(
                 body=out, status=status, content_type=JSON_CT, headers={**base_headers, **headers}
             )

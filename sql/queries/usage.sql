@@ -1,0 +1,159 @@
+-- name: usage_claim
+-- Pending rows past a cursor, locked so no other flush can take them, with the customer
+-- resolved: the row's own customer_id, else its subscription's, else the newest live customer
+-- mapped to its user_id. $1 last id seen this flush, $2 batch size.
+WITH claimed AS (
+    SELECT id, user_id, subscription_id, customer_id, metric, quantity, "timestamp", created_at
+      FROM {app}.usage_records
+     WHERE status = 'pending' AND id > $1
+     ORDER BY id
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+)
+SELECT c.id, c.metric, c.quantity, c.subscription_id, c.user_id,
+       floor(extract(epoch FROM c."timestamp"))::bigint AS ts,
+       extract(epoch FROM now() - c.created_at)::float8 AS age,
+       floor(extract(epoch FROM now()))::bigint AS now,
+       COALESCE(c.customer_id, s.customer_id, u.id) AS customer_id
+  FROM claimed c
+  LEFT JOIN {mirror}.subscriptions s
+         ON c.customer_id IS NULL AND s.id = c.subscription_id
+  LEFT JOIN LATERAL (
+        SELECT cu.id FROM {mirror}.customers cu
+         WHERE c.customer_id IS NULL AND s.customer_id IS NULL
+           AND cu.user_id = c.user_id AND cu.deleted_at IS NULL
+         ORDER BY cu.created DESC NULLS LAST, cu.id DESC
+         LIMIT 1
+       ) u ON true
+ ORDER BY c.id;
+
+-- name: usage_metered_items
+-- Live metered subscription items of these subscriptions (legacy target).
+SELECT parent_id AS subscription_id, id, raw->'price'->>'lookup_key' AS lookup_key
+  FROM {mirror}.subscription_items
+ WHERE parent_id = ANY($1::text[]) AND deleted_at IS NULL
+   AND raw->'price'->'recurring'->>'usage_type' = 'metered';
+
+-- name: usage_insert_batch
+INSERT INTO {state}.usage_batches (nonce, target, created_by, rows)
+VALUES ($1, $2, $3, $4)
+RETURNING id;
+
+-- name: usage_insert_events
+-- Every request of a batch, with its exact parameters, written before anything is sent.
+INSERT INTO {state}.usage_events
+       (batch_id, identifier, customer_id, metric, event_name, subscription_item_id, value,
+        "timestamp", path, base, params, rows)
+SELECT $1, e.identifier, e.customer_id, e.metric, e.event_name, e.item, e.value, e.ts, e.path,
+       e.base, e.params::jsonb, e.rows
+  FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::numeric[],
+              $8::bigint[], $9::text[], $10::text[], $11::text[], $12::int[])
+       AS e(identifier, customer_id, metric, event_name, item, value, ts, path, base, params, rows)
+RETURNING id, identifier;
+
+-- name: usage_rows_sending
+UPDATE {app}.usage_records r
+   SET status = 'sending', batch_id = $1, event_id = u.event_id,
+       customer_id = COALESCE(r.customer_id, u.customer_id), error = NULL
+  FROM unnest($2::bigint[], $3::bigint[], $4::text[]) AS u(id, event_id, customer_id)
+ WHERE r.id = u.id;
+
+-- name: usage_rows_rejected
+UPDATE {app}.usage_records r
+   SET status = 'failed', error = u.error
+  FROM unnest($1::bigint[], $2::text[]) AS u(id, error)
+ WHERE r.id = u.id AND r.status = 'pending';
+
+-- name: usage_lock_batch
+-- Held on a dedicated connection while a flush sends the batch: a batch still 'sending' whose
+-- lock is free belongs to a flush that died, and is resent. The lock dies with the process.
+SELECT pg_try_advisory_lock(hashtext('{state}.usage_batches'), $1::integer);
+
+-- name: usage_unlock_batch
+SELECT pg_advisory_unlock(hashtext('{state}.usage_batches'), $1::integer);
+
+-- name: usage_sending_batches
+SELECT id FROM {state}.usage_batches WHERE status = 'sending' ORDER BY id;
+
+-- name: usage_batch_status
+SELECT status FROM {state}.usage_batches WHERE id = $1;
+
+-- name: usage_batch_events
+SELECT id, identifier, path, base, params::text AS params
+  FROM {state}.usage_events
+ WHERE batch_id = $1 AND status = 'sending'
+ ORDER BY id;
+
+-- name: usage_mark_events
+-- Stripe's answers for some events of a batch, and their rows, in one transaction.
+-- Returns the number of rows that became reported and failed.
+WITH outcome AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]) AS o(id, status, error)
+), ev AS (
+    UPDATE {state}.usage_events e
+       SET status = o.status, error = o.error, sent_at = now(), attempts = e.attempts + 1
+      FROM outcome o
+     WHERE e.id = o.id AND e.status = 'sending'
+    RETURNING e.id, e.status, e.error
+), upd AS (
+    UPDATE {app}.usage_records r
+       SET status = ev.status, error = ev.error,
+           reported_at = CASE WHEN ev.status = 'reported' THEN now() END
+      FROM ev
+     WHERE r.event_id = ev.id AND r.status = 'sending'
+    RETURNING r.status
+)
+SELECT count(*) FILTER (WHERE status = 'reported') AS reported,
+       count(*) FILTER (WHERE status = 'failed') AS failed
+  FROM upd;
+
+-- name: usage_finish_batch
+UPDATE {state}.usage_batches
+   SET status = 'done', finished_at = now()
+ WHERE id = $1 AND status = 'sending'
+   AND NOT EXISTS (SELECT 1 FROM {state}.usage_events WHERE batch_id = $1 AND status = 'sending');
+
+-- name: usage_prune_batches
+-- Finished batches (and their events) older than the retention; rows keep their batch_id.
+DELETE FROM {state}.usage_batches
+ WHERE status = 'done' AND finished_at < now() - make_interval(secs => $1);
+
+-- name: usage_save_meter
+INSERT INTO {state}.usage_meters (metric, event_name, meter_id, problem, checked_at)
+VALUES ($1, $2, $3, $4, now())
+ON CONFLICT (metric) DO UPDATE
+   SET event_name = EXCLUDED.event_name, meter_id = EXCLUDED.meter_id,
+       problem = EXCLUDED.problem, checked_at = EXCLUDED.checked_at;
+
+-- name: usage_forget_meters
+DELETE FROM {state}.usage_meters WHERE metric <> ALL($1::text[]);
+
+-- name: usage_withdraw_request
+-- `syncd flush-usage` gave up waiting: take its request back unless a daemon already took it.
+UPDATE {state}.requests
+   SET status = 'failed', finished_at = now(), error = 'no daemon answered in time'
+ WHERE id = $1 AND status = 'pending'
+RETURNING id;
+
+-- name: usage_summary
+-- For `syncd status`: rows by status, the oldest waiting row, batches still sending, meter
+-- problems and the latest failures with their reasons. One row of jsonb.
+SELECT
+    (SELECT COALESCE(jsonb_object_agg(status, n), '{}'::jsonb)
+       FROM (SELECT status, count(*) AS n FROM {app}.usage_records GROUP BY status) s
+    ) AS counts,
+    (SELECT min("timestamp") FROM {app}.usage_records WHERE status IN ('pending', 'sending'))
+        AS oldest_unreported,
+    (SELECT max(reported_at) FROM {app}.usage_records WHERE status = 'reported')
+        AS last_reported_at,
+    (SELECT count(*) FROM {state}.usage_batches WHERE status = 'sending') AS batches_sending,
+    (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                'metric', metric, 'event_name', event_name, 'problem', problem,
+                'checked_at', checked_at) ORDER BY metric), '[]'::jsonb)
+       FROM {state}.usage_meters WHERE problem IS NOT NULL) AS meter_problems,
+    (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                'id', id, 'metric', metric, 'customer_id', customer_id, 'quantity', quantity,
+                'timestamp', "timestamp", 'error', error) ORDER BY id DESC), '[]'::jsonb)
+       FROM (SELECT id, metric, customer_id, quantity, "timestamp", error
+               FROM {app}.usage_records WHERE status = 'failed'
+              ORDER BY id DESC LIMIT $1) f) AS latest_errors;
