@@ -148,7 +148,7 @@ async def build_account(emu: Emulator) -> Account:
             {"name": "API access", "lookup_key": "api-access"}
         )
         await v1.products.features.create_async(featured["id"], {"entitlement_feature": feature.id})
-        archived = [p for p in emu.objects("price") if p["product"] == products[2]["id"]][0]
+        archived = next(p for p in emu.objects("price") if p["product"] == products[2]["id"])
         await v1.prices.update_async(archived["id"], {"active": False})
         acc.archived_price = archived["id"]
         credits = await v1.products.create_async({"name": "Credits pack"})
@@ -195,7 +195,7 @@ async def build_account(emu: Emulator) -> Account:
         emu.complete_checkout_session(session.id)
         # a new user subscribes through Checkout: the customer has no metadata
         acc.checkout_user = "0f0e7c52-5a3b-4d7e-8f59-2c1d9e8b7a60"
-        monthly = [p for p in prices.values() if p["product"] == featured["id"]][0]
+        monthly = next(p for p in prices.values() if p["product"] == featured["id"])
         session = await v1.checkout.sessions.create_async(
             {
                 "mode": "subscription",
