@@ -148,7 +148,12 @@ async def build_account(emu: Emulator) -> Account:
             {"name": "API access", "lookup_key": "api-access"}
         )
         await v1.products.features.create_async(featured["id"], {"entitlement_feature": feature.id})
-        archived = next(p for p in emu.objects("price") if p["product"] == products[2]["id"])
+        # a plan some seeded subscribers are on (monthly), archived since
+        archived = next(
+            p
+            for p in emu.objects("price")
+            if p["product"] == products[2]["id"] and p["recurring"]["interval"] == "month"
+        )
         await v1.prices.update_async(archived["id"], {"active": False})
         acc.archived_price = archived["id"]
         credits = await v1.products.create_async({"name": "Credits pack"})
