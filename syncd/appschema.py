@@ -81,3 +81,8 @@ def _install(db: Database) -> Callable[[asyncpg.Connection], Awaitable[None]]:
         await conn.execute(db.sql("install_usage_row_level_security"))
 
     return run
+
+
+async def startup_step(db: Database, cfg: Config) -> None:
+    """The daemon's startup step (syncd.daemon.attach_features)."""
+    await apply_row_level_security(db, cfg)

@@ -11,9 +11,12 @@ import asyncpg
 import pytest
 
 from syncd import appschema
+from syncd.daemon import Daemon, attach_features
 from syncd.db import Database
 from syncd.emulator import Emulator
 from syncd.errors import DatabaseError
+from syncd.lifecycle import Lifecycle
+from syncd.stripe_api import StripeAPI
 from tests.conftest import emulator_config, make_config
 from tests.test_views import VIEWS, Synced
 from tests.test_views_support import build_account, sdk_client, sync_emulator
@@ -243,3 +246,21 @@ async def test_plain_postgres_skips_policies(db: Database, db_url: str) -> None:
         transaction=False,
     )
     assert n == 0
+
+
+async def test_daemon_installs_policies_at_start(emulator: Emulator, db_url: str) -> None:
+    cfg = emulator_config(db_url, emulator)
+    async with (
+        Database.connect(cfg.database, min_size=1) as db,
+        StripeAPI(cfg) as api,
+    ):
+        await admin(db, SUPABASE)
+        d = Daemon(cfg, db, Lifecycle(1.0), api)
+        attach_features(d)
+        for step in d.startup:
+            await step()
+        n = await db.run(
+            lambda c: c.fetchval("SELECT count(*) FROM pg_policies WHERE policyname LIKE 'syncd%'"),
+            transaction=False,
+        )
+        assert n > 0
