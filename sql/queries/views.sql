@@ -6,7 +6,9 @@
 -- syncd manages the privileges of anon/authenticated on its schemas: the removal below revokes
 -- whatever they hold there, so turning the feature off never leaves rows readable unfiltered.
 -- A user is `auth.uid()::text`: user ids are text in the mirror, and a non-uuid never breaks it.
--- `(SELECT auth.uid())` is evaluated once per query rather than once per row.
+-- `(SELECT auth.uid())` is evaluated once per query rather than once per row, and
+-- `col = ANY (ARRAY(SELECT ...))` computes the user's ids once, then uses the index on col
+-- (`col IN (SELECT ...)` is planned as a hashed subplan filtering a sequential scan).
 
 -- name: rls_support
 SELECT to_regprocedure('auth.uid()') IS NOT NULL AS has_auth_uid,
@@ -76,45 +78,50 @@ BEGIN
     CREATE POLICY syncd_own_rows ON {mirror}.customers FOR SELECT TO authenticated
         USING (user_id = (SELECT auth.uid()::text));
     CREATE POLICY syncd_own_rows ON {mirror}.subscriptions FOR SELECT TO authenticated
-        USING (customer_id IN (SELECT c.id FROM {mirror}.customers c
-                                WHERE c.user_id = (SELECT auth.uid()::text)));
+        USING (customer_id = ANY (ARRAY(
+            SELECT c.id FROM {mirror}.customers c WHERE c.user_id = (SELECT auth.uid()::text))));
     CREATE POLICY syncd_own_rows ON {mirror}.subscription_items FOR SELECT TO authenticated
-        USING (parent_id IN (SELECT s.id FROM {mirror}.subscriptions s
-                              JOIN {mirror}.customers c ON c.id = s.customer_id
-                             WHERE c.user_id = (SELECT auth.uid()::text)));
+        USING (parent_id = ANY (ARRAY(
+            SELECT s.id FROM {mirror}.subscriptions s
+              JOIN {mirror}.customers c ON c.id = s.customer_id
+             WHERE c.user_id = (SELECT auth.uid()::text))));
     CREATE POLICY syncd_own_rows ON {mirror}.invoices FOR SELECT TO authenticated
-        USING (customer_id IN (SELECT c.id FROM {mirror}.customers c
-                                WHERE c.user_id = (SELECT auth.uid()::text)));
+        USING (customer_id = ANY (ARRAY(
+            SELECT c.id FROM {mirror}.customers c WHERE c.user_id = (SELECT auth.uid()::text))));
     -- A guest checkout has no customer: its client_reference_id names the user.
     CREATE POLICY syncd_own_rows ON {mirror}.checkout_sessions FOR SELECT TO authenticated
         USING (client_reference_id = (SELECT auth.uid()::text)
-               OR customer_id IN (SELECT c.id FROM {mirror}.customers c
-                                   WHERE c.user_id = (SELECT auth.uid()::text)));
+               OR customer_id = ANY (ARRAY(
+                   SELECT c.id FROM {mirror}.customers c
+                    WHERE c.user_id = (SELECT auth.uid()::text))));
     CREATE POLICY syncd_own_rows ON {mirror}.checkout_session_line_items FOR SELECT TO authenticated
-        USING (parent_id IN (SELECT s.id FROM {mirror}.checkout_sessions s
-                              WHERE s.client_reference_id = (SELECT auth.uid()::text)
-                                 OR s.customer_id IN (SELECT c.id FROM {mirror}.customers c
-                                                       WHERE c.user_id = (SELECT auth.uid()::text))));
+        USING (parent_id = ANY (ARRAY(
+            SELECT s.id FROM {mirror}.checkout_sessions s
+             WHERE s.client_reference_id = (SELECT auth.uid()::text)
+                OR s.customer_id IN (SELECT c.id FROM {mirror}.customers c
+                                      WHERE c.user_id = (SELECT auth.uid()::text)))));
     CREATE POLICY syncd_own_rows ON {mirror}.active_entitlements FOR SELECT TO authenticated
-        USING (parent_id IN (SELECT c.id FROM {mirror}.customers c
-                              WHERE c.user_id = (SELECT auth.uid()::text)));
+        USING (parent_id = ANY (ARRAY(
+            SELECT c.id FROM {mirror}.customers c WHERE c.user_id = (SELECT auth.uid()::text))));
 
     -- The catalog: anyone sees active plans; a subscriber also sees the (maybe archived) plan
     -- they are on.
     CREATE POLICY syncd_active ON {mirror}.prices FOR SELECT TO anon, authenticated
         USING (active);
     CREATE POLICY syncd_subscribed ON {mirror}.prices FOR SELECT TO authenticated
-        USING (id IN (SELECT i.price_id FROM {mirror}.subscription_items i
-                       JOIN {mirror}.subscriptions s ON s.id = i.parent_id
-                       JOIN {mirror}.customers c ON c.id = s.customer_id
-                      WHERE c.user_id = (SELECT auth.uid()::text)));
+        USING (id = ANY (ARRAY(
+            SELECT i.price_id FROM {mirror}.subscription_items i
+              JOIN {mirror}.subscriptions s ON s.id = i.parent_id
+              JOIN {mirror}.customers c ON c.id = s.customer_id
+             WHERE c.user_id = (SELECT auth.uid()::text))));
     CREATE POLICY syncd_active ON {mirror}.products FOR SELECT TO anon, authenticated
         USING (active);
     CREATE POLICY syncd_subscribed ON {mirror}.products FOR SELECT TO authenticated
-        USING (id IN (SELECT i.product_id FROM {mirror}.subscription_items i
-                       JOIN {mirror}.subscriptions s ON s.id = i.parent_id
-                       JOIN {mirror}.customers c ON c.id = s.customer_id
-                      WHERE c.user_id = (SELECT auth.uid()::text)));
+        USING (id = ANY (ARRAY(
+            SELECT i.product_id FROM {mirror}.subscription_items i
+              JOIN {mirror}.subscriptions s ON s.id = i.parent_id
+              JOIN {mirror}.customers c ON c.id = s.customer_id
+             WHERE c.user_id = (SELECT auth.uid()::text))));
     CREATE POLICY syncd_catalog ON {mirror}.product_features FOR SELECT TO anon, authenticated
         USING (true);
     CREATE POLICY syncd_catalog ON {mirror}.entitlement_features FOR SELECT TO anon, authenticated
