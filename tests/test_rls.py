@@ -264,3 +264,37 @@ async def test_daemon_installs_policies_at_start(emulator: Emulator, db_url: str
             transaction=False,
         )
         assert n > 0
+
+
+BIG_TABLES = ("customers", "subscriptions", "subscription_items", "invoices", "checkout_sessions")
+
+
+def unbounded_scans(node: dict[str, Any]) -> list[str]:
+    """Scans of a large table that read it without an index condition (whole or filtered)."""
+    found = []
+    if node.get("Relation Name") in BIG_TABLES and not (
+        "Index Cond" in node or "Recheck Cond" in node
+    ):
+        found.append(f"{node['Node Type']} on {node['Relation Name']}")
+    for child in node.get("Plans", []):
+        found.extend(unbounded_scans(child))
+    return found
+
+
+async def test_a_users_rows_are_found_through_indexes(supabase: Synced) -> None:
+    """The policies must leave the planner an index path to the user's rows (a hashed
+    `IN (SELECT ...)` subplan leaves none): with sequential scans priced out, every scan of a
+    large table must be bounded by an index condition."""
+    db, acc = supabase.db, supabase.acc
+    for view in USER_VIEWS:
+
+        async def plan(conn: asyncpg.Connection, v: str = view) -> Any:
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            await conn.execute("SET LOCAL ROLE authenticated")
+            claims = json.dumps({"sub": acc.subscriber})
+            await conn.execute("SELECT set_config('request.jwt.claims', $1, true)", claims)
+            return await conn.fetchval(f"EXPLAIN (FORMAT JSON) SELECT * FROM billing.{v}")
+
+        text = await db.run(plan)
+        tree = (json.loads(text) if isinstance(text, str) else text)[0]["Plan"]
+        assert unbounded_scans(tree) == [], view
