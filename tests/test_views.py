@@ -3,6 +3,7 @@ of a seeded emulator account (asserted against the emulator's own objects)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -315,3 +316,35 @@ async def test_metadata_wins_over_checkout_reference(db: Database) -> None:
     assert await user_id(db) == "user-a"  # the key was removed: back to the fallback
     await write(db, "customers", [{**CUS, "metadata": {"supabase_user_id": "meta-2"}}], 4)
     assert await user_id(db) == "meta-2"
+
+
+async def test_customer_written_while_its_session_commits_keeps_the_mapping(db: Database) -> None:
+    """A customer upsert that waits for a concurrent session writer (which holds the customer's
+    row) must see that writer's session once it commits, not its own stale snapshot."""
+    await write(db, "customers", [{**CUS, "metadata": {}}], 1)
+    writer = Writer(db)
+    async with db.pool.acquire() as sessions_conn, db.pool.acquire() as customers_conn:
+        tx = sessions_conn.transaction()
+        await tx.start()
+        await writer.upsert(
+            sessions_conn,
+            BY_TABLE["checkout_sessions"],
+            [session("cs_1", "user-a", 10)],
+            version=2,
+            api_version=None,
+        )
+        # the customers writer starts its statement now, then waits for the session's lock
+        pending = asyncio.ensure_future(
+            writer.upsert(
+                customers_conn,
+                BY_TABLE["customers"],
+                [{**CUS, "metadata": {}, "email": "x@example.com"}],
+                version=3,
+                api_version=None,
+            )
+        )
+        await asyncio.sleep(0.3)
+        assert not pending.done()
+        await tx.commit()
+        await pending
+    assert await user_id(db) == "user-a"

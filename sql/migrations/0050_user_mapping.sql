@@ -5,9 +5,13 @@
 -- client_reference_id instead. For those, user_id falls back to the client_reference_id of the
 -- customer's most recent completed checkout session. Metadata always wins when it is present.
 -- Both sides keep it right whichever arrives first: a customer row looks up its sessions, and a
--- completed session updates its customer.
+-- completed session updates its customer. One interleaving escapes both: a customer's first
+-- write and its session's first write running at once in two transactions, neither seeing the
+-- other's uncommitted row; the customer's next write (a refetch, the reconcile) repairs it.
 
 -- The fallback user id of one customer (NULL if none of its completed sessions has one).
+-- Called from the (volatile) plpgsql triggers, each call reads with a fresh snapshot: a customer
+-- update that waited for a concurrent session writer's row lock sees that writer's sessions.
 CREATE FUNCTION {mirror}.checkout_user_id(customer text) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT s.client_reference_id
@@ -39,18 +43,30 @@ $$;
 CREATE TRIGGER customers_user_id_fallback BEFORE INSERT OR UPDATE OF raw ON {mirror}.customers
     FOR EACH ROW EXECUTE FUNCTION {mirror}.customers_user_id_fallback();
 
--- A session completed (or changed) after its customer was written: refresh that customer's
--- fallback. Setting user_id alone does not fire the customers triggers (they watch raw).
-CREATE FUNCTION {mirror}.checkout_sessions_map_user() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Sessions completed (or changed) after their customer was written: refresh those customers'
+-- fallback, once per statement (a whole page of sessions), locking the customers in id order as
+-- the writer's own upserts do, so two writers cannot deadlock. Setting user_id alone does not
+-- fire the customers triggers (they watch raw).
+CREATE FUNCTION {mirror}.checkout_sessions_map_users() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM 1 FROM {mirror}.customers c
+      WHERE c.id IN (SELECT n.customer_id FROM new_sessions n
+                      WHERE n.client_reference_id IS NOT NULL)
+        AND NULLIF(c.raw->'metadata'->>{mirror}.user_id_key(), '') IS NULL
+      ORDER BY c.id
+        FOR UPDATE;
     UPDATE {mirror}.customers c
        SET user_id = {mirror}.checkout_user_id(c.id)
-     WHERE c.id = NEW.customer_id
+     WHERE c.id IN (SELECT n.customer_id FROM new_sessions n
+                     WHERE n.client_reference_id IS NOT NULL)
        AND NULLIF(c.raw->'metadata'->>{mirror}.user_id_key(), '') IS NULL
        AND c.user_id IS DISTINCT FROM {mirror}.checkout_user_id(c.id);
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER checkout_sessions_map_user AFTER INSERT OR UPDATE OF raw ON {mirror}.checkout_sessions
-    FOR EACH ROW WHEN (NEW.customer_id IS NOT NULL AND NEW.client_reference_id IS NOT NULL)
-    EXECUTE FUNCTION {mirror}.checkout_sessions_map_user();
+CREATE TRIGGER checkout_sessions_map_users_insert AFTER INSERT ON {mirror}.checkout_sessions
+    REFERENCING NEW TABLE AS new_sessions
+    FOR EACH STATEMENT EXECUTE FUNCTION {mirror}.checkout_sessions_map_users();
+CREATE TRIGGER checkout_sessions_map_users_update AFTER UPDATE ON {mirror}.checkout_sessions
+    REFERENCING NEW TABLE AS new_sessions
+    FOR EACH STATEMENT EXECUTE FUNCTION {mirror}.checkout_sessions_map_users();
