@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from syncd import __version__, health, metrics, migrations, resync, usage_schedule
+from syncd import __version__, appschema, health, metrics, migrations, resync, usage_schedule
 from syncd.config import Config, redacted
 from syncd.control import ControlLoop
 from syncd.db import Database
@@ -166,6 +166,7 @@ def attach_features(daemon: Daemon) -> None:
     _attach_events(daemon)
     resync.attach(daemon)
     usage_schedule.attach(daemon)
+    daemon.startup.append(lambda: appschema.startup_step(daemon.db, daemon.cfg))
 
 
 def _attach_events(daemon: Daemon) -> None:
