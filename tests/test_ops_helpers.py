@@ -26,7 +26,7 @@ import os, signal, sys, time
 import anyio
 from syncd import metrics
 from syncd.config import load_config
-from syncd.daemon import Daemon, attach_features, run_daemon
+from syncd.daemon import Daemon, run_daemon
 from syncd.logs import configure
 
 ROWS = int(os.environ.get("TEST_BATCH_ROWS", "5"))
@@ -34,7 +34,8 @@ DELAY = float(os.environ.get("TEST_ROW_DELAY", "0.02"))
 PAUSE = float(os.environ.get("TEST_PAUSE", "0.05"))
 
 def features(d: Daemon) -> None:
-    attach_features(d)
+    # Only the test loop: the mechanisms under test (signals, grace, leadership) are the
+    # daemon's, independent of which features run (those are tested with the emulator).
     hup = anyio.Event()
     def on_hup() -> None:
         nonlocal hup
