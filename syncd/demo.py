@@ -53,7 +53,13 @@ SELECT s.id, c.email, p.unit_amount, s.status
   FROM stripe.subscriptions s JOIN stripe.customers c ON c.id = s.customer_id
   JOIN stripe.prices p ON p.id = s.price_id ORDER BY s.created DESC LIMIT 5;
 SELECT id, amount, amount_refunded, refunded FROM stripe.charges WHERE refunded LIMIT 5;
-SELECT raw->>'object', count(*) FROM stripe.invoices GROUP BY 1;"""
+SELECT status, count(*), sum(amount_paid) FROM stripe.invoices GROUP BY status;"""
+# Shown when those features' tables exist.
+USAGE_QUERY = "SELECT status, count(*), sum(quantity) FROM billing.usage_records GROUP BY status;"
+VIEWS_QUERY = "SELECT * FROM billing.subscriptions LIMIT 5;  -- the application views"
+LEDGER_QUERY = (
+    "SELECT type, outcome, count(*) FROM syncd.events_ledger GROUP BY 1, 2 ORDER BY 3 DESC;"
+)
 
 
 @dataclass
@@ -280,7 +286,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             say(f"  emulator   {emu.url}  seeded {seeded}")
             code = await _with_daemon(args, work, dsn, emu)
             if args.keep and code == 0:
-                say(f"\nkept running: psql '{dsn}'  (Ctrl-C to remove everything)")
+                say(f"\nkept running: psql '{dsn}'\n(Ctrl-C removes everything)")
                 with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for _ in signals:
                         break
@@ -327,6 +333,8 @@ async def _drive(args: argparse.Namespace, cfg: Config, emu: Emulator, proc: Pro
             say(f"  ready in {time.monotonic() - started:.1f}s (leader elected, schema current)\n")
             usage = await _exists(db, f'"{db.schemas.app}".usage_records')
             resync = await _exists(db, f'"{db.schemas.state}".resync_runs')
+            views = await _exists(db, f'"{db.schemas.app}".subscriptions')
+            ledger = await _exists(db, f'"{db.schemas.state}".events_ledger')
             shopper = Shopper(client, activity, rng, db, usage)
             await shopper.setup()
             conn = await db.dedicated_connection()
@@ -362,7 +370,14 @@ async def _drive(args: argparse.Namespace, cfg: Config, emu: Emulator, proc: Pro
         )
     if activity.errors:
         say(f"{len(activity.errors)} SDK errors, first: {activity.errors[0]}")
-    say("\nqueries to try (psql, with --keep):\n" + QUERIES)
+    queries = QUERIES
+    if ledger:
+        queries += "\n" + LEDGER_QUERY
+    if usage:
+        queries += "\n" + USAGE_QUERY
+    if views:
+        queries += "\n" + VIEWS_QUERY
+    say("\nqueries to try (psql, with --keep):\n" + queries)
     return 0 if code == 0 else 1
 
 
@@ -432,9 +447,8 @@ async def _live(
             ]
             if shopper.usage_enabled:
                 usage = await _usage(db)
-                parts.append(
-                    "usage " + " ".join(f"{k} {n}" for k, (n, _q) in sorted(usage.items()))
-                )
+                rows = " ".join(f"{k} {n}" for k, (n, _q) in sorted(usage.items()))
+                parts.append("usage " + (rows or "no rows yet"))
             if resync:
                 parts.append(await _resync_line(db))
             say(" | ".join(parts))
