@@ -104,10 +104,13 @@ async def consistency(db_url: str) -> tuple[int, int, int]:
 class DaemonProcess:
     """One replica: `syncd run` (plus the test loop) in its own process."""
 
-    def __init__(self, tmp: Path, db_url: str, name: str = "a", **env: str):
+    def __init__(self, tmp: Path, db_url: str, name: str = "a", real: bool = False, **env: str):
+        """`real`: plain `syncd run` with every feature (point SYNCD_STRIPE_API_BASE at an
+        emulator); otherwise the daemon with only the test loop."""
         self.port = free_port()
         script = tmp / "ops_daemon.py"
         script.write_text(DAEMON_SCRIPT)
+        command = [sys.executable, "-m", "syncd", "run"] if real else [sys.executable, str(script)]
         self.log_path = tmp / f"daemon-{name}.log"
         full_env = {
             k: v
@@ -124,12 +127,13 @@ class DaemonProcess:
                 "SYNCD_DAEMON_HEARTBEAT_INTERVAL": "0.5",
                 "SYNCD_DAEMON_ELECTION_INTERVAL": "0.5",
                 "SYNCD_DATABASE_CONNECT_TIMEOUT": "2",
+                "SYNCD_LOG_FORMAT": "json",
                 **env,
             }
         )
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, str(script)],
+            command,
             cwd=tmp,
             env=full_env,
             stdout=self._log,
