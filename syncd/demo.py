@@ -342,6 +342,8 @@ async def _drive(args: argparse.Namespace, cfg: Config, emu: Emulator, proc: Pro
                 await _live(args, db, conn, shopper, activity, proc, resync)
                 if usage:
                     await _flush(db, proc)
+                if resync:
+                    await _resync_done(db)
             finally:
                 await conn.close()
             report = await status.gather(db, cfg)  # while the daemon still runs
@@ -379,6 +381,17 @@ async def _drive(args: argparse.Namespace, cfg: Config, emu: Emulator, proc: Pro
         queries += "\n" + VIEWS_QUERY
     say("\nqueries to try (psql, with --keep):\n" + queries)
     return 0 if code == 0 else 1
+
+
+async def _resync_done(db: Database) -> None:
+    """Let the SIGHUP resync finish (it is small here), so the summary shows how long it took."""
+    with anyio.move_on_after(30):
+        while True:
+            row = await db.fetchrow("demo_last_resync")
+            if row is None or row["status"] not in ("pending", "running"):
+                break
+            await anyio.sleep(0.3)
+    say("  " + await _resync_line(db))
 
 
 async def _flush(db: Database, proc: Process) -> None:
