@@ -154,3 +154,17 @@ async def test_signals_metrics_and_status_with_every_feature(
     finally:
         d.stop()
         await aio.close_async()  # type: ignore[no-untyped-call]
+
+
+def test_operations_doc_lists_every_metric() -> None:
+    import re
+
+    from syncd import metrics
+    from tests.conftest import ROOT
+
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    documented = {
+        re.sub(r"_total$", "", name) for name in re.findall(r"^\| `(syncd_[a-z_]+)` \|", doc, re.M)
+    }
+    defined = {family.name for family in metrics.REGISTRY.collect()}
+    assert documented == defined, (documented - defined, defined - documented)
