@@ -99,6 +99,7 @@ class Daemon:
                 return
             self.set_role("leader")
             try:
+                await self.db.execute("prune_instances")  # rows of replicas gone for a week
                 lost = await self._lead()
             except Exception as exc:
                 # Losing the database mid-work is an election matter, not a crash: stand by and
