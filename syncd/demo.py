@@ -161,11 +161,12 @@ class Shopper:
         sub_id = self.rng.choice(self.subs)
         sub = await self.c.subscriptions.retrieve_async(sub_id)
         item = sub["items"]["data"][0]
-        price = self.rng.choice(self.prices[1:])
+        # A real change (another plan), so the mirror has something to show.
+        price = self.rng.choice([p for p in self.prices if p != item["price"]["id"]])
         await self.c.subscriptions.update_async(
             sub_id, {"items": [{"id": item["id"], "price": price}]}
         )
-        self.activity.did("upgrade", "subscriptions", sub_id)
+        self.activity.did("plan change", "subscriptions", sub_id)
 
     async def cancel(self) -> None:
         sub_id = self.subs.pop(self.rng.randrange(len(self.subs)))
