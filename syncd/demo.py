@@ -431,7 +431,7 @@ async def _live(
     proc: Process,
     resync: bool,
 ) -> None:
-    kinds = "sign-ups, upgrades, cancellations, payments, refunds"
+    kinds = "sign-ups, plan changes, cancellations, payments, refunds"
     if shopper.usage_enabled:
         kinds += ", usage rows"
     say(f"making changes for {args.duration:.0f}s ({kinds}):")
