@@ -73,9 +73,10 @@ class Activity:
     errors: list[str] = field(default_factory=list)
     usage_quantity: int = 0
 
-    def did(self, kind: str, table: str, object_id: str) -> None:
+    def did(self, kind: str, table: str, object_id: str, at: float) -> None:
+        """`at`: when the request was sent (the change cannot have reached the mirror before)."""
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        self.changes.append((table, object_id, time.time()))
+        self.changes.append((table, object_id, at))
 
 
 class Shopper:
@@ -101,6 +102,7 @@ class Shopper:
         self.n = 0
 
     async def setup(self) -> None:
+        t0 = time.time()
         if self.usage_enabled:
             await self.c.billing.meters.create_async(
                 {
@@ -121,7 +123,7 @@ class Shopper:
                 }
             )
             self.prices.append(product.default_price)
-            self.activity.did("product", "products", product.id)
+            self.activity.did("product", "products", product.id, t0)
 
     async def step(self) -> None:
         roll = self.rng.random()
@@ -139,6 +141,7 @@ class Shopper:
             await self.refund()
 
     async def sign_up(self) -> None:
+        t0 = time.time()
         self.n += 1
         cus = await self.c.customers.create_async(
             {
@@ -149,15 +152,17 @@ class Shopper:
                 "metadata": {"supabase_user_id": f"user-{self.n}"},
             }
         )
-        self.activity.did("sign-up", "customers", cus.id)
+        self.activity.did("sign-up", "customers", cus.id, t0)
         self.customers.append(cus.id)
+        t0 = time.time()
         sub = await self.c.subscriptions.create_async(
             {"customer": cus.id, "items": [{"price": self.prices[0]}]}
         )
         self.subs.append(sub.id)
-        self.activity.did("subscription", "subscriptions", sub.id)
+        self.activity.did("subscription", "subscriptions", sub.id, t0)
 
     async def upgrade(self) -> None:
+        t0 = time.time()
         sub_id = self.rng.choice(self.subs)
         sub = await self.c.subscriptions.retrieve_async(sub_id)
         item = sub["items"]["data"][0]
@@ -166,14 +171,16 @@ class Shopper:
         await self.c.subscriptions.update_async(
             sub_id, {"items": [{"id": item["id"], "price": price}]}
         )
-        self.activity.did("plan change", "subscriptions", sub_id)
+        self.activity.did("plan change", "subscriptions", sub_id, t0)
 
     async def cancel(self) -> None:
+        t0 = time.time()
         sub_id = self.subs.pop(self.rng.randrange(len(self.subs)))
         await self.c.subscriptions.cancel_async(sub_id)
-        self.activity.did("cancellation", "subscriptions", sub_id)
+        self.activity.did("cancellation", "subscriptions", sub_id, t0)
 
     async def pay(self) -> None:
+        t0 = time.time()
         pi = await self.c.payment_intents.create_async(
             {
                 "amount": self.rng.choice((500, 1200, 4900)),
@@ -184,7 +191,7 @@ class Shopper:
         )
         if pi.latest_charge:
             self.charges.append(pi.latest_charge)
-            self.activity.did("payment", "charges", pi.latest_charge)
+            self.activity.did("payment", "charges", pi.latest_charge, t0)
 
     async def use(self) -> None:
         """The application records usage: a row in usage_records; syncd reports it."""
@@ -195,9 +202,10 @@ class Shopper:
         self.activity.usage_quantity += quantity
 
     async def refund(self) -> None:
+        t0 = time.time()
         charge = self.charges.pop(self.rng.randrange(len(self.charges)))
         await self.c.refunds.create_async({"charge": charge})
-        self.activity.did("refund", "charges", charge)
+        self.activity.did("refund", "charges", charge, t0)
 
 
 def _daemon_env(dsn: str, emu: Emulator, http_port: int, config: Path) -> dict[str, str]:
@@ -363,7 +371,11 @@ async def _drive(args: argparse.Namespace, cfg: Config, emu: Emulator, proc: Pro
     say(f"changes made through the stripe SDK and the database: {made}")
     say(f"end-to-end {_fmt_lag(activity.lags)} over {len(activity.lags)} synced changes")
     if activity.changes:
-        say(f"{len(activity.changes)} changes not (yet) in the mirror when the daemon stopped")
+        waiting = ", ".join(f"{t} {i}" for t, i, _ in activity.changes[:3])
+        say(
+            f"{len(activity.changes)} changes not (yet) in the mirror when the daemon stopped: "
+            f"{waiting}"
+        )
     if usage:
         reported = usage_rows.get("reported", (0, 0.0))
         metered = sum(float(v) for v in emu.meter_totals().values())
