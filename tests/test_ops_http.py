@@ -12,6 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from syncd import metrics
+from syncd.config import Config
+from syncd.db import Database
 from tests.conftest import TEST_API_KEY, PgServer
 from tests.test_ops_helpers import DaemonProcess, prepare
 
@@ -119,3 +121,33 @@ def test_metric_names_are_defined_once() -> None:
     names = [f.name for f in metrics.REGISTRY.collect()]
     assert len(names) == len(set(names))
     assert set(names) >= EXPECTED
+
+
+async def test_health_rules_on_a_real_daemon_object(cfg: Config, db: Database) -> None:
+    """The rules behind the endpoints: a stalled heartbeat loop fails /healthz; a leader whose
+    event stream has not polled within http.ready_max_poll_age fails /readyz, a standby not."""
+    from syncd.daemon import Daemon
+    from syncd.health import Health
+    from syncd.lifecycle import Lifecycle
+    from syncd.stripe_api import StripeAPI
+
+    async with StripeAPI(cfg) as api:
+        d = Daemon(cfg, db, Lifecycle(1), api)
+        health = Health(d)
+        assert health.alive()["ok"]
+        d.last_beat -= 1000
+        assert not health.alive()["ok"]
+
+        d.add_loop("events", anyio.sleep_forever)
+        d.set_role("standby")
+        assert (await health.ready())["ok"]
+        d.set_role("leader")
+        assert (await health.ready())["ok"]  # a new leader gets time for its first poll
+        d.leader_since -= 1000
+        metrics.last_success.labels("events").set(time.time() - 1000)
+        ready = await health.ready()
+        assert not ready["ok"] and ready["checks"]["poll"].startswith("last successful poll")
+        metrics.last_success.labels("events").set(time.time())
+        assert (await health.ready())["ok"]
+        d.set_role("starting")
+        assert not (await health.ready())["ok"]
