@@ -1,5 +1,10 @@
-"""`syncd run`: the long-running daemon. Its loops are siblings in one task group; an
-unexpected error in one ends the daemon loudly (exit 1) so the orchestrator restarts it."""
+"""`syncd run`: the long-running daemon.
+
+Every replica runs the heartbeat (its row in `{state}.instances`) and the HTTP server. Only the
+leader (see `syncd.leader`) runs the startup steps, the control loop and the feature loops; they
+are siblings in one task group, cancelled together when leadership is lost. A retryable error
+(the database went away) sends the replica back to standby; any other error in a loop ends the
+daemon loudly (exit 1) so the orchestrator restarts it."""
 
 from __future__ import annotations
 
@@ -59,7 +64,7 @@ class Daemon:
         self.loops.append((name, loop))
 
     def set_role(self, role: str) -> None:
-        """`standby`, `leader`, `stopping`: written at once (the heartbeat wakes) and logged."""
+        """`standby`, `leader`, `stopped`: written at once (the heartbeat wakes) and logged."""
         if role != self.role:
             log.info("role_changed", role=role, previous=self.role)
             self.role = role
