@@ -506,20 +506,24 @@ class _Listing:
         res = page.resource
         if page.count:
             await w.upsert(conn, res, page.data, version=page.version, api_version=self.api_version)
+        # Children with the same table and version (the page's inline lists share its version)
+        # are written together: two statements per child table, not two per parent.
+        owned: dict[tuple[str, float], dict[str, list[dict[str, Any]]]] = {}
+        loose: dict[tuple[str, float], list[dict[str, Any]]] = {}
         for c in page.children:
+            key = (c.resource.table, c.version)
             if c.resource.owned and c.parent_id is not None:
-                await w.replace_children(
-                    conn,
-                    c.resource,
-                    c.parent_id,
-                    c.objects,
-                    version=c.version,
-                    api_version=self.api_version,
-                )
+                owned.setdefault(key, {})[c.parent_id] = c.objects
             elif c.objects:
-                await w.upsert(
-                    conn, c.resource, c.objects, version=c.version, api_version=self.api_version
-                )
+                loose.setdefault(key, []).extend(c.objects)
+        for (table, version), sets in owned.items():
+            await w.replace_children_of_many(
+                conn, BY_TABLE[table], sets, version=version, api_version=self.api_version
+            )
+        for (table, version), objects in loose.items():
+            await w.upsert(
+                conn, BY_TABLE[table], objects, version=version, api_version=self.api_version
+            )
         for bad in page.rejected:
             await conn.execute(
                 self.db.sql("resync_reject"),

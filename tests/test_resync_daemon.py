@@ -149,3 +149,37 @@ async def test_kill_9_at_random_points_then_restart_ends_the_same(
             want = await emulator_children(api, emulator)
             for table in ("subscription_items", "invoice_line_items"):
                 assert got[table] == want[table]
+
+
+async def test_daemon_first_start_sighup_and_reconcile(db_url: str, emulator: Emulator) -> None:
+    emulator.seed(customers=30, products=2, subscriptions=5)
+    env = daemon_env(db_url, emulator, SYNCD_SYNC_RECONCILE_INTERVAL="3")
+    cfg: Config = make_config(db_url)
+
+    async with Database.connect(cfg.database) as db:
+
+        async def runs() -> list[tuple[str, str]]:
+            rows = await db.run(
+                lambda c: c.fetch("SELECT reason, status FROM syncd.resync_runs ORDER BY run_id"),
+                transaction=False,
+            )
+            return [(r["reason"], r["status"]) for r in rows]
+
+        async def until(pred: object) -> list[tuple[str, str]]:
+            with anyio.fail_after(60):
+                while True:
+                    got = await runs()
+                    if pred(got):  # type: ignore[operator]
+                        return got
+                    await anyio.sleep(0.1)
+
+        daemon = await start_daemon(env)
+        try:
+            got = await until(lambda r: r and r[0] == ("first_start", "done"))
+            daemon.send_signal(signal.SIGHUP)
+            got = await until(lambda r: ("sighup", "done") in r)
+            got = await until(lambda r: ("reconcile", "done") in r)
+        finally:
+            await stop(daemon)
+        assert got[0] == ("first_start", "done")
+        assert all(status == "done" for _, status in got)
