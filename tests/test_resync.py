@@ -359,6 +359,7 @@ async def test_only_requested_types_and_unknown_ones_refused(
         assert len(await rows(rs.db, "subscription_items")) > 0
         assert len(await rows(rs.db, "customers")) == 0
         assert not await has_completed_resync(rs.db)  # a partial run does not fill the mirror
+        assert rs.scope(["tax_ids", "customers", "invoice_line_items"]) == ["customers", "invoices"]
         try:
             await rs.run(["nope"], reason="test")
         except Exception as exc:
