@@ -161,7 +161,9 @@ async def test_pricing_plans_view(synced: Synced) -> None:
     prices = synced.objects("price")
     products = synced.objects("product")
     got = {r["id"]: r for r in await rows(synced.db, "SELECT * FROM billing.pricing_plans")}
-    assert set(got) == set(prices)
+    assert prices[acc.deleted_price].get("deleted")
+    prices = {pid: p for pid, p in prices.items() if not p.get("deleted")}
+    assert set(got) == set(prices)  # the deleted plan's price is not there
     for pid, p in prices.items():
         row, prod = got[pid], products[p["product"]]
         recurring = p["recurring"] or {}
@@ -390,3 +392,15 @@ async def test_first_writes_of_customer_and_session_at_once(db: Database, first:
         await tx.commit()
         await pending
     assert await user_id(db) == "user-a"
+
+
+async def test_fallback_follows_the_configured_metadata_key(cfg: Config) -> None:
+    async with Database.connect(
+        cfg.database, min_size=1, settings={"syncd.user_id_key": "app_user"}
+    ) as db:
+        await write(db, "customers", [{**CUS, "metadata": {"app_user": "meta-user"}}], 1)
+        await write(db, "checkout_sessions", [session("cs_1", "user-a", 10)], 2)
+        assert await user_id(db) == "meta-user"
+        # the default key means nothing under another configured key: the fallback applies
+        await write(db, "customers", [{**CUS, "metadata": {"supabase_user_id": "x"}}], 3)
+        assert await user_id(db) == "user-a"
