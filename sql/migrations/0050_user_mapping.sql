@@ -42,8 +42,9 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT hashtextextended('syncd:user_mapping:' || customer, 0)
 $$;
 
--- Runs after customers_set_user_id (triggers of one kind fire in name order): an empty metadata
--- value counts as absent, then the checkout fallback applies.
+-- Runs after customers_set_user_id* (triggers of one kind fire in name order; a BEFORE trigger's
+-- WHEN sees NEW as the earlier ones left it): an empty metadata value counts as absent, then the
+-- checkout fallback applies. Customers that have a user id skip the PL/pgSQL call altogether.
 CREATE FUNCTION {mirror}.customers_user_id_fallback() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NULLIF(NEW.user_id, '') IS NULL THEN
@@ -54,7 +55,8 @@ BEGIN
 END
 $$;
 CREATE TRIGGER customers_user_id_fallback BEFORE INSERT OR UPDATE OF raw ON {mirror}.customers
-    FOR EACH ROW EXECUTE FUNCTION {mirror}.customers_user_id_fallback();
+    FOR EACH ROW WHEN (NULLIF(NEW.user_id, '') IS NULL)
+    EXECUTE FUNCTION {mirror}.customers_user_id_fallback();
 
 -- Sessions written after their customer: refresh those customers' fallback, once per statement
 -- (a whole page of sessions).
