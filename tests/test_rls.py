@@ -341,3 +341,25 @@ async def test_configured_schema_names(empty_db_url: str) -> None:
             )
             == "removed"
         )
+
+
+async def test_a_blocked_install_gives_up_and_keeps_the_previous_state(db_url: str) -> None:
+    """A long reader holding a mirror table: the install waits at most its lock timeout, logs,
+    returns "failed" and leaves everything as it was (here: nothing granted, so no access)."""
+    cfg = make_config(db_url)
+    async with Database.connect(cfg.database, min_size=2) as db:
+        await admin(db, SUPABASE)
+        async with db.pool.acquire() as reader:
+            tx = reader.transaction()
+            await tx.start()
+            await reader.fetch("SELECT count(*) FROM stripe.prices")  # holds ACCESS SHARE
+            assert await appschema.apply_row_level_security(db, cfg) == "failed"
+            await tx.rollback()
+        n = await db.run(
+            lambda c: c.fetchval("SELECT count(*) FROM pg_policies WHERE policyname LIKE 'syncd%'"),
+            transaction=False,
+        )
+        assert n == 0
+        with denied():
+            await as_role(db, "authenticated", "SELECT * FROM billing.customers", user=USER)
+        assert await appschema.apply_row_level_security(db, cfg) == "installed"
