@@ -34,9 +34,10 @@ from typing import Any
 import anyio
 import asyncpg
 import orjson
+from anyio.streams.memory import MemoryObjectSendStream
 
 from syncd import metrics
-from syncd.apply import Applier, Event, Group
+from syncd.apply import Applier, Event, Group, one_error
 from syncd.config import Config
 from syncd.db import Database
 from syncd.errors import CursorExpired, DatabaseError, SyncdError
@@ -194,44 +195,68 @@ class EventStream:
     async def _drain(
         self, low: int, high: int | None, advance_to: float | None, stop: anyio.Event | None
     ) -> PollResult:
+        """List the window page by page while the previous batch is applied (one batch ahead).
+
+        The cursor moves with the window's last batch only; a stop ends between batches.
+        """
         result = PollResult()
+        send, receive = anyio.create_memory_object_stream[tuple[list[Event], bool]](1)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._list_window, low, high, advance_to, stop, send, result)
+                async with receive:
+                    async for batch, last in receive:
+                        await self._apply(batch, advance_to if last else None, result)
+        except BaseExceptionGroup as errors:
+            raise one_error(errors) from None
+        return result
+
+    async def _list_window(
+        self,
+        low: int,
+        high: int | None,
+        advance_to: float | None,
+        stop: anyio.Event | None,
+        send: MemoryObjectSendStream[tuple[list[Event], bool]],
+        result: PollResult,
+    ) -> None:
         created: dict[str, int] = {"gte": low}
         if high is not None:
             created["lt"] = high
         pending: list[Event] = []
         after: str | None = None
         first = True
-        while True:
-            params: dict[str, Any] = {"limit": PAGE, "created": created}
-            if after:
-                params["starting_after"] = after
-            try:
-                reply = await self.api.request("GET", "/v1/events", params)
-            except CursorExpired:
-                await self.restart_cursor("cursor_expired")
-                result.restarted = True
-                return result
-            if first and advance_to is not None:
-                # The first answer may move the Stripe clock (a long pause): check the age again.
-                first = False
-                position = await self.cursor()
-                if position is not None and await self._too_old(position, reply.version):
+        async with send:
+            while True:
+                params: dict[str, Any] = {"limit": PAGE, "created": created}
+                if after:
+                    params["starting_after"] = after
+                try:
+                    reply = await self.api.request("GET", "/v1/events", params)
+                except CursorExpired:
+                    await self.restart_cursor("cursor_expired")
                     result.restarted = True
-                    return result
-            page = orjson.loads(reply.body)
-            data = [e for e in page.get("data") or [] if isinstance(e, dict)]
-            result.listed += len(data)
-            pending.extend(data)
-            more = bool(page.get("has_more")) and bool(data)
-            if more:
-                after = str(data[-1].get("id"))
-            if len(pending) >= MAX_BATCH or not more:
-                await self._apply(pending, None if more else advance_to, result)
-                pending = []
-            if not more:
-                return result
-            if stop is not None and stop.is_set():
-                return result  # between batches; the cursor stays where the ledger agrees
+                    return
+                if first and advance_to is not None:
+                    # The first answer may move the Stripe clock (after a long pause): check the
+                    # cursor's age again before applying anything.
+                    first = False
+                    position = await self.cursor()
+                    if position is not None and await self._too_old(position, reply.version):
+                        result.restarted = True
+                        return
+                page = orjson.loads(reply.body)
+                data = [e for e in page.get("data") or [] if isinstance(e, dict)]
+                result.listed += len(data)
+                pending.extend(data)
+                more = bool(page.get("has_more")) and bool(data)
+                if more:
+                    after = str(data[-1].get("id"))
+                if len(pending) >= MAX_BATCH or not more:
+                    await send.send((pending, not more))
+                    pending = []
+                if not more or (stop is not None and stop.is_set()):
+                    return  # a stop: between batches, the cursor stays where the ledger agrees
 
     async def _apply(self, events: list[Event], advance_to: float | None, out: PollResult) -> None:
         unique: dict[str, Event] = {}
