@@ -180,6 +180,7 @@ async def throughput(args: argparse.Namespace, dsn: str, url: str) -> None:
         await api.request("GET", "/v1/events", {"limit": 1})  # sync the Stripe clock
         await db.execute("events_cursor_restart", "", api.clock.now() - 3 * 86400, "bench")
         t0 = time.monotonic()
+        cpu0 = time.process_time()
         applied = 0
         while True:
             result = await stream.poll_head()
@@ -187,6 +188,7 @@ async def throughput(args: argparse.Namespace, dsn: str, url: str) -> None:
             if result.fresh == 0:
                 break
         took = time.monotonic() - t0
+        cpu = time.process_time() - cpu0
         stats = await asyncio.to_thread(control, url, "/_emulator/stats", None)
         refetches = sum(
             n
@@ -196,7 +198,7 @@ async def throughput(args: argparse.Namespace, dsn: str, url: str) -> None:
         )
     print(
         f"{args.mode}: {applied:,} events applied in {took:.2f}s = {applied / took:,.0f} events/s"
-        f" ({refetches:,} refetches)"
+        f" ({refetches:,} refetches); this process used {cpu:.2f}s of CPU"
     )
     if args.mode == "refetch":
         budget = cfg.rate_limit

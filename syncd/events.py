@@ -54,6 +54,8 @@ log = get_logger(__name__)
 HEAD_MARGIN = 2
 # Events applied per transaction while draining a large window (bounded memory, big statements).
 MAX_BATCH = 1000
+# Batches of one window in flight at once: preparing one while the database writes another.
+APPLY_CONCURRENCY = 2
 PAGE = 100
 DAY = 86400.0
 
@@ -65,6 +67,15 @@ class PollResult:
     changed: int = 0  # mirror rows changed
     ignored: int = 0  # events recorded as ignored
     restarted: bool = False  # the cursor expired and was restarted (a full resync follows)
+
+
+def _second_boundary(events: list[Event]) -> int:
+    """Where newest-first `events` can be cut with no second on both sides (0: nowhere yet)."""
+    last = events[-1].get("created")
+    for i in range(len(events) - 1, 0, -1):
+        if events[i - 1].get("created") != last:
+            return i
+    return 0
 
 
 class Backoff:
@@ -91,8 +102,10 @@ class EventStream:
         writer: Writer,
         *,
         resources: Sequence[Resource] | None = None,
+        batch_size: int = MAX_BATCH,
     ):
         self.cfg = cfg
+        self.batch_size = batch_size
         self.db = db
         self.api = api
         self.account = cfg.stripe.account
@@ -201,12 +214,28 @@ class EventStream:
         """
         result = PollResult()
         send, receive = anyio.create_memory_object_stream[tuple[list[Event], bool]](1)
+        writers = anyio.Semaphore(APPLY_CONCURRENCY)
+
+        async def apply(batch: list[Event]) -> None:
+            try:
+                await self._apply(batch, None, result)
+            finally:
+                writers.release()
+
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._list_window, low, high, advance_to, stop, send, result)
-                async with receive:
+                last_batch: list[Event] | None = None
+                async with receive, anyio.create_task_group() as batches:
                     async for batch, last in receive:
-                        await self._apply(batch, advance_to if last else None, result)
+                        if last:
+                            last_batch = batch
+                            break
+                        await writers.acquire()
+                        batches.start_soon(apply, batch)
+                # The cursor moves with the last batch, after every earlier one has committed.
+                if last_batch is not None:
+                    await self._apply(last_batch, advance_to, result)
         except BaseExceptionGroup as errors:
             raise one_error(errors) from None
         return result
@@ -252,9 +281,16 @@ class EventStream:
                 more = bool(page.get("has_more")) and bool(data)
                 if more:
                     after = str(data[-1].get("id"))
-                if len(pending) >= MAX_BATCH or not more:
-                    await send.send((pending, not more))
+                if not more:
+                    await send.send((pending, True))
                     pending = []
+                elif len(pending) >= self.batch_size:
+                    # Batches applied side by side never share a second: same-second events of
+                    # one object meet in one batch, where a tie is seen (and refetched).
+                    cut = _second_boundary(pending)
+                    if cut:
+                        await send.send((pending[:cut], False))
+                        pending = pending[cut:]
                 if not more or (stop is not None and stop.is_set()):
                     return  # a stop: between batches, the cursor stays where the ledger agrees
 

@@ -197,6 +197,9 @@ async def run_scenario(db_url: str, emu: Emulator, seed: int) -> None:
         db_url, emu, apply_mode=mode, overlap=3600.0, fetch_concurrency=rng.choice([1, 4])
     ) as h:
         h.api.max_retries = 0  # a fault fails the poll at once: the loop's retry is the next poll
+        # Small batches: windows drain in several batches, applied side by side.
+        h.batch_size = rng.choice([1, 3, 10, 1000])
+        h.new_stream()
         await reset_database(h.db)
         user = User(emu, h.user, rng)
         for _ in range(rng.randrange(0, 4)):
