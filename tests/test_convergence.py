@@ -26,7 +26,7 @@ from syncd.config import PINNED_API_VERSION
 from syncd.db import Database
 from syncd.emulator import Emulator
 from syncd.errors import SyncdError
-from syncd.registry import BY_OBJECT, BY_TABLE
+from syncd.registry import BY_TABLE
 from syncd.resync import Resync
 from tests.conftest import ROOT, TEST_API_KEY
 from tests.test_events_support import Harness, differences, harness
