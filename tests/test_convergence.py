@@ -33,7 +33,8 @@ from tests.test_events_support import Harness, differences, harness
 
 SCENARIOS = int(os.environ.get("SYNCD_CONVERGENCE_SCENARIOS", "200"))
 FIRST_SEED = int(os.environ.get("SYNCD_CONVERGENCE_SEED", "1"))
-CHUNKS = 10
+# At most 20 scenarios per test, so a large run stays within the per-test timeout.
+CHUNKS = max(10, -(-SCENARIOS // 20))
 COMPARED = (
     "customer",
     "product",
