@@ -352,3 +352,41 @@ async def test_upsert_each_keeps_the_newest_version_per_object(
         assert await write([(cus("old@x"), 150.0, "v")]) == []  # older than the row
         assert await write([({**cus("b@x"), "deleted": True}, 300.0, "v")]) == [("cus_1", "delete")]
         assert await write([(cus("later@x"), 400.0, "v")]) == []  # tombstones are final
+
+
+async def test_a_cursor_stripe_refuses_as_expired_restarts_it(
+    db_url: str, emulator: Emulator
+) -> None:
+    async with harness(db_url, emulator, max_cursor_age_days=30.0) as h:
+        await h.stream.take_cursor()
+        now = emulator.clock.now()
+        edge = now - 30 * 86400 + 10  # ten seconds inside Stripe's retention
+        cust = await h.user.post("/v1/customers", {"email": "a@example.com"})
+        event = emulator.events("customer.created")[0]
+        emulator.import_objects(
+            [{**event, "id": f"evt_edge{i:03d}", "created": edge} for i in range(150)]
+        )
+        await h.db.execute("events_cursor_restart", "", float(edge - 5), "first_start")
+        # Each page of events takes 0.4 s; while the second is on its way, 20 s pass at Stripe:
+        # the page's `starting_after` event falls out of the retention and Stripe says so.
+        emulator.faults.set(pattern="GET /v1/events", latency_ms=400)
+        async with anyio.create_task_group() as tg:
+
+            async def later() -> None:
+                await anyio.sleep(0.6)
+                emulator.clock.advance(20)
+
+            tg.start_soon(later)
+            result = await h.stream.poll_head()
+        assert result.restarted
+        assert emulator.stats.count("GET /v1/events", 400) == 1  # refused by Stripe, not by age
+        row = await h.db.fetchrow("events_cursor_get", "")
+        assert row is not None and row["reason"] == "cursor_expired"
+        assert row["position"] >= now + 19
+        requests = await h.db.run(
+            lambda c: c.fetch("SELECT kind, args FROM syncd.requests"), transaction=False
+        )
+        assert [(r["kind"], r["args"]) for r in requests] == [
+            ("resync", {"reason": "cursor_expired"})
+        ]
+        assert cust["id"] not in await mirror(h.db, "customers")  # nothing half-applied
