@@ -10,6 +10,7 @@ import orjson
 import structlog
 import structlog.testing
 
+from syncd import metrics
 from syncd.db import Database
 from syncd.emulator import Emulator
 from syncd.registry import BY_TABLE
@@ -265,7 +266,10 @@ async def test_a_bad_event_is_recorded_and_the_rest_applied(
             },
         ]
         emulator.import_objects([bad, *odd])
+        counted = metrics.events_processed.labels("ignored", "unknown_object")
+        before = counted._value.get()
         result = await h.stream.poll_head()
+        assert counted._value.get() == before + 1
         assert result.fresh == 5
         outcomes = {r["event_id"]: (r["outcome"], r["reason"]) for r in await ledger(h.db)}
         assert outcomes["evt_bad"][0] == "ignored"
