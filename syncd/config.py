@@ -156,7 +156,9 @@ class AppConfig:
         "supabase_user_id", "customer metadata key holding the app's user id"
     )
     row_level_security: bool = _opt(
-        True, "install row-level policies when auth.uid() exists (Supabase)"
+        True,
+        "install row-level policies when auth.uid() exists (Supabase); false removes them "
+        "and the anon/authenticated privileges",
     )
 
 

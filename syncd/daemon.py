@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from syncd import __version__, migrations, resync
+from syncd import __version__, appschema, migrations, resync
 from syncd.config import Config, redacted
 from syncd.control import ControlLoop
 from syncd.db import Database
@@ -75,6 +75,7 @@ def attach_features(daemon: Daemon) -> None:
     """Give each feature its loops and request handlers (one call per feature)."""
     _attach_events(daemon)
     resync.attach(daemon)
+    daemon.startup.append(lambda: appschema.startup_step(daemon.db, daemon.cfg))
 
 
 def _attach_events(daemon: Daemon) -> None:

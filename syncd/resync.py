@@ -419,14 +419,12 @@ class _Listing:
                 older.hi,
             )
             await conn.execute(
-                self.db.sql("resync_set_bounds"),
+                self.db.sql("resync_set_lo"),
                 self.run_id,
                 running.table,
                 running.variant,
                 running.no,
                 running.lo,
-                running.hi,
-                running.cursor,
             )
 
         await self.db.run(go)
@@ -457,6 +455,8 @@ class _Listing:
                     if exc.retryable:
                         raise
                     if exc.status == 400 and exc.code == "resource_missing" and s.cursor:
+                        if previous is not None:
+                            await previous.committed.wait()  # its objects are above the restart
                         await self._restart_at_cursor(s)
                         continue
                     await self._unavailable(s.table, exc)
@@ -478,9 +478,7 @@ class _Listing:
             raise SyncdError(f"{s.table}: cursor {s.cursor} vanished and its time is unknown")
         log.info("resync_cursor_vanished", cursor=s.cursor, created=s.cursor_created)
         s.hi, s.cursor = s.cursor_created + 1, None
-        await self.db.execute(
-            "resync_set_bounds", self.run_id, s.table, s.variant, s.no, s.lo, s.hi, None
-        )
+        await self.db.execute("resync_restart_slice", self.run_id, s.table, s.variant, s.no, s.hi)
 
     async def _unavailable(self, table: str, exc: StripeError) -> None:
         if not self._active(table):
