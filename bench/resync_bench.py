@@ -184,8 +184,9 @@ def main() -> None:
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--unix-socket", action="store_true", help="reach PostgreSQL by Unix socket")
+    p.add_argument("--log", default="warning", help="log level (info: progress lines)")
     args = p.parse_args()
-    configure("warning", "console")
+    configure(args.log, "console")
     emu, url = start_emulator(args)
     try:
         with throwaway_postgres(prefer_local=True) as (dsn, local):

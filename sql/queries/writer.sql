@@ -125,3 +125,42 @@ SELECT w.id,
             WHEN w.raw IS DISTINCT FROM b.raw THEN 'update'
             ELSE 'same' END AS op
   FROM written w LEFT JOIN before b ON b.id = w.id;
+
+-- name: upsert_children_of_many
+-- upsert_children for the children of many parents at once (a list page's inline items):
+-- $5 holds each object's parent id, in the order of the objects in $1.
+WITH incoming AS (
+    SELECT DISTINCT ON (o->>'id') o->>'id' AS id, o AS raw, p.parent_id,
+           COALESCE((o->>'deleted')::boolean, false) AS gone
+      FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS page(o, n)
+      JOIN unnest($5::text[]) WITH ORDINALITY AS p(parent_id, n) USING (n)
+     WHERE o->>'id' IS NOT NULL
+     ORDER BY o->>'id', n DESC
+)
+INSERT INTO {mirror}.{table} AS t (id, account_id, parent_id, raw, api_version, fetched_at, deleted_at)
+SELECT id, $2, parent_id, raw, $3, to_timestamp($4), CASE WHEN gone THEN to_timestamp($4) END
+  FROM incoming
+ON CONFLICT (id) DO UPDATE SET
+    raw = CASE WHEN EXCLUDED.deleted_at IS NULL AND t.raw IS DISTINCT FROM EXCLUDED.raw
+               THEN EXCLUDED.raw ELSE t.raw END,
+    api_version = CASE WHEN EXCLUDED.deleted_at IS NULL THEN EXCLUDED.api_version ELSE t.api_version END,
+    account_id = EXCLUDED.account_id,
+    parent_id = EXCLUDED.parent_id,
+    fetched_at = EXCLUDED.fetched_at,
+    deleted_at = EXCLUDED.deleted_at,
+    synced_at = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
+                     THEN now() ELSE t.synced_at END
+WHERE t.fetched_at < EXCLUDED.fetched_at AND t.deleted_at IS NULL
+RETURNING t.id,
+      CASE WHEN t.xmax::text = '0' THEN 'insert'
+           WHEN t.deleted_at IS NOT NULL THEN 'delete'
+           WHEN t.synced_at = now() THEN 'update'
+           ELSE 'same' END AS op;
+
+-- name: tombstone_missing_children_of_many
+-- Children of the parents $1 that their complete child lists (all ids kept: $2) no longer show.
+UPDATE {mirror}.{table} t
+   SET deleted_at = to_timestamp($3), fetched_at = to_timestamp($3), synced_at = now()
+ WHERE t.parent_id = ANY($1::text[]) AND NOT (t.id = ANY($2::text[]))
+   AND t.deleted_at IS NULL AND t.fetched_at < to_timestamp($3)
+RETURNING t.id;
