@@ -101,30 +101,26 @@ WITH incoming AS (
       FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS page(e, n)
      WHERE e->'o'->>'id' IS NOT NULL
      ORDER BY e->'o'->>'id', (e->>'v')::double precision DESC, n DESC
-), before AS (
-    SELECT t.id, t.raw, t.deleted_at FROM {mirror}.{table} t JOIN incoming i ON i.id = t.id
-), written AS (
-    INSERT INTO {mirror}.{table} AS t (id, account_id, raw, api_version, fetched_at, deleted_at)
-    SELECT id, $2, raw, api_version, to_timestamp(version),
-           CASE WHEN gone THEN to_timestamp(version) END
-      FROM incoming
-    ON CONFLICT (id) DO UPDATE SET
-        raw = CASE WHEN EXCLUDED.deleted_at IS NULL THEN EXCLUDED.raw ELSE t.raw END,
-        api_version = CASE WHEN EXCLUDED.deleted_at IS NULL THEN EXCLUDED.api_version ELSE t.api_version END,
-        account_id = EXCLUDED.account_id,
-        fetched_at = EXCLUDED.fetched_at,
-        deleted_at = EXCLUDED.deleted_at,
-        synced_at = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
-                         THEN now() ELSE t.synced_at END
-    WHERE t.fetched_at < EXCLUDED.fetched_at AND t.deleted_at IS NULL
-    RETURNING t.id, t.raw, t.deleted_at
 )
-SELECT w.id,
-       CASE WHEN b.id IS NULL THEN 'insert'
-            WHEN w.deleted_at IS NOT NULL THEN 'delete'
-            WHEN w.raw IS DISTINCT FROM b.raw THEN 'update'
-            ELSE 'same' END AS op
-  FROM written w LEFT JOIN before b ON b.id = w.id;
+INSERT INTO {mirror}.{table} AS t (id, account_id, raw, api_version, fetched_at, deleted_at)
+SELECT id, $2, raw, api_version, to_timestamp(version),
+       CASE WHEN gone THEN to_timestamp(version) END
+  FROM incoming
+ON CONFLICT (id) DO UPDATE SET
+    raw = CASE WHEN EXCLUDED.deleted_at IS NULL AND t.raw IS DISTINCT FROM EXCLUDED.raw
+               THEN EXCLUDED.raw ELSE t.raw END,
+    api_version = CASE WHEN EXCLUDED.deleted_at IS NULL THEN EXCLUDED.api_version ELSE t.api_version END,
+    account_id = EXCLUDED.account_id,
+    fetched_at = EXCLUDED.fetched_at,
+    deleted_at = EXCLUDED.deleted_at,
+    synced_at = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
+                     THEN now() ELSE t.synced_at END
+WHERE t.fetched_at < EXCLUDED.fetched_at AND t.deleted_at IS NULL
+RETURNING t.id,
+      CASE WHEN t.xmax::text = '0' THEN 'insert'
+           WHEN t.deleted_at IS NOT NULL THEN 'delete'
+           WHEN t.synced_at = now() THEN 'update'
+           ELSE 'same' END AS op;
 
 -- name: upsert_children_of_many
 -- upsert_children for the children of many parents at once (a list page's inline items):
