@@ -120,6 +120,9 @@ class EventsConfig:
         35.0, "days the events ledger keeps an event", lo=1, hi=3650
     )
     notify_channel: str = _opt("syncd_changes", "NOTIFY channel for changed rows; empty: off")
+    fetch_concurrency: int = _opt(
+        8, "objects refetched at once for a batch of events (shared rate limit)", lo=1, hi=64
+    )
 
 
 @dataclass(frozen=True)

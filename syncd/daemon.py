@@ -73,8 +73,21 @@ def session_settings(cfg: Config) -> dict[str, str]:
 
 def attach_features(daemon: Daemon) -> None:
     """Give each feature its loops and request handlers (one call per feature)."""
+    _attach_events(daemon)
     resync.attach(daemon)
     daemon.startup.append(lambda: appschema.startup_step(daemon.db, daemon.cfg))
+
+
+def _attach_events(daemon: Daemon) -> None:
+    # The cursor is taken as a startup step: before a first full resync can start listing.
+    if not daemon.cfg.events.enabled:
+        return
+    from syncd.events import EventStream
+
+    stream = EventStream(daemon.cfg, daemon.db, daemon.api, daemon.writer)
+    daemon.startup.append(lambda: stream.take_cursor_at_start(daemon.lifecycle))
+    daemon.add_loop("events", lambda: stream.run(daemon.lifecycle))
+    daemon.add_loop("events_ledger_pruner", lambda: stream.prune_loop(daemon.lifecycle))
 
 
 async def run_daemon(cfg: Config) -> int:

@@ -97,7 +97,11 @@ def translate(exc: BaseException, dsn: str) -> DatabaseError:
         return DatabaseUnavailable(
             f"cannot reach PostgreSQL at {target}: {exc.__class__.__name__}: {exc}"
         )
-    if isinstance(exc, (asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError)):
+    if isinstance(
+        exc,
+        (asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError, asyncpg.InternalClientError),
+    ):
+        # InternalClientError: a pooled connection left mid-protocol by a server that went away.
         return DatabaseUnavailable(f"connection to PostgreSQL at {target} lost: {exc}")
     if isinstance(
         exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError
@@ -110,7 +114,13 @@ def translate(exc: BaseException, dsn: str) -> DatabaseError:
     return DatabaseError(f"database error at {target}: {exc}")
 
 
-_TRANSLATED = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_TRANSLATED = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -38,6 +38,29 @@ rows_written = Counter(
     ["table", "op"],
     registry=REGISTRY,
 )
+events_processed = Counter(
+    "syncd_events",
+    "Events taken from the Events API, by outcome (applied, ignored) and reason",
+    ["outcome", "reason"],
+    registry=REGISTRY,
+)
+events_refetches = Counter(
+    "syncd_event_refetches",
+    "Objects retrieved again because of events, by table",
+    ["table"],
+    registry=REGISTRY,
+)
+events_lag_seconds = Histogram(
+    "syncd_event_lag_seconds",
+    "Stripe time from an event's creation to the commit of its change",
+    buckets=(0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 300, 3600),
+    registry=REGISTRY,
+)
+events_cursor_age_seconds = Gauge(
+    "syncd_events_cursor_age_seconds",
+    "Age of the events cursor (Stripe time now minus the cursor position)",
+    registry=REGISTRY,
+)
 resync_objects = Counter(
     "syncd_resync_objects", "Objects listed by full resyncs, by table", ["table"], registry=REGISTRY
 )

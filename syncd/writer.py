@@ -81,6 +81,24 @@ class Writer:
         await self._announce(conn, resource, written.changed)
         return written
 
+    async def upsert_each(
+        self,
+        conn: asyncpg.Connection,
+        resource: Resource,
+        items: Sequence[tuple[dict[str, Any], float, str | None]],
+    ) -> Written:
+        """Upsert (object, version, api_version) triples in one statement: event snapshots,
+        each stamped with its own event's `created` (not for owned children)."""
+        if resource.owned:
+            raise ValueError(f"{resource.table} rows need their parent's id: use upsert")
+        payload = orjson.dumps([{"o": o, "v": v, "a": a} for o, v, a in items])
+        rows = await conn.fetch(
+            self.db.table_sql("upsert_objects_each", resource.table), payload, self.account_id
+        )
+        written = Written([(r["id"], r["op"]) for r in rows])
+        await self._announce(conn, resource, written.changed)
+        return written
+
     async def tombstone(
         self, conn: asyncpg.Connection, resource: Resource, ids: Iterable[str], *, version: float
     ) -> Written:

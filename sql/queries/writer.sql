@@ -91,6 +91,37 @@ SELECT id, extract(epoch FROM fetched_at)::double precision AS version, deleted_
 -- name: notify_changes
 SELECT pg_notify($1, $2);
 
+-- name: upsert_objects_each
+-- upsert_objects for objects that carry their own versions (event snapshots of one page):
+-- $1 = [{"o": object, "v": version, "a": api_version}, ...]; the newest per id is written.
+WITH incoming AS (
+    SELECT DISTINCT ON (e->'o'->>'id') e->'o'->>'id' AS id, e->'o' AS raw,
+           (e->>'v')::double precision AS version, e->>'a' AS api_version,
+           COALESCE((e->'o'->>'deleted')::boolean, false) AS gone
+      FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS page(e, n)
+     WHERE e->'o'->>'id' IS NOT NULL
+     ORDER BY e->'o'->>'id', (e->>'v')::double precision DESC, n DESC
+)
+INSERT INTO {mirror}.{table} AS t (id, account_id, raw, api_version, fetched_at, deleted_at)
+SELECT id, $2, raw, api_version, to_timestamp(version),
+       CASE WHEN gone THEN to_timestamp(version) END
+  FROM incoming
+ON CONFLICT (id) DO UPDATE SET
+    raw = CASE WHEN EXCLUDED.deleted_at IS NULL AND t.raw IS DISTINCT FROM EXCLUDED.raw
+               THEN EXCLUDED.raw ELSE t.raw END,
+    api_version = CASE WHEN EXCLUDED.deleted_at IS NULL THEN EXCLUDED.api_version ELSE t.api_version END,
+    account_id = EXCLUDED.account_id,
+    fetched_at = EXCLUDED.fetched_at,
+    deleted_at = EXCLUDED.deleted_at,
+    synced_at = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
+                     THEN now() ELSE t.synced_at END
+WHERE t.fetched_at < EXCLUDED.fetched_at AND t.deleted_at IS NULL
+RETURNING t.id,
+      CASE WHEN t.xmax::text = '0' THEN 'insert'
+           WHEN t.deleted_at IS NOT NULL THEN 'delete'
+           WHEN t.synced_at = now() THEN 'update'
+           ELSE 'same' END AS op;
+
 -- name: upsert_children_of_many
 -- upsert_children for the children of many parents at once (a list page's inline items):
 -- $5 holds each object's parent id, in the order of the objects in $1.

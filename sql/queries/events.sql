@@ -1,0 +1,43 @@
+-- The event stream (syncd/events.py): cursor and ledger.
+
+-- name: events_cursor_get
+SELECT position, taken_at, reason FROM {state}.events_cursor WHERE account_id = $1;
+
+-- name: events_cursor_take
+-- First start: the cursor is taken before anything is listed; a cursor already there wins.
+INSERT INTO {state}.events_cursor (account_id, position, taken_at, reason)
+VALUES ($1, $2, $2, $3)
+ON CONFLICT (account_id) DO NOTHING
+RETURNING position;
+
+-- name: events_cursor_advance
+-- Never backwards: a slower poll cannot undo a later one.
+UPDATE {state}.events_cursor
+   SET position = GREATEST(position, $2), advanced_at = now()
+ WHERE account_id = $1;
+
+-- name: events_cursor_restart
+-- The cursor fell out of Stripe's retention: start again from now (a full resync follows).
+INSERT INTO {state}.events_cursor (account_id, position, taken_at, reason)
+VALUES ($1, $2, $2, $3)
+ON CONFLICT (account_id) DO UPDATE
+   SET position = EXCLUDED.position, taken_at = EXCLUDED.taken_at, reason = EXCLUDED.reason,
+       advanced_at = now();
+
+-- name: events_ledger_known
+SELECT event_id FROM {state}.events_ledger WHERE event_id = ANY($1::text[]);
+
+-- name: events_ledger_record
+-- $1: a JSON array of {event_id, type, created, object_type, object_id, outcome, reason}.
+INSERT INTO {state}.events_ledger (event_id, type, created, object_type, object_id, outcome, reason)
+SELECT event_id, type, created, object_type, object_id, outcome, reason
+  FROM jsonb_to_recordset($1::jsonb) AS e(event_id text, type text, created bigint,
+                                           object_type text, object_id text, outcome text,
+                                           reason text)
+ON CONFLICT (event_id) DO NOTHING;
+
+-- name: events_ledger_prune
+DELETE FROM {state}.events_ledger WHERE processed_at < now() - $1 * interval '1 day';
+
+-- name: events_ledger_counts
+SELECT outcome, reason, count(*) AS n FROM {state}.events_ledger GROUP BY outcome, reason;

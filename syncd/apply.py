@@ -1,0 +1,457 @@
+"""Turns a batch of Stripe events into mirror writes: one write per changed object.
+
+A batch is coalesced by object and routed by `data.object.object` (never by the type prefix:
+`charge.dispute.*` carries disputes, `customer.subscription.*` subscriptions). Each object then
+becomes one `Change`, made in one of two ways:
+
+* refetch (default): the object is retrieved again at the pinned API version, so the row holds
+  its current state in one API shape, stamped with the fetch time on Stripe's clock;
+* snapshot: the newest event's `data.object` is written, stamped with the event's `created`.
+  Two events of the object in that second, a row version in that same second, another API
+  version, or a truncated child list make it a refetch instead: a tie is never guessed.
+
+Deletes (`*.deleted`, a refetch answering `deleted: true` or 404) write tombstones, which are
+final. `customer.subscription.deleted` is a cancellation and updates the row like any other.
+Owned children (subscription items, invoice lines, checkout line items) are replaced with
+their parent's complete list. Events that cannot be applied become ledger rows with a reason.
+
+`prepare` does the network work (outside any transaction); `write` is the database part and
+runs inside the caller's transaction together with the ledger rows and the cursor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import asyncpg
+import orjson
+
+from syncd import metrics
+from syncd.config import Config
+from syncd.db import Database
+from syncd.errors import StripeError, StripeNotFound, SyncdError
+from syncd.registry import BY_OBJECT, BY_TABLE, Child, Resource
+from syncd.stripe_api import StripeAPI
+from syncd.writer import Writer
+
+Event = dict[str, Any]
+SUMMARY_OBJECT = "entitlements.active_entitlement_summary"
+# A child pager that keeps going past this many pages is looping (SYNC_PITFALLS 5).
+_MAX_CHILD_PAGES = 1000
+
+
+@dataclass
+class Change:
+    """What one object's events amount to: the object (or a tombstone) and its owned children."""
+
+    resource: Resource | None  # None: only the children change (entitlement summaries)
+    obj: dict[str, Any] | None
+    version: float
+    api_version: str | None
+    parent_id: str = ""
+    children: list[tuple[Resource, list[dict[str, Any]]]] = field(default_factory=list)
+    # Child lists an event snapshot does not carry (they need an expand): paged separately.
+    unexpanded: list[Child] = field(default_factory=list)
+
+
+@dataclass
+class Group:
+    """The events of one object in a batch (or one ignored event) and what they became."""
+
+    events: list[Event]
+    object_type: str | None
+    object_id: str | None
+    outcome: str = "applied"
+    reason: str = ""
+    change: Change | None = None
+
+    def ledger_rows(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "event_id": e["id"],
+                "type": str(e.get("type") or ""),
+                "created": int(e.get("created") or 0),
+                "object_type": self.object_type,
+                "object_id": self.object_id,
+                "outcome": self.outcome,
+                "reason": self.reason,
+            }
+            for e in self.events
+        ]
+
+
+def is_deletion(event_type: str) -> bool:
+    # customer.subscription.deleted means canceled: the subscription still exists (pitfall 8).
+    return event_type.endswith(".deleted") and event_type != "customer.subscription.deleted"
+
+
+def _object_of(event: Event) -> dict[str, Any] | None:
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    return obj if isinstance(obj, dict) else None
+
+
+class Applier:
+    def __init__(
+        self,
+        cfg: Config,
+        db: Database,
+        api: StripeAPI,
+        writer: Writer,
+        resources: Sequence[Resource],
+    ):
+        self.db = db
+        self.api = api
+        self.writer = writer
+        self.mode = cfg.events.apply_mode
+        self.pinned = cfg.stripe.api_version
+        self.tables = {r.table for r in resources}
+        self.fetch_limit = anyio.CapacityLimiter(cfg.events.fetch_concurrency)
+
+    # ---- planning (network, no transaction) -------------------------------------------------
+
+    async def prepare(self, events: list[Event]) -> list[Group]:
+        """Coalesce `events` by object and decide each object's change (refetching as needed)."""
+        ordered = sorted(events, key=lambda e: (int(e.get("created") or 0), str(e.get("id"))))
+        groups: dict[tuple[str, str], Group] = {}
+        out: list[Group] = []
+        for event in ordered:
+            key, ignored = self._route(event)
+            if ignored is not None:
+                out.append(ignored)
+                continue
+            assert key is not None
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = Group([], key[0], key[1])
+                out.append(group)
+            group.events.append(event)
+        routed = [g for g in out if g.outcome == "applied"]
+        versions = await self._row_versions(routed) if self.mode == "snapshot" else {}
+        to_fetch: list[Group] = []
+        for group in routed:
+            if not self._plan_snapshot(group, versions):
+                to_fetch.append(group)
+        unexpanded = [g for g in routed if g.change is not None and g.change.unexpanded]
+        if to_fetch or unexpanded:
+            try:
+                async with anyio.create_task_group() as tg:
+                    for group in to_fetch:
+                        tg.start_soon(self._refetch, group)
+                    for group in unexpanded:
+                        tg.start_soon(self._add_unexpanded_children, group)
+            except BaseExceptionGroup as errors:
+                raise one_error(errors) from None
+        return out
+
+    def _route(self, event: Event) -> tuple[tuple[str, str] | None, Group | None]:
+        event_type = str(event.get("type") or "")
+        obj = _object_of(event)
+        if obj is None:
+            return None, Group([event], None, None, "ignored", "no_object")
+        object_type = str(obj.get("object") or "")
+        if object_type == SUMMARY_OBJECT:
+            customer = obj.get("customer")
+            if "active_entitlements" not in self.tables or not isinstance(customer, str):
+                return None, Group([event], object_type, customer, "ignored", "not_mirrored")
+            return (object_type, customer), None
+        resource = BY_OBJECT.get(object_type)
+        object_id = obj.get("id")
+        if resource is None:
+            reason = "unknown_object" if object_type else "no_object_type"
+            return None, Group([event], object_type or None, _str(object_id), "ignored", reason)
+        if resource.table not in self.tables:
+            return None, Group([event], object_type, _str(object_id), "ignored", "not_selected")
+        if not isinstance(object_id, str) or not object_id:
+            return None, Group([event], object_type, None, "ignored", "no_object_id")
+        if resource.owned:
+            # Owned children change with their parent, whose event carries the whole list.
+            return None, Group([event], object_type, object_id, "ignored", "owned_child")
+        if not event_type:
+            return None, Group([event], object_type, object_id, "ignored", "no_type")
+        return (resource.table, object_id), None
+
+    async def _row_versions(self, groups: list[Group]) -> dict[tuple[str, str], tuple[float, bool]]:
+        by_table: dict[str, list[str]] = defaultdict(list)
+        for g in groups:
+            if g.object_type in self.tables and g.object_id:
+                by_table[g.object_type].append(g.object_id)
+
+        async def read(conn: asyncpg.Connection) -> dict[tuple[str, str], tuple[float, bool]]:
+            found: dict[tuple[str, str], tuple[float, bool]] = {}
+            for table, ids in by_table.items():
+                rows = await self.writer.versions(conn, BY_TABLE[table], ids)
+                found.update({(table, i): v for i, v in rows.items()})
+            return found
+
+        return await self.db.run(read, transaction=False)
+
+    def _plan_snapshot(
+        self, group: Group, versions: dict[tuple[str, str], tuple[float, bool]]
+    ) -> bool:
+        """Plan `group` from its newest snapshot; False when it must be refetched instead."""
+        latest = group.events[-1]
+        created = int(latest.get("created") or 0)
+        obj = _object_of(latest) or {}
+        if group.object_type == SUMMARY_OBJECT:
+            return self.mode == "snapshot" and self._plan_summary(group, obj, created)
+        resource = BY_TABLE[str(group.object_type)]
+        if self.mode != "snapshot" and resource.retrieve_path is not None:
+            return False
+        tie = sum(1 for e in group.events if int(e.get("created") or 0) == created) > 1
+        row = versions.get((resource.table, str(group.object_id)))
+        if resource.retrieve_path is not None and (
+            tie
+            or latest.get("api_version") != self.pinned
+            or (row is not None and math.floor(row[0]) == created)
+        ):
+            return False
+        if row is not None and (row[1] or row[0] > created):
+            group.reason = "superseded"  # the row already holds newer content (or a tombstone)
+            return True
+        if is_deletion(str(latest.get("type"))):
+            group.reason = "tombstone"
+            group.change = Change(
+                resource,
+                {**obj, "deleted": True},
+                float(created),
+                _str(latest.get("api_version")),
+                children=[(c, []) for c in self._owned_children(resource)],
+            )
+            return True
+        children = self._inline_children(resource, obj)
+        if children is None:
+            return resource.retrieve_path is None and self._skip_children(group, obj, created)
+        group.reason = "snapshot"
+        group.change = Change(
+            resource,
+            obj,
+            float(created),
+            _str(latest.get("api_version")),
+            children=children,
+            unexpanded=[
+                c
+                for c in resource.children
+                if c.parent_expand and c.inline_field not in obj and c.table in self.tables
+            ],
+        )
+        return True
+
+    async def _add_unexpanded_children(self, group: Group) -> None:
+        change = group.change
+        assert change is not None and change.obj is not None
+        async with self.fetch_limit:
+            for child in change.unexpanded:
+                try:
+                    data = await self._page_children(child, str(change.obj["id"]))
+                except StripeError as exc:
+                    if exc.retryable:
+                        raise
+                    continue  # gone meanwhile, or not readable: the parent's row still lands
+                change.children.append((BY_TABLE[child.table], data))
+
+    def _skip_children(self, group: Group, obj: dict[str, Any], created: int) -> bool:
+        # Cannot be retrieved alone and its children are truncated: keep the object, not the list.
+        resource = BY_TABLE[str(group.object_type)]
+        group.reason = "snapshot"
+        group.change = Change(resource, obj, float(created), _str(group.events[-1]["api_version"]))
+        return True
+
+    def _plan_summary(self, group: Group, obj: dict[str, Any], created: int) -> bool:
+        """An entitlement summary carries the customer's complete set of active entitlements."""
+        entitlements = obj.get("entitlements")
+        if not isinstance(entitlements, dict) or entitlements.get("has_more"):
+            return False
+        data = [e for e in entitlements.get("data") or [] if isinstance(e, dict)]
+        group.reason = "entitlements"
+        group.change = Change(
+            None,
+            None,
+            float(created),
+            _str(group.events[-1].get("api_version")),
+            parent_id=str(group.object_id),
+            children=[(BY_TABLE["active_entitlements"], data)],
+        )
+        return True
+
+    def _owned_children(self, resource: Resource) -> list[Resource]:
+        return [
+            BY_TABLE[c.table]
+            for c in resource.children
+            if c.inline_field and BY_TABLE[c.table].owned and c.table in self.tables
+        ]
+
+    def _inline_children(
+        self, resource: Resource, obj: dict[str, Any]
+    ) -> list[tuple[Resource, list[dict[str, Any]]]] | None:
+        """Owned children from the parent's inline lists; None when one is absent or truncated."""
+        out: list[tuple[Resource, list[dict[str, Any]]]] = []
+        for child in resource.children:
+            child_resource = BY_TABLE[child.table]
+            if not (child.inline_field and child_resource.owned and child.table in self.tables):
+                continue
+            inline = obj.get(child.inline_field)
+            if inline is None and child.parent_expand:
+                continue  # not in the object unless expanded: paged separately
+            if not isinstance(inline, dict) or inline.get("has_more"):
+                return None
+            out.append((child_resource, [o for o in inline.get("data") or [] if "id" in o]))
+        return out
+
+    async def _refetch(self, group: Group) -> None:
+        async with self.fetch_limit:
+            if group.object_type == SUMMARY_OBJECT:
+                await self._refetch_entitlements(group)
+                return
+            resource = BY_TABLE[str(group.object_type)]
+            object_id = str(group.object_id)
+            assert resource.retrieve_path is not None
+            expand = [c.parent_expand for c in resource.children if c.parent_expand]
+            params: dict[str, Any] = {"expand": expand} if expand else {}
+            path = resource.retrieve_path.replace("{id}", quote(object_id, safe=""))
+            metrics.events_refetches.labels(resource.table).inc()
+            try:
+                reply = await self.api.request("GET", path, params)
+                obj = orjson.loads(reply.body)
+                version = reply.version
+                children = None if obj.get("deleted") else self._inline_children(resource, obj)
+                if children is None and not obj.get("deleted"):
+                    children = await self._fetch_children(resource, obj)
+            except StripeNotFound:
+                obj = {"id": object_id, "object": resource.object, "deleted": True}
+                version = self.api.clock.now()
+            except StripeError as exc:
+                if exc.retryable:
+                    raise
+                group.outcome, group.reason = "ignored", f"refetch_failed: {exc.status}"
+                return
+            if obj.get("deleted"):
+                group.reason = "tombstone"
+                children = [(c, []) for c in self._owned_children(resource)]
+            else:
+                group.reason = "refetch"
+            group.change = Change(resource, obj, version, self.pinned, children=children or [])
+
+    async def _refetch_entitlements(self, group: Group) -> None:
+        child = Child(
+            "active_entitlements",
+            None,
+            "/v1/entitlements/active_entitlements",
+            {"customer": "{id}"},
+        )
+        version = self.api.clock.now()
+        try:
+            data = await self._page_children(child, str(group.object_id))
+        except StripeError as exc:
+            if exc.retryable:
+                raise
+            group.outcome, group.reason = "ignored", f"refetch_failed: {exc.status}"
+            return
+        group.reason = "entitlements"
+        group.change = Change(
+            None,
+            None,
+            version,
+            self.pinned,
+            parent_id=str(group.object_id),
+            children=[(BY_TABLE["active_entitlements"], data)],
+        )
+
+    async def _fetch_children(
+        self, resource: Resource, obj: dict[str, Any]
+    ) -> list[tuple[Resource, list[dict[str, Any]]]]:
+        out: list[tuple[Resource, list[dict[str, Any]]]] = []
+        for child in resource.children:
+            child_resource = BY_TABLE[child.table]
+            if not (child.inline_field and child_resource.owned and child.table in self.tables):
+                continue
+            inline = obj.get(child.inline_field)
+            if isinstance(inline, dict) and not inline.get("has_more"):
+                data = inline.get("data") or []
+            else:
+                data = await self._page_children(child, str(obj["id"]))
+            out.append((child_resource, data))
+        return out
+
+    async def _page_children(self, child: Child, parent_id: str) -> list[dict[str, Any]]:
+        """Every child of one parent from the child endpoint (when the inline list has more)."""
+        path = child.path.replace("{id}", quote(parent_id, safe=""))
+        base = {
+            k: (v.replace("{id}", parent_id) if isinstance(v, str) else v)
+            for k, v in child.params.items()
+        }
+        out: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        after: str | None = None
+        for _ in range(_MAX_CHILD_PAGES):
+            params = {**base, "limit": 100, **({"starting_after": after} if after else {})}
+            page = await self.api.get(path, params)
+            data = [o for o in page.get("data") or [] if isinstance(o, dict) and "id" in o]
+            fresh = [o for o in data if o["id"] not in seen]
+            if data and not fresh:
+                raise StripeError(f"child list {path} repeats itself (pager loop)")
+            seen.update(o["id"] for o in fresh)
+            out.extend(fresh)
+            if not page.get("has_more") or not data:
+                return out
+            after = data[-1]["id"]
+        raise StripeError(f"child list {path} has more than {_MAX_CHILD_PAGES} pages")
+
+    # ---- writing (inside the caller's transaction) --------------------------------------
+
+    async def write(self, conn: asyncpg.Connection, groups: list[Group]) -> int:
+        """Write the changes and ledger rows of `groups`; returns how many rows changed."""
+        changed = 0
+        # One statement per table, each object with its own version (fetch time or `created`).
+        batches: dict[str, list[tuple[dict[str, Any], float, str | None]]] = defaultdict(list)
+        for g in groups:
+            c = g.change
+            if c is not None and c.resource is not None and c.obj is not None:
+                batches[c.resource.table].append((c.obj, c.version, c.api_version))
+        for table, items in batches.items():
+            written = await self.writer.upsert_each(conn, BY_TABLE[table], items)
+            changed += len(written.changed)
+        for g in groups:
+            c = g.change
+            if c is None:
+                continue
+            parent_id = c.parent_id or str((c.obj or {}).get("id", ""))
+            for child_resource, objs in c.children:
+                written = await self.writer.replace_children(
+                    conn,
+                    child_resource,
+                    parent_id,
+                    objs,
+                    version=c.version,
+                    api_version=c.api_version,
+                )
+                changed += len(written.changed)
+        rows = [row for g in groups for row in g.ledger_rows()]
+        if rows:
+            await conn.execute(self.db.sql("events_ledger_record"), orjson.dumps(rows))
+        return changed
+
+
+def one_error(errors: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error callers decide on: a non-retryable one wins; anything foreign stays grouped."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [errors]
+    while pending:
+        e = pending.pop()
+        if isinstance(e, BaseExceptionGroup):
+            pending.extend(e.exceptions)
+        else:
+            leaves.append(e)
+    if not all(isinstance(e, SyncdError) for e in leaves):
+        return errors
+    return next((e for e in leaves if not getattr(e, "retryable", False)), leaves[0])
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

@@ -1,0 +1,436 @@
+"""The event stream: incremental sync from Stripe's Events API, without webhooks.
+
+Stripe lists events newest first, at one-second resolution, and an event can become visible
+after later ones (SYNC_PITFALLS 1-3). So the stream never trusts list order:
+
+* head poll (every `events.poll_interval`): the window `created >= cursor - 2 s` is drained page
+  by page with `starting_after`; the daemon sorts the events itself and applies them per object
+  (`syncd.apply`). The cursor then moves to the Stripe time the poll started at.
+* overlap sweep (every `events.overlap_interval`): the last `events.overlap` seconds below the
+  head window are listed again, catching events that became visible late.
+* the ledger (`{state}.events_ledger`) records every event once, with its outcome; anything
+  listed twice is skipped, so an event takes effect once. The ledger rows, the mirror writes and
+  the cursor of a batch commit in one transaction: a crash anywhere repeats nothing and loses
+  nothing.
+
+The cursor is taken before the first full resync lists anything (a daemon startup step), so a
+change made during the resync is streamed afterwards. A cursor older than
+`events.max_cursor_age_days`, or one Stripe refuses as expired, restarts at now and asks for a
+full resync in the same transaction (Stripe keeps events for 30 days only).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import anyio
+import asyncpg
+import orjson
+from anyio.streams.memory import MemoryObjectSendStream
+
+from syncd import metrics
+from syncd.apply import Applier, Event, Group, one_error
+from syncd.config import Config
+from syncd.db import Database
+from syncd.errors import CursorExpired, DatabaseError, SyncdError
+from syncd.lifecycle import Lifecycle
+from syncd.logs import get_logger
+from syncd.registry import Resource, selected
+from syncd.stripe_api import StripeAPI
+from syncd.writer import Writer
+
+log = get_logger(__name__)
+
+# Seconds below the cursor that every head poll lists again. Our estimate of Stripe's clock is
+# within one second of it (the Date header has one-second resolution); the ledger skips repeats.
+HEAD_MARGIN = 2
+# Events applied per transaction while draining a large window (bounded memory, big statements).
+MAX_BATCH = 1000
+# Batches of one window in flight at once: preparing one while the database writes another.
+APPLY_CONCURRENCY = 2
+PAGE = 100
+DAY = 86400.0
+
+
+@dataclass
+class PollResult:
+    listed: int = 0  # events listed
+    fresh: int = 0  # events not in the ledger yet
+    changed: int = 0  # mirror rows changed
+    ignored: int = 0  # events recorded as ignored
+    restarted: bool = False  # the cursor expired and was restarted (a full resync follows)
+
+
+def _second_boundary(events: list[Event]) -> int:
+    """Where newest-first `events` can be cut with no second on both sides (0: nowhere yet)."""
+    last = events[-1].get("created")
+    for i in range(len(events) - 1, 0, -1):
+        if events[i - 1].get("created") != last:
+            return i
+    return 0
+
+
+class Backoff:
+    """Bounded, jittered exponential backoff for retryable errors inside a loop."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0):
+        self.base, self.cap, self.attempt = base, cap, 0
+
+    def next(self) -> float:
+        delay: float = min(self.cap, self.base * 2**self.attempt) * random.uniform(0.5, 1.0)
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class EventStream:
+    def __init__(
+        self,
+        cfg: Config,
+        db: Database,
+        api: StripeAPI,
+        writer: Writer,
+        *,
+        resources: Sequence[Resource] | None = None,
+        batch_size: int = MAX_BATCH,
+    ):
+        self.cfg = cfg
+        self.batch_size = batch_size
+        self.db = db
+        self.api = api
+        self.account = cfg.stripe.account
+        chosen = (
+            resources if resources is not None else selected(cfg.sync.include, cfg.sync.exclude)
+        )
+        self.applier = Applier(cfg, db, api, writer, chosen)
+        self._last_age_warning = -math.inf
+
+    # ---- cursor ----------------------------------------------------------------------------
+
+    async def cursor(self) -> float | None:
+        row = await self.db.fetchrow("events_cursor_get", self.account)
+        return None if row is None else float(row["position"])
+
+    async def take_cursor(self) -> float:
+        """Startup step: take the cursor now, before any full resync starts listing."""
+        position = await self.cursor()
+        if position is not None:
+            return position
+        # One request first, so the Stripe clock is synced from its Date header.
+        await self.api.request("GET", "/v1/events", {"limit": 1})
+        now = self.api.clock.now()
+        await self.db.fetchval("events_cursor_take", self.account, now, "first_start")
+        position = await self.cursor()
+        assert position is not None
+        log.info("events_cursor_taken", position=round(position, 3))
+        return position
+
+    async def take_cursor_at_start(self, lifecycle: Lifecycle) -> None:
+        """The daemon's startup step: take the cursor, waiting out an unreachable Stripe/DB."""
+        backoff = Backoff()
+        while not lifecycle.stopping.is_set():
+            try:
+                await self.take_cursor()
+                return
+            except SyncdError as exc:
+                if not exc.retryable:
+                    raise
+                delay = backoff.next()
+                log.warning("events_cursor_not_taken", error=str(exc), retry_in=round(delay, 2))
+                await lifecycle.sleep(delay)
+
+    async def restart_cursor(self, reason: str) -> None:
+        """Start the cursor again at now and ask for a full resync, in one transaction."""
+        now = self.api.clock.now()
+        requested_by = f"{socket.gethostname()}:{os.getpid()}"
+
+        async def tx(conn: asyncpg.Connection) -> None:
+            await conn.execute(self.db.sql("events_cursor_restart"), self.account, now, reason)
+            await conn.fetchrow(
+                self.db.sql("submit_request"), "resync", {"reason": reason}, requested_by
+            )
+
+        await self.db.run(tx)
+        log.warning("events_cursor_restarted", reason=reason, position=round(now, 3))
+
+    async def _too_old(self, position: float, now: float) -> bool:
+        age = max(0.0, now - position)
+        metrics.events_cursor_age_seconds.set(age)
+        events = self.cfg.events
+        if age > events.max_cursor_age_days * DAY:
+            await self.restart_cursor("cursor_expired")
+            return True
+        if (
+            age > events.warn_cursor_age_days * DAY
+            and time.monotonic() - self._last_age_warning > 3600
+        ):
+            self._last_age_warning = time.monotonic()
+            log.warning(
+                "events_cursor_old",
+                age_days=round(age / DAY, 2),
+                resync_after_days=events.max_cursor_age_days,
+            )
+        return False
+
+    # ---- polling ---------------------------------------------------------------------------
+
+    async def poll_head(self, stop: anyio.Event | None = None) -> PollResult:
+        """Drain and apply the events since the cursor; then advance it to this poll's start."""
+        position = await self.cursor()
+        if position is None:
+            position = await self.take_cursor()
+        started = self.api.clock.now()
+        if await self._too_old(position, started):
+            return PollResult(restarted=True)
+        return await self._drain(math.floor(position) - HEAD_MARGIN, None, started, stop)
+
+    async def sweep(self, stop: anyio.Event | None = None) -> PollResult:
+        """List the overlap window below the head window again, for events visible late."""
+        position = await self.cursor()
+        if position is None:
+            return PollResult()
+        low = math.floor(self.api.clock.now() - self.cfg.events.overlap)
+        high = math.floor(position) - HEAD_MARGIN
+        if low >= high:
+            return PollResult()
+        return await self._drain(low, high, None, stop)
+
+    async def _drain(
+        self, low: int, high: int | None, advance_to: float | None, stop: anyio.Event | None
+    ) -> PollResult:
+        """List the window page by page while the previous batch is applied (one batch ahead).
+
+        The cursor moves with the window's last batch only; a stop ends between batches.
+        """
+        result = PollResult()
+        send, receive = anyio.create_memory_object_stream[tuple[list[Event], bool]](1)
+        writers = anyio.Semaphore(APPLY_CONCURRENCY)
+
+        async def apply(batch: list[Event]) -> None:
+            try:
+                await self._apply(batch, None, result)
+            finally:
+                writers.release()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._list_window, low, high, advance_to, stop, send, result)
+                last_batch: list[Event] | None = None
+                async with receive, anyio.create_task_group() as batches:
+                    async for batch, last in receive:
+                        if last:
+                            last_batch = batch
+                            break
+                        await writers.acquire()
+                        batches.start_soon(apply, batch)
+                # The cursor moves with the last batch, after every earlier one has committed.
+                if last_batch is not None:
+                    await self._apply(last_batch, advance_to, result)
+        except BaseExceptionGroup as errors:
+            raise one_error(errors) from None
+        return result
+
+    async def _list_window(
+        self,
+        low: int,
+        high: int | None,
+        advance_to: float | None,
+        stop: anyio.Event | None,
+        send: MemoryObjectSendStream[tuple[list[Event], bool]],
+        result: PollResult,
+    ) -> None:
+        created: dict[str, int] = {"gte": low}
+        if high is not None:
+            created["lt"] = high
+        pending: list[Event] = []
+        after: str | None = None
+        first = True
+        async with send:
+            while True:
+                params: dict[str, Any] = {"limit": PAGE, "created": created}
+                if after:
+                    params["starting_after"] = after
+                try:
+                    reply = await self.api.request("GET", "/v1/events", params)
+                except CursorExpired:
+                    await self.restart_cursor("cursor_expired")
+                    result.restarted = True
+                    return
+                if first and advance_to is not None:
+                    # The first answer may move the Stripe clock (after a long pause): check the
+                    # cursor's age again before applying anything.
+                    first = False
+                    position = await self.cursor()
+                    if position is not None and await self._too_old(position, reply.version):
+                        result.restarted = True
+                        return
+                page = orjson.loads(reply.body)
+                data = [e for e in page.get("data") or [] if isinstance(e, dict)]
+                result.listed += len(data)
+                pending.extend(data)
+                more = bool(page.get("has_more")) and bool(data)
+                if more:
+                    after = str(data[-1].get("id"))
+                if not more:
+                    await send.send((pending, True))
+                    pending = []
+                elif len(pending) >= self.batch_size:
+                    # Batches applied side by side never share a second: same-second events of
+                    # one object meet in one batch, where a tie is seen (and refetched).
+                    cut = _second_boundary(pending)
+                    if cut:
+                        await send.send((pending[:cut], False))
+                        pending = pending[cut:]
+                if not more or (stop is not None and stop.is_set()):
+                    return  # a stop: between batches, the cursor stays where the ledger agrees
+
+    async def _apply(self, events: list[Event], advance_to: float | None, out: PollResult) -> None:
+        unique: dict[str, Event] = {}
+        for event in events:
+            event_id = event.get("id")
+            if isinstance(event_id, str) and event_id:
+                unique.setdefault(event_id, event)
+            else:
+                metrics.events_processed.labels("ignored", "no_event_id").inc()
+                log.warning("event_without_id", type=event.get("type"))
+        known = (
+            {r["event_id"] for r in await self.db.fetch("events_ledger_known", list(unique))}
+            if unique
+            else set()
+        )
+        fresh = [e for eid, e in unique.items() if eid not in known]
+        groups = await self.applier.prepare(fresh) if fresh else []
+        try:
+            changed = await self.db.run(lambda conn: self._commit(conn, groups, advance_to))
+        except DatabaseError as exc:
+            if exc.retryable or not groups:
+                raise
+            changed = await self._commit_isolated(groups, advance_to, exc)
+        self._account(groups, fresh, changed, out)
+
+    async def _commit(
+        self, conn: asyncpg.Connection, groups: list[Group], advance_to: float | None
+    ) -> int:
+        changed = await self.applier.write(conn, groups) if groups else 0
+        if advance_to is not None:
+            await conn.execute(self.db.sql("events_cursor_advance"), self.account, advance_to)
+        return changed
+
+    async def _commit_isolated(
+        self, groups: list[Group], advance_to: float | None, error: DatabaseError
+    ) -> int:
+        """A batch the database refused: apply object by object, recording the bad ones."""
+        log.error("events_batch_refused", error=str(error), objects=len(groups))
+        changed = 0
+        for group in groups:
+
+            async def one(conn: asyncpg.Connection, group: Group = group) -> int:
+                return await self.applier.write(conn, [group])
+
+            try:
+                changed += await self.db.run(one)
+            except DatabaseError as exc:
+                if exc.retryable:
+                    raise
+                group.outcome, group.change = "ignored", None
+                group.reason = f"write_failed: {exc}"[:500]
+                await self.db.run(one)
+                log.error("event_write_failed", object_id=group.object_id, error=str(exc))
+        await self.db.run(lambda conn: self._commit(conn, [], advance_to))
+        return changed
+
+    def _account(
+        self, groups: list[Group], fresh: list[Event], changed: int, out: PollResult
+    ) -> None:
+        out.fresh += len(fresh)
+        out.changed += changed
+        if not groups:
+            return
+        now = self.api.clock.now()
+        for group in groups:
+            metrics.events_processed.labels(group.outcome, group.reason.split(":")[0]).inc(
+                len(group.events)
+            )
+            if group.outcome == "ignored":
+                out.ignored += len(group.events)
+        for event in fresh:
+            metrics.events_lag_seconds.observe(max(0.0, now - int(event.get("created") or 0)))
+        log.info(
+            "events_batch_applied",
+            events=len(fresh),
+            objects=sum(1 for g in groups if g.outcome == "applied"),
+            ignored=sum(len(g.events) for g in groups if g.outcome == "ignored"),
+            rows_changed=changed,
+        )
+
+    # ---- loops -----------------------------------------------------------------------------
+
+    async def run(self, lifecycle: Lifecycle) -> None:
+        """Head polls every poll_interval, sweeps every overlap_interval, until stopping.
+
+        Retryable errors (PostgreSQL or Stripe unavailable) are retried here with bounded,
+        jittered backoff; anything else ends the daemon loudly.
+        """
+        events = self.cfg.events
+        backoff = Backoff()
+        last_sweep = -math.inf  # sweep first: events that became visible while we were down
+        while not lifecycle.stopping.is_set():
+            started = time.monotonic()
+            try:
+                if started - last_sweep >= events.overlap_interval:
+                    await self.sweep(lifecycle.stopping)
+                    last_sweep = started
+                await self.poll_head(lifecycle.stopping)
+            except SyncdError as exc:
+                if not exc.retryable:
+                    raise
+                delay = backoff.next()
+                log.warning("events_poll_failed", error=str(exc), retry_in=round(delay, 2))
+            else:
+                backoff.reset()
+                metrics.last_success.labels("events").set(time.time())
+                delay = max(0.0, events.poll_interval - (time.monotonic() - started))
+            if not await lifecycle.sleep(delay):
+                return
+
+    async def prune_ledger(self) -> None:
+        try:
+            status = await self.db.execute(
+                "events_ledger_prune", self.cfg.events.ledger_retention_days
+            )
+        except SyncdError as exc:
+            if not exc.retryable:
+                raise
+            log.warning("events_ledger_prune_failed", error=str(exc))
+            return
+        log.info("events_ledger_pruned", rows=int(status.split()[-1]))
+
+    async def prune_loop(self, lifecycle: Lifecycle) -> None:
+        """Prune the ledger hourly with an apscheduler job, until stopping."""
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        scheduler = AsyncIOScheduler()
+        scheduler.add_job(
+            self.prune_ledger,
+            "interval",
+            hours=1,
+            next_run_time=datetime.now(),
+            id="events_ledger_prune",
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.start()
+        try:
+            await lifecycle.stopping.wait()
+        finally:
+            scheduler.shutdown(wait=False)

@@ -1,0 +1,399 @@
+"""Convergence: whatever happens to the account and to the daemon, the mirror ends up equal to
+Stripe (the emulator), every id and every field, deleted objects tombstoned.
+
+Each scenario is a seeded random walk over: mutations through the API, head polls, sweeps,
+same-second bursts (frozen clock, `set_burst`), late visibility, 429/500 faults, crashes
+(a poll cancelled at a random point, then a fresh stream built from the database alone) and
+restarts. Scenarios are small (a handful of objects, tens of mutations) so that 200 run in every
+CI run; SYNCD_CONVERGENCE_SCENARIOS=N runs more, SYNCD_CONVERGENCE_SEED=S starts elsewhere.
+A second test does the same with a real `syncd run` subprocess killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import anyio
+import pytest
+
+from syncd.config import PINNED_API_VERSION
+from syncd.db import Database
+from syncd.emulator import Emulator
+from syncd.errors import SyncdError
+from syncd.registry import BY_TABLE
+from syncd.resync import Resync
+from tests.conftest import ROOT, TEST_API_KEY
+from tests.test_events_support import Harness, differences, harness
+
+SCENARIOS = int(os.environ.get("SYNCD_CONVERGENCE_SCENARIOS", "200"))
+FIRST_SEED = int(os.environ.get("SYNCD_CONVERGENCE_SEED", "1"))
+# At most 20 scenarios per test, so a large run stays within the per-test timeout.
+CHUNKS = max(10, -(-SCENARIOS // 20))
+COMPARED = (
+    "customer",
+    "product",
+    "price",
+    "plan",
+    "subscription",
+    "subscription_item",
+    "coupon",
+    "tax_id",
+    "invoice",
+)
+TABLES = sorted(BY_TABLE)
+
+
+def live(emu: Emulator, object_type: str, **match: Any) -> list[dict[str, Any]]:
+    return [
+        o
+        for o in emu.objects(object_type)
+        if not o.get("deleted") and all(o.get(k) == v for k, v in match.items())
+    ]
+
+
+class User:
+    """Random changes through the API, as the account's users make them."""
+
+    def __init__(self, emu: Emulator, api: Any, rng: random.Random):
+        self.emu, self.api, self.rng = emu, api, rng
+
+    async def act(self) -> None:
+        rng = self.rng
+        customers = live(self.emu, "customer")
+        products = live(self.emu, "product")
+        prices = live(self.emu, "price", active=True)
+        recurring = [p for p in prices if p.get("recurring")]
+        subs = [s for s in live(self.emu, "subscription") if s["status"] != "canceled"]
+        choices: list[tuple[int, Any]] = [(3, self.new_customer), (2, self.new_product)]
+        if customers:
+            choices += [(4, self.update_customer), (1, self.delete_customer)]
+            choices += [(1, self.add_tax_id)]
+        if products:
+            choices += [(2, self.new_price), (2, self.update_product)]
+        if prices:
+            choices += [(2, self.update_price)]
+        if customers and recurring:
+            choices += [(3, self.new_subscription)]
+        if subs:
+            choices += [(3, self.update_subscription), (1, self.cancel_subscription)]
+        if live(self.emu, "tax_id"):
+            choices += [(1, self.delete_tax_id)]
+        choices += [(1, self.coupon)]
+        weights, actions = zip(*choices, strict=True)
+        action = rng.choices(actions, weights)[0]
+        await action()
+
+    def pick(self, object_type: str, **match: Any) -> dict[str, Any]:
+        return self.rng.choice(live(self.emu, object_type, **match))
+
+    async def new_customer(self) -> None:
+        n = self.rng.randrange(10**6)
+        await self.api.post("/v1/customers", {"email": f"u{n}@example.com", "metadata": {"n": n}})
+
+    async def update_customer(self) -> None:
+        c = self.pick("customer")
+        params = self.rng.choice(
+            [
+                {"name": f"name {self.rng.randrange(1000)}"},
+                {"metadata": {"n": self.rng.randrange(1000)}},
+                {"email": f"e{self.rng.randrange(1000)}@example.com", "metadata": {"x": "y"}},
+            ]
+        )
+        await self.api.post(f"/v1/customers/{c['id']}", params)
+
+    async def delete_customer(self) -> None:
+        await self.api.request("DELETE", f"/v1/customers/{self.pick('customer')['id']}")
+
+    async def new_product(self) -> None:
+        await self.api.post("/v1/products", {"name": f"P{self.rng.randrange(1000)}"})
+
+    async def update_product(self) -> None:
+        p = self.pick("product")
+        # Real changes only: the emulator bumps `updated` on a no-op update without an event.
+        params = self.rng.choice(
+            [{"name": f"{p['name']}+"}, {"active": "false" if p["active"] else "true"}]
+        )
+        await self.api.post(f"/v1/products/{p['id']}", params)
+
+    async def new_price(self) -> None:
+        params: dict[str, Any] = {
+            "product": self.pick("product")["id"],
+            "unit_amount": self.rng.choice([100, 500, 900]),
+            "currency": "usd",
+        }
+        if self.rng.random() < 0.7:
+            params["recurring"] = {"interval": self.rng.choice(["month", "year"])}
+        await self.api.post("/v1/prices", params)
+
+    async def update_price(self) -> None:
+        p = self.pick("price", active=True)
+        params = self.rng.choice(
+            [{"metadata": {"v": self.rng.randrange(100)}}, {"active": "false"}]
+        )
+        await self.api.post(f"/v1/prices/{p['id']}", params)
+
+    async def new_subscription(self) -> None:
+        price = self.rng.choice(
+            [p for p in live(self.emu, "price", active=True) if p.get("recurring")]
+        )
+        await self.api.post(
+            "/v1/subscriptions",
+            {"customer": self.pick("customer")["id"], "items": [{"price": price["id"]}]},
+        )
+
+    async def update_subscription(self) -> None:
+        s = self.rng.choice(
+            [s for s in live(self.emu, "subscription") if s["status"] != "canceled"]
+        )
+        params = self.rng.choice(
+            [
+                {"metadata": {"m": self.rng.randrange(100)}},
+                {"cancel_at_period_end": self.rng.choice(["true", "false"])},
+            ]
+        )
+        await self.api.post(f"/v1/subscriptions/{s['id']}", params)
+
+    async def cancel_subscription(self) -> None:
+        s = self.rng.choice(
+            [s for s in live(self.emu, "subscription") if s["status"] != "canceled"]
+        )
+        await self.api.request("DELETE", f"/v1/subscriptions/{s['id']}")
+
+    async def add_tax_id(self) -> None:
+        c = self.pick("customer")
+        value = f"DE{self.rng.randrange(10**8, 10**9)}"
+        await self.api.post(f"/v1/customers/{c['id']}/tax_ids", {"type": "eu_vat", "value": value})
+
+    async def delete_tax_id(self) -> None:
+        t = self.pick("tax_id")
+        await self.api.request("DELETE", f"/v1/customers/{t['customer']}/tax_ids/{t['id']}")
+
+    async def coupon(self) -> None:
+        coupons = live(self.emu, "coupon")
+        if coupons and self.rng.random() < 0.5:
+            await self.api.request("DELETE", f"/v1/coupons/{self.rng.choice(coupons)['id']}")
+        else:
+            await self.api.post("/v1/coupons", {"percent_off": self.rng.choice([10, 25])})
+
+
+async def reset_database(db: Database) -> None:
+    tables = ", ".join(f'stripe."{t}"' for t in TABLES)
+    await db.run(
+        lambda c: c.execute(
+            f"TRUNCATE {tables}, syncd.events_ledger, syncd.events_cursor, syncd.requests,"
+            " syncd.resync_runs CASCADE"
+        )
+    )
+
+
+async def run_scenario(db_url: str, emu: Emulator, seed: int) -> None:
+    rng = random.Random(seed)
+    emu.reset(seed)
+    mode = rng.choice(["refetch", "snapshot"])
+    # Some refetch scenarios start from an account with objects: a full resync runs alongside
+    # the stream (the daemon's first start). Snapshot mode is left out: see docs/events.md.
+    with_resync = mode == "refetch" and rng.random() < 0.3
+    async with harness(
+        db_url, emu, apply_mode=mode, overlap=3600.0, fetch_concurrency=rng.choice([1, 4])
+    ) as h:
+        h.api.max_retries = 0  # a fault fails the poll at once: the loop's retry is the next poll
+        # Small batches: windows drain in several batches, applied side by side.
+        h.batch_size = rng.choice([1, 3, 10, 1000])
+        h.new_stream()
+        await reset_database(h.db)
+        user = User(emu, h.user, rng)
+        for _ in range(rng.randrange(0, 4) + (6 if with_resync else 0)):
+            await user.act()
+        if not with_resync:
+            emu.reset(seed + 1)  # objects made before the cursor only reach a mirror by resync
+        await h.stream.take_cursor()
+        async with anyio.create_task_group() as tg:
+            if with_resync:
+                tg.start_soon(resync_until_done, h)
+            frozen = await random_steps(h, emu, user, rng, mode)
+        # Quiesce: faults gone, every event visible, time moving; then the stream catches up.
+        emu.faults.clear()
+        if frozen:
+            emu.clock.advance(1)
+            emu.clock.unfreeze()
+        emu.set_burst(False)
+        if emu.state.ever_late:
+            emu.clear_late_visibility()
+            await anyio.sleep(0.16)
+        h.new_stream()
+        await h.stream.sweep()
+        await h.stream.poll_head()
+        # Emulator quirk, not Stripe's: customer.subscription.created is emitted before the
+        # first invoice sets latest_invoice, and nothing emits after; a snapshot keeps null.
+        skip = {"subscription": {"latest_invoice"}} if mode == "snapshot" else {}
+        problems = await differences(emu, h.db, COMPARED, skip)
+        assert problems == [], f"seed {seed} ({mode}, resync {with_resync}): {problems}"
+        await assert_ledger_complete(h.db, emu, seed)
+
+
+async def resync_until_done(h: Harness) -> None:
+    resync = Resync(h.cfg, h.db, h.api, h.writer)
+    while True:
+        try:
+            await resync.run(reason="first_start")
+            return
+        except SyncdError as exc:
+            assert exc.retryable, exc  # a fault: the daemon's resync loop runs it again
+            await anyio.sleep(0.01)
+
+
+async def random_steps(
+    h: Harness, emu: Emulator, user: User, rng: random.Random, mode: str
+) -> bool:
+    """The scenario's random walk; returns whether the clock is left frozen."""
+    frozen = False
+    for _ in range(rng.randrange(8, 20)):
+        step = rng.choices(
+            ["mutate", "poll", "sweep", "crash", "restart", "burst", "late", "fault"],
+            [6, 4, 1, 2, 1, 1, 1, 1],
+        )[0]
+        if frozen and mode == "snapshot" and step in ("poll", "sweep", "crash"):
+            # A real burst ends within its second: Stripe's clock never stands still while we
+            # fetch (ours would run ahead of a frozen one and misorder snapshots against fetches).
+            emu.clock.advance(1 + rng.random())
+            emu.clock.unfreeze()
+            frozen = False
+        if step == "mutate":
+            for _ in range(rng.randrange(1, 5)):
+                await user.act()
+        elif step in ("poll", "sweep"):
+            await step_safely(h.stream.poll_head() if step == "poll" else h.stream.sweep())
+        elif step == "crash":
+            # kill -9 in process: the poll stops at a random await, the stream is rebuilt
+            # from the database alone.
+            with anyio.move_on_after(rng.uniform(0, 0.04)):
+                await step_safely(h.stream.poll_head())
+            h.new_stream()
+        elif step == "restart":
+            h.new_stream()
+        elif step == "burst":
+            if frozen:
+                emu.clock.advance(1 + rng.random())  # time moves past the burst's second
+                emu.clock.unfreeze()
+                frozen = False
+            elif mode == "refetch" and rng.random() < 0.5:
+                # Events pinned to one second while time moves on: snapshot ordering by
+                # `created` cannot hold here, refetching must.
+                emu.set_burst(emu.state.burst_created is None)
+            else:
+                emu.clock.freeze()
+                frozen = True
+        elif step == "late":
+            if emu.state.late_visibility is None:
+                emu.set_late_visibility(0, 150)
+            else:
+                emu.clear_late_visibility()
+        elif step == "fault":
+            emu.faults.set(
+                pattern="GET /v1/*",
+                status=rng.choice([429, 500]),
+                error_rate=rng.choice([0.3, 1.0]),
+                times=rng.randrange(1, 4),
+            )
+    return frozen
+
+
+async def step_safely(step: Any) -> None:
+    try:
+        await step
+    except SyncdError as exc:
+        # A fault that outlived the retries: the daemon's loop backs off and polls again.
+        assert exc.retryable, exc
+
+
+async def assert_ledger_complete(db: Database, emu: Emulator, seed: int) -> None:
+    rows = await db.run(
+        lambda c: c.fetch("SELECT event_id, outcome FROM syncd.events_ledger"), transaction=False
+    )
+    recorded = {r["event_id"] for r in rows}
+    events = {e["id"] for e in emu.events()}
+    # Every event once (the primary key makes twice impossible), none lost, none invented.
+    assert recorded == events, f"seed {seed}: ledger differs from the events"
+    assert {r["outcome"] for r in rows} <= {"applied"}, f"seed {seed}"
+
+
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+async def test_random_scenarios_converge(db_url: str, emulator: Emulator, chunk: int) -> None:
+    per_chunk = -(-SCENARIOS // CHUNKS)
+    start = FIRST_SEED + chunk * per_chunk
+    for seed in range(start, start + per_chunk):
+        await run_scenario(db_url, emulator, seed)
+
+
+def daemon_env(db_url: str, emu: Emulator) -> dict[str, str]:
+    return {
+        "SYNCD_DATABASE_URL": db_url,
+        "SYNCD_STRIPE_API_KEY": TEST_API_KEY,
+        "SYNCD_STRIPE_API_BASE": emu.url,
+        "SYNCD_STRIPE_RATE_LIMIT": "500",
+        "SYNCD_STRIPE_API_VERSION": PINNED_API_VERSION,
+        "SYNCD_EVENTS_POLL_INTERVAL": "0.2",
+        "SYNCD_EVENTS_OVERLAP_INTERVAL": "2",
+        "SYNCD_HTTP_ENABLED": "false",
+        "SYNCD_DAEMON_LEADER_ELECTION": "false",
+        "SYNCD_LOG_FORMAT": "json",
+        "PATH": os.environ.get("PATH", ""),
+    }
+
+
+def start_daemon(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "syncd", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("seed", [7, 8])
+async def test_daemon_killed_with_sigkill_converges(
+    db_url: str, emulator: Emulator, seed: int
+) -> None:
+    rng = random.Random(seed)
+    env = daemon_env(db_url, emulator)
+    async with harness(db_url, emulator) as h:
+        user = User(emulator, h.user, rng)
+        proc = start_daemon(env)
+        try:
+            for _ in range(4):
+                for _ in range(rng.randrange(3, 10)):
+                    await user.act()
+                    await anyio.sleep(rng.uniform(0, 0.05))
+                await anyio.sleep(rng.uniform(0.1, 1.5))  # somewhere mid-poll, mid-apply
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                proc = start_daemon(env)
+            deadline = time.monotonic() + 60
+            problems: list[str] = ["not checked"]
+            while problems and time.monotonic() < deadline:
+                await anyio.sleep(0.5)
+                problems = await differences(emulator, h.db, COMPARED)
+            assert problems == []
+            with anyio.fail_after(10):
+                while True:  # the last events' ledger rows commit with their writes
+                    try:
+                        await assert_ledger_complete(h.db, emulator, seed)
+                        break
+                    except AssertionError:
+                        await anyio.sleep(0.3)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await anyio.to_thread.run_sync(proc.wait, 15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
