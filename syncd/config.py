@@ -135,9 +135,9 @@ class UsageConfig:
     )
     api_key_file: str = _opt("", "read the usage API key from this file instead")
     batch_size: int = _opt(
-        50000, "rows claimed per flush round (bigger rounds aggregate better)", lo=1, hi=1_000_000
+        100_000, "rows claimed per flush round (bigger rounds aggregate better)", lo=1, hi=1_000_000
     )
-    concurrency: int = _opt(16, "usage requests in flight at once", lo=1, hi=256)
+    concurrency: int = _opt(32, "usage requests in flight at once", lo=1, hi=256)
     unresolved_grace: float = _opt(
         600.0,
         "seconds a row whose customer is not (yet) in the mirror waits before it fails",

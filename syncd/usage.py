@@ -15,6 +15,7 @@ flushes from sending the same request twice.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,8 @@ METER_EVENTS_PATH = "/v1/billing/meter_events"
 # beyond FUTURE_REJECT, and wait until they are due in between.
 FUTURE_LIMIT = 300
 FUTURE_REJECT = 3600
+# Answers recorded per transaction while sending goes on.
+_MARK_CHUNK = 250
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,13 @@ class _Outbound:
     path: str
     base: str
     params: dict[str, Any]
+    row_ids: list[int]
+
+
+@dataclass(frozen=True)
+class _Answer:
+    outbound: _Outbound
+    error: str | None  # None: delivered
 
 
 class _Stop(Exception):
@@ -219,6 +229,7 @@ class UsageFlusher:
         """One round: claim, classify, write the batch; returns (claimed, last id, batch)."""
 
         async def tx(conn: asyncpg.Connection) -> tuple[int, int, Any]:
+            await conn.execute(self.db.sql("usage_tx_settings"))
             rows = await conn.fetch(self.db.sql("usage_claim"), last_id, self.usage.batch_size)
             if not rows:
                 return 0, last_id, None
@@ -237,7 +248,7 @@ class UsageFlusher:
             batch = None
             if events:
                 batch = await self._write_batch(conn, lock_conn, events)
-            return len(rows), rows[-1]["id"], batch
+            return len(rows), max(r["id"] for r in rows), batch
 
         return await self.db.run(tx)
 
@@ -344,7 +355,7 @@ class UsageFlusher:
             [r[1] for r in requests],
             [r[2] for r in requests],
             [orjson.dumps(r[3]).decode() for r in requests],
-            [len(e.row_ids) for e in events],
+            ["{" + ",".join(map(str, e.row_ids)) + "}" for e in events],
         )
         ids = {r["identifier"]: r["id"] for r in inserted}
         row_ids: list[int] = []
@@ -356,7 +367,7 @@ class UsageFlusher:
             row_ids.extend(e.row_ids)
             event_ids.extend([event_id] * len(e.row_ids))
             customers.extend([e.customer_id] * len(e.row_ids))
-            outbound.append(_Outbound(event_id, identifier, path, base, params))
+            outbound.append(_Outbound(event_id, identifier, path, base, params, e.row_ids))
         await conn.execute(
             self.db.sql("usage_rows_sending"), batch_id, row_ids, event_ids, customers
         )
@@ -394,7 +405,14 @@ class UsageFlusher:
                 await lock_conn.fetchval(self.db.sql("usage_unlock_batch"), batch_id)
                 continue  # finished between our look and our lock
             pending = [
-                _Outbound(r["id"], r["identifier"], r["path"], r["base"], orjson.loads(r["params"]))
+                _Outbound(
+                    r["id"],
+                    r["identifier"],
+                    r["path"],
+                    r["base"],
+                    orjson.loads(r["params"]),
+                    list(r["row_ids"]),
+                )
                 for r in await self.db.fetch("usage_batch_events", batch_id)
             ]
             log.info("usage_batch_recovering", batch_id=batch_id, events=len(pending))
@@ -410,44 +428,47 @@ class UsageFlusher:
         *,
         recovered: bool = False,
     ) -> None:
-        """Send a batch's requests, record the answers; raise _Stop if sending must stop."""
+        """Send a batch's requests, recording answers as they come (in chunks, while sending
+        goes on); raise _Stop if sending must stop."""
         if not recovered:
             result.batches += 1
-        answers: list[tuple[int, str, str | None]] = []
         stop: list[str] = []
         queue = iter(outbound)
+        answered, answers = anyio.create_memory_object_stream[_Answer](max_buffer_size=math.inf)
+        started = time.monotonic()
+        counts = {"sent": 0, "refused": 0}
 
         async def worker() -> None:
             for ob in queue:
                 if stop:
                     return
                 try:
-                    answers.append(await self._send_one(ob))
+                    error = await self._send_one(ob)
                 except _Stop as exc:
                     stop.append(str(exc))
                     return
+                answered.send_nowait(_Answer(ob, error))
+
+        async def senders() -> None:
+            async with answered, anyio.create_task_group() as tg:
+                for _ in range(min(self.usage.concurrency, len(outbound))):
+                    tg.start_soon(worker)
+
+        async def recorder() -> None:
+            chunk: list[_Answer] = []
+            async with answers:
+                async for answer in answers:
+                    chunk.append(answer)
+                    if len(chunk) >= _MARK_CHUNK:
+                        await self._mark(chunk, result, counts)
+                        chunk = []
+            if chunk:
+                await self._mark(chunk, result, counts)
 
         async with anyio.create_task_group() as tg:
-            for _ in range(min(self.usage.concurrency, len(outbound))):
-                tg.start_soon(worker)
-        if answers:
-            counts = await self.db.run(
-                lambda c: c.fetchrow(
-                    self.db.sql("usage_mark_events"),
-                    [a[0] for a in answers],
-                    [a[1] for a in answers],
-                    [a[2] for a in answers],
-                )
-            )
-            assert counts is not None
-            result.rows_reported += counts["reported"]
-            result.rows_failed += counts["failed"]
-            metrics.usage_rows.labels("reported").inc(counts["reported"])
-            metrics.usage_rows.labels("failed").inc(counts["failed"])
-        failed = sum(1 for a in answers if a[1] == "failed")
-        result.events_sent += len(answers)
-        result.events_failed += failed
-        unsent = len(outbound) - len(answers)
+            tg.start_soon(recorder)
+            tg.start_soon(senders)
+        unsent = len(outbound) - counts["sent"]
         result.events_unsent += unsent
         if unsent:
             metrics.usage_events.labels("unsent").inc(unsent)
@@ -456,16 +477,55 @@ class UsageFlusher:
         log.info(
             "usage_batch_sent",
             batch_id=batch_id,
-            events=len(answers),
-            refused=failed,
+            events=counts["sent"],
+            refused=counts["refused"],
             unsent=unsent,
             recovered=recovered,
+            seconds=round(time.monotonic() - started, 3),
         )
         if stop:
             raise _Stop(stop[0])
 
-    async def _send_one(self, ob: _Outbound) -> tuple[int, str, str | None]:
-        """(event id, 'reported' or 'failed', Stripe's reason) for one request."""
+    async def _mark(
+        self, chunk: list[_Answer], result: FlushResult, counts: dict[str, int]
+    ) -> None:
+        """Record Stripe's answers and the rows' outcome in one transaction."""
+        ok = [a.outbound for a in chunk if a.error is None]
+        bad = [a for a in chunk if a.error is not None]
+
+        async def tx(conn: asyncpg.Connection) -> tuple[int, int]:
+            await conn.execute(self.db.sql("usage_async_commit"))
+            reported = failed = 0
+            if ok:
+                row = await conn.fetchrow(
+                    self.db.sql("usage_mark_reported"),
+                    [o.id for o in ok],
+                    [i for o in ok for i in o.row_ids],
+                )
+                reported = row["rows"] if row is not None else 0
+            if bad:
+                row = await conn.fetchrow(
+                    self.db.sql("usage_mark_failed"),
+                    [a.outbound.id for a in bad],
+                    [a.error for a in bad],
+                    [i for a in bad for i in a.outbound.row_ids],
+                    [a.error for a in bad for _ in a.outbound.row_ids],
+                )
+                failed = row["rows"] if row is not None else 0
+            return reported, failed
+
+        reported, failed = await self.db.run(tx)
+        counts["sent"] += len(chunk)
+        counts["refused"] += len(bad)
+        result.events_sent += len(chunk)
+        result.events_failed += len(bad)
+        result.rows_reported += reported
+        result.rows_failed += failed
+        metrics.usage_rows.labels("reported").inc(reported)
+        metrics.usage_rows.labels("failed").inc(failed)
+
+    async def _send_one(self, ob: _Outbound) -> str | None:
+        """Send one request: None when delivered, Stripe's reason when refused for good."""
         try:
             await self.api.request(
                 "POST", ob.path, ob.params, idempotency_key=ob.identifier, base=ob.base
@@ -475,15 +535,15 @@ class UsageFlusher:
             if exc.status == 400 and "already exists" in message and "identifier" in message:
                 # Delivered by an earlier attempt that died before recording the answer.
                 metrics.usage_events.labels("duplicate").inc()
-                return ob.id, "reported", None
+                return None
             if exc.retryable or exc.status in (None, 401, 403):
                 # Retries ran out, or the key is refused: nothing is wrong with the rows.
                 raise _Stop(message) from exc
             metrics.usage_events.labels("failed").inc()
             log.warning("usage_event_refused", identifier=ob.identifier, error=message)
-            return ob.id, "failed", f"stripe: {message}"
+            return f"stripe: {message}"
         metrics.usage_events.labels("reported").inc()
-        return ob.id, "reported", None
+        return None
 
 
 def _legacy_item(
