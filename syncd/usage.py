@@ -150,6 +150,11 @@ class UsageFlusher:
     async def flush(self) -> FlushResult:
         started = time.monotonic()
         result = FlushResult()
+        if self.usage.target == "meters" and not self.usage.meters:
+            # Not configured: rejecting every row as "unknown metric" would punish the apps.
+            result.error = "usage.meters is empty: nothing can be reported (rows stay pending)"
+            log.warning("usage_not_configured", error=result.error)
+            return result
         lock_conn = await self.db.dedicated_connection()
         try:
             meters: dict[str, Meter] = {}
@@ -440,8 +445,8 @@ class UsageFlusher:
 
         async def worker() -> None:
             for ob in queue:
-                if stop:
-                    return
+                if stop or self._stopping():
+                    return  # unsent requests stay in the outbox for the next flush
                 try:
                     error = await self._send_one(ob)
                 except _Stop as exc:

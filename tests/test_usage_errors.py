@@ -216,3 +216,13 @@ async def test_meter_deactivated_after_the_batch_was_written_fails_with_stripes_
         )
     ]
     assert emulator.meter_totals() == {}
+
+
+async def test_nothing_is_rejected_while_no_meter_is_configured(
+    db_url: str, emulator: Emulator
+) -> None:
+    (cus,) = (c["id"] for c in customers(emulator, 1))
+    await insert_rows(db_url, random_rows([cus], 5))
+    result = await flush(emulator_config(db_url, emulator))  # usage.meters left empty
+    assert result.error is not None and "usage.meters is empty" in result.error
+    assert await statuses(db_url) == {"pending": 5}

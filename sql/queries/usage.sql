@@ -165,6 +165,8 @@ SELECT
     (SELECT max(reported_at) FROM {app}.usage_records WHERE status = 'reported')
         AS last_reported_at,
     (SELECT count(*) FROM {state}.usage_batches WHERE status = 'sending') AS batches_sending,
+    (SELECT min(created_at) FROM {state}.usage_batches WHERE status = 'sending')
+        AS oldest_sending_batch_at,
     (SELECT COALESCE(jsonb_agg(jsonb_build_object(
                 'metric', metric, 'event_name', event_name, 'problem', problem,
                 'checked_at', checked_at) ORDER BY metric), '[]'::jsonb)
