@@ -541,8 +541,13 @@ class UsageFlusher:
                 # Delivered by an earlier attempt that died before recording the answer.
                 metrics.usage_events.labels("duplicate").inc()
                 return None
-            if exc.retryable or exc.status in (None, 401, 403):
-                # Retries ran out, or the key is refused: nothing is wrong with the rows.
+            if (
+                exc.retryable
+                or exc.status in (None, 401, 403)
+                or (exc.status == 404 and not exc.code)
+            ):
+                # Retries ran out, the key is refused, or the endpoint is unknown (a 404 without
+                # resource_missing: wrong address or API version): nothing is wrong with the rows.
                 raise _Stop(message) from exc
             metrics.usage_events.labels("failed").inc()
             log.warning("usage_event_refused", identifier=ob.identifier, error=message)

@@ -226,3 +226,17 @@ async def test_nothing_is_rejected_while_no_meter_is_configured(
     result = await flush(emulator_config(db_url, emulator))  # usage.meters left empty
     assert result.error is not None and "usage.meters is empty" in result.error
     assert await statuses(db_url) == {"pending": 5}
+
+
+async def test_an_unknown_endpoint_stops_the_flush_without_failing_rows(
+    db_url: str, emulator: Emulator
+) -> None:
+    """A wrong meter-events address answers 404 without resource_missing: the rows are fine."""
+    await make_meter(emulator, "api_calls")
+    (cus,) = (c["id"] for c in customers(emulator, 1))
+    await insert_rows(db_url, random_rows([cus], 5))
+    cfg = usage_config(db_url, emulator, {"meter_events_base": emulator.url + "/nowhere"})
+    result = await flush(cfg)
+    assert result.error is not None and "Unrecognized request URL" in result.error
+    assert await statuses(db_url) == {"sending": 5}
+    assert (await flush(usage_config(db_url, emulator))).rows_reported == 5
