@@ -30,7 +30,7 @@ import orjson
 from syncd import metrics
 from syncd.config import Config
 from syncd.db import Database
-from syncd.errors import StripeError
+from syncd.errors import StripeError, StripePermissionDenied
 from syncd.logs import get_logger
 from syncd.stripe_api import StripeAPI
 
@@ -136,11 +136,14 @@ class UsageFlusher:
         *,
         instance: str = "",
         stopping: anyio.Event | None = None,
+        read_api: StripeAPI | None = None,
     ):
         self.cfg = cfg
         self.usage = cfg.usage
         self.db = db
         self.api = api
+        # Listing meters may need another key than sending events (a restricted usage key).
+        self.read_api = read_api or api
         self.instance = instance
         self.stopping = stopping
         self._meters: dict[str, Meter] = {}
@@ -189,10 +192,37 @@ class UsageFlusher:
 
     async def check_meters(self, result: FlushResult) -> dict[str, Meter]:
         """Active meters of the configured metrics; missing ones logged and recorded."""
+        try:
+            active = await self._active_meters()
+        except StripePermissionDenied as exc:
+            # A key that may write meter events but not read meters: assume the configured
+            # meters exist with Stripe's default payload keys; Stripe refuses events otherwise.
+            log.warning("usage_meter_check_denied", error=str(exc))
+            active = {
+                name: Meter("", name, "stripe_customer_id", "value")
+                for name in self.usage.meters.values()
+            }
+        found: dict[str, Meter] = {}
+        for metric, event_name in sorted(self.usage.meters.items()):
+            meter = active.get(event_name)
+            problem = None
+            if meter is None:
+                problem = f"no active Stripe meter with event_name {event_name!r}"
+                result.meters_missing.append(metric)
+                log.warning("usage_meter_missing", metric=metric, event_name=event_name)
+            else:
+                found[metric] = meter
+            await self.db.execute(
+                "usage_save_meter", metric, event_name, meter.id or None if meter else None, problem
+            )
+        await self.db.execute("usage_forget_meters", sorted(self.usage.meters))
+        return found
+
+    async def _active_meters(self) -> dict[str, Meter]:
         active: dict[str, Meter] = {}
         params: dict[str, Any] = {"status": "active", "limit": 100}
         while True:
-            page = await self.api.get("/v1/billing/meters", params)
+            page = await self.read_api.get("/v1/billing/meters", params)
             for m in page.get("data", []):
                 if m.get("status") != "active":
                     continue
@@ -206,21 +236,7 @@ class UsageFlusher:
             if not page.get("has_more") or not page.get("data"):
                 break
             params = {**params, "starting_after": page["data"][-1]["id"]}
-        found: dict[str, Meter] = {}
-        for metric, event_name in sorted(self.usage.meters.items()):
-            meter = active.get(event_name)
-            problem = None
-            if meter is None:
-                problem = f"no active Stripe meter with event_name {event_name!r}"
-                result.meters_missing.append(metric)
-                log.warning("usage_meter_missing", metric=metric, event_name=event_name)
-            else:
-                found[metric] = meter
-            await self.db.execute(
-                "usage_save_meter", metric, event_name, meter.id if meter else None, problem
-            )
-        await self.db.execute("usage_forget_meters", sorted(self.usage.meters))
-        return found
+        return active
 
     # -- claiming -------------------------------------------------------------------------------
 

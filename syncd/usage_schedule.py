@@ -68,6 +68,7 @@ class UsageLoop:
             self._own_api or daemon.api,
             instance=daemon.instance_id,
             stopping=daemon.lifecycle.stopping,
+            read_api=daemon.api,
         )
         self._lock = anyio.Lock()
         self._wake = anyio.Event()

@@ -70,6 +70,7 @@ async def run_cli(env: dict[str, str], kill_after: float | None) -> int | None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 async def test_kill_9_at_random_points_never_loses_or_double_counts(
     db_url: str, emulator: Emulator
 ) -> None:

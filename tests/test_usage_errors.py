@@ -240,3 +240,18 @@ async def test_an_unknown_endpoint_stops_the_flush_without_failing_rows(
     assert result.error is not None and "Unrecognized request URL" in result.error
     assert await statuses(db_url) == {"sending": 5}
     assert (await flush(usage_config(db_url, emulator))).rows_reported == 5
+
+
+async def test_a_key_that_cannot_list_meters_still_reports(
+    db_url: str, emulator: Emulator, db: Database
+) -> None:
+    """A restricted usage key may write meter events without reading meters: syncd assumes the
+    configured meters with Stripe's default payload keys instead of giving up."""
+    meter = await make_meter(emulator, "api_calls")
+    ids = [c["id"] for c in customers(emulator, 2)]
+    await insert_rows(db_url, random_rows(ids, 20))
+    emulator.faults.set(pattern="GET /v1/billing/meters", status=403, error_rate=1.0)
+    result = await flush(usage_config(db_url, emulator))
+    assert result.error is None and result.rows_reported == 20
+    assert emulator_totals(emulator, {"api_calls": meter}) == await row_totals(db_url)
+    assert (await summary(db))["meter_problems"] == []
