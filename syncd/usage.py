@@ -29,7 +29,7 @@ import orjson
 
 from syncd import metrics
 from syncd.config import Config
-from syncd.db import Database
+from syncd.db import Database, translate
 from syncd.errors import StripeError, StripePermissionDenied
 from syncd.logs import get_logger
 from syncd.stripe_api import StripeAPI
@@ -184,6 +184,14 @@ class UsageFlusher:
         metrics.usage_flush_seconds.observe(result.seconds)
         log.info("usage_flushed", **result.as_dict())
         return result
+
+    async def _lock(self, conn: asyncpg.Connection, query: str, batch_id: int) -> bool:
+        """(Un)lock a batch on the flush's dedicated connection (outside the pool, which would
+        drop session locks), with driver errors translated like the rest of the database layer."""
+        try:
+            return bool(await conn.fetchval(self.db.sql(query), batch_id))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise translate(exc, self.db.dsn) from exc
 
     def _stopping(self) -> bool:
         return self.stopping is not None and self.stopping.is_set()
@@ -356,7 +364,7 @@ class UsageFlusher:
             self.db.sql("usage_insert_batch"), nonce, self.usage.target, self.instance, rows
         )
         # Locked before the batch is visible (commit), so no other flush can think it orphaned.
-        await lock_conn.fetchval(self.db.sql("usage_lock_batch"), batch_id)
+        await self._lock(lock_conn, "usage_lock_batch", batch_id)
         # The identifier is fixed here, before anything is sent, and never changes: a resend
         # after a crash carries the same one, and Stripe counts it once.
         requests = [
@@ -420,10 +428,10 @@ class UsageFlusher:
     async def _recover(self, lock_conn: asyncpg.Connection, result: FlushResult) -> None:
         for row in await self.db.fetch("usage_sending_batches"):
             batch_id = row["id"]
-            if not await lock_conn.fetchval(self.db.sql("usage_lock_batch"), batch_id):
+            if not await self._lock(lock_conn, "usage_lock_batch", batch_id):
                 continue  # another flush is sending it right now
             if await self.db.fetchval("usage_batch_status", batch_id) != "sending":
-                await lock_conn.fetchval(self.db.sql("usage_unlock_batch"), batch_id)
+                await self._lock(lock_conn, "usage_unlock_batch", batch_id)
                 continue  # finished between our look and our lock
             pending = [
                 _Outbound(
@@ -494,7 +502,7 @@ class UsageFlusher:
         if unsent:
             metrics.usage_events.labels("unsent").inc(unsent)
         await self.db.execute("usage_finish_batch", batch_id)
-        await lock_conn.fetchval(self.db.sql("usage_unlock_batch"), batch_id)
+        await self._lock(lock_conn, "usage_unlock_batch", batch_id)
         log.info(
             "usage_batch_sent",
             batch_id=batch_id,

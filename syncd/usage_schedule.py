@@ -101,7 +101,8 @@ class UsageLoop:
         finally:
             scheduler.shutdown(wait=False)
             if self._own_api is not None:
-                await self._own_api.close()
+                with anyio.CancelScope(shield=True):  # close even when the loop was cancelled
+                    await self._own_api.close()
 
     async def _flush_logged(self) -> None:
         try:
