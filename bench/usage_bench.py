@@ -57,6 +57,32 @@ async def wait_ready(url: str) -> None:
     raise RuntimeError("emulator did not start")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), to tell work from waiting on a busy host."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+EMULATOR_PID = 0
+PG_DATA: Path | None = None
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of the throwaway server: its postmaster and the children alive now."""
+    if PG_DATA is None:
+        return 0.0
+    postmaster = int((PG_DATA / "postmaster.pid").read_text().split()[0])
+    total = cpu_seconds(postmaster)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 @asynccontextmanager
 async def emulator(customers: int) -> AsyncIterator[tuple[str, list[str], str]]:
     """(url, customer ids, meter id) of an emulator process with a meter `api_calls`."""
@@ -67,6 +93,8 @@ async def emulator(customers: int) -> AsyncIterator[tuple[str, list[str], str]]:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stderr=subprocess.DEVNULL,
     )
+    global EMULATOR_PID
+    EMULATOR_PID = proc.pid
     try:
         await wait_ready(url)
         auth = {"Authorization": f"Bearer {KEY}"}
@@ -137,8 +165,12 @@ async def run(args: argparse.Namespace, admin_dsn: str) -> None:
             await conn.execute("VACUUM ANALYZE billing.usage_records")
             async with Database.connect(cfg.database) as db, StripeAPI(cfg) as api:
                 started = time.monotonic()
+                cpu, emu_cpu = time.process_time(), cpu_seconds(EMULATOR_PID)
+                pg_cpu = postgres_cpu_seconds()
                 result = await UsageFlusher(cfg, db, api).flush()
                 elapsed = time.monotonic() - started
+                cpu, emu_cpu = time.process_time() - cpu, cpu_seconds(EMULATOR_PID) - emu_cpu
+                pg_cpu = postgres_cpu_seconds() - pg_cpu
             left = await conn.fetchval(
                 "SELECT count(*) FROM billing.usage_records WHERE status <> 'reported'"
             )
@@ -152,7 +184,9 @@ async def run(args: argparse.Namespace, admin_dsn: str) -> None:
             f"{args.spread:g}s, {args.bucket}s buckets) flushed in {elapsed:.2f}s: "
             f"{args.rows / elapsed:,.0f} rows/s, {result.events_sent:,} meter events "
             f"({result.events_sent / elapsed:,.0f}/s, concurrency {args.concurrency}), "
-            f"{result.batches} batches; not reported: {left}; totals exact: {exact}"
+            f"{result.batches} batches; not reported: {left}; totals exact: {exact}; "
+            f"CPU: syncd {cpu:.1f}s, emulator {emu_cpu:.1f}s, PostgreSQL {pg_cpu:.1f}s; load average "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         )
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -173,7 +207,9 @@ def main() -> None:
     if args.dsn or os.environ.get("SYNCD_TEST_DATABASE_URL"):
         asyncio.run(run(args, args.dsn or os.environ["SYNCD_TEST_DATABASE_URL"]))
         return
-    with throwaway_postgres(prefer_local=True) as (dsn, _server):
+    global PG_DATA
+    with throwaway_postgres(prefer_local=True) as (dsn, server):
+        PG_DATA = server.data if server is not None else None
         asyncio.run(run(args, dsn))
 
 
