@@ -162,7 +162,8 @@ SELECT
     ) AS counts,
     (SELECT min("timestamp") FROM {app}.usage_records WHERE status IN ('pending', 'sending'))
         AS oldest_unreported,
-    (SELECT max(reported_at) FROM {app}.usage_records WHERE status = 'reported')
+    -- From the outbox (small) rather than the rows (large, unindexed once reported).
+    (SELECT max(sent_at) FROM {state}.usage_events WHERE status = 'reported')
         AS last_reported_at,
     (SELECT count(*) FROM {state}.usage_batches WHERE status = 'sending') AS batches_sending,
     (SELECT min(created_at) FROM {state}.usage_batches WHERE status = 'sending')
