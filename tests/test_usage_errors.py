@@ -159,7 +159,7 @@ async def test_missing_meter_holds_rows_until_it_exists(
 
 
 async def test_exhausted_retries_leave_rows_sending_and_the_next_flush_delivers_once(
-    db_url: str, emulator: Emulator
+    db_url: str, emulator: Emulator, db: Database
 ) -> None:
     meter = await make_meter(emulator, "api_calls")
     ids = [c["id"] for c in customers(emulator, 10)]
@@ -170,7 +170,11 @@ async def test_exhausted_retries_leave_rows_sending_and_the_next_flush_delivers_
     broken = await flush(cfg)
     assert broken.error is not None and "503" in broken.error
     assert broken.events_unsent > 0
-    assert (await statuses(db_url)).get("sending", 0) > 0
+    sending = (await statuses(db_url)).get("sending", 0)
+    assert sending > 0
+    info = await summary(db)  # what `syncd status` shows meanwhile
+    assert info["rows_sending"] == sending and info["batches_sending"] == 1
+    assert info["oldest_unreported"] is not None and info["oldest_sending_batch_at"] is not None
     emulator.faults.clear()
     healed = await flush(cfg)
     assert healed.batches_recovered == 1 and healed.error is None

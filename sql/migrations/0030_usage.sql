@@ -30,10 +30,11 @@ CREATE TABLE {app}.usage_records (
     CONSTRAINT usage_records_needs_owner
         CHECK (user_id IS NOT NULL OR subscription_id IS NOT NULL OR customer_id IS NOT NULL)
 );
--- Rows not yet reported, by status then id: the claim walks the pending ones in id order, and
--- backlog counts (`syncd status`, /metrics) and the latest failures never scan reported rows.
-CREATE INDEX usage_records_unsettled ON {app}.usage_records (status, id)
-    WHERE status <> 'reported';
+-- Partial indexes on the states that stay small. Deliberately none on 'sending': with stale
+-- statistics right after a claim the planner used it to record answers and scanned every
+-- sending row per chunk (2.5x slower flushes); rows in flight are counted from the outbox.
+CREATE INDEX usage_records_pending ON {app}.usage_records (id) WHERE status = 'pending';
+CREATE INDEX usage_records_failed ON {app}.usage_records (id) WHERE status = 'failed';
 
 -- The outbox. A flush writes a batch and every request it will send (identifier, path and the
 -- exact parameters) and commits BEFORE sending; a crash is recovered by resending the same

@@ -160,14 +160,21 @@ SELECT
     (SELECT COALESCE(jsonb_object_agg(status, n), '{}'::jsonb)
        FROM (SELECT status, count(*) AS n FROM {app}.usage_records GROUP BY status) s
     ) AS counts,
-    (SELECT min("timestamp") FROM {app}.usage_records WHERE status IN ('pending', 'sending'))
-        AS oldest_unreported,
+    (SELECT min("timestamp") FROM {app}.usage_records WHERE status = 'pending')
+        AS oldest_pending,
+    (SELECT min(created_at) FROM {state}.usage_batches WHERE status = 'sending')
+        AS oldest_sending_batch_at,
+    -- Rows in flight, from the outbox (the rows table has no index on 'sending').
+    (SELECT COALESCE(sum(rows), 0) FROM {state}.usage_events WHERE status = 'sending')
+        AS rows_sending,
+    LEAST((SELECT min("timestamp") FROM {app}.usage_records WHERE status = 'pending'),
+          (SELECT min(r."timestamp") FROM {app}.usage_records r
+             JOIN {state}.usage_events e ON r.id = ANY(e.row_ids)
+            WHERE e.status = 'sending')) AS oldest_unreported,
     -- From the outbox (small) rather than the rows (large, unindexed once reported).
     (SELECT max(sent_at) FROM {state}.usage_events WHERE status = 'reported')
         AS last_reported_at,
     (SELECT count(*) FROM {state}.usage_batches WHERE status = 'sending') AS batches_sending,
-    (SELECT min(created_at) FROM {state}.usage_batches WHERE status = 'sending')
-        AS oldest_sending_batch_at,
     (SELECT COALESCE(jsonb_agg(jsonb_build_object(
                 'metric', metric, 'event_name', event_name, 'problem', problem,
                 'checked_at', checked_at) ORDER BY metric), '[]'::jsonb)
