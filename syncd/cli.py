@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 
-from syncd import __version__, migrations, usage_schedule
+from syncd import __version__, migrations, resync, usage_schedule
 from syncd.config import Config, default_config_path, load_config, redacted, to_toml
 from syncd.daemon import run_daemon
 from syncd.db import Database, describe_target
@@ -80,6 +80,27 @@ async def cmd_check(cfg: Config, _args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+async def cmd_resync(cfg: Config, args: argparse.Namespace) -> int:
+    """Request a full resync from the running daemon (works from another container)."""
+    async with Database.connect(cfg.database, min_size=1) as db:
+        return await resync.request(
+            db, args.type or None, wait=args.wait, out=sys.stdout, timeout=args.timeout
+        )
+
+
+def _resync_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--type",
+        action="append",
+        metavar="TABLE",
+        help="re-list only this type (table name, e.g. customers); repeatable; default: all",
+    )
+    p.add_argument("--wait", action="store_true", help="follow the resync until it ends")
+    p.add_argument(
+        "--timeout", type=float, default=0.0, help="give up waiting after this many seconds"
+    )
+
+
 def _migrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", type=int, default=None, help="stop after this migration version")
 
@@ -90,6 +111,11 @@ COMMANDS: dict[str, Command] = {
         cmd_migrate, "apply pending database migrations and exit", _migrate_arguments
     ),
     "config": Command(cmd_config, "print the effective configuration, secrets redacted"),
+    "resync": Command(
+        cmd_resync,
+        "ask the running daemon to re-list Stripe into the mirror (--wait: follow it)",
+        _resync_arguments,
+    ),
     "check": Command(
         cmd_check, "check the configuration, PostgreSQL and Stripe; exit 0 when all is well"
     ),

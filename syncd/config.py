@@ -85,9 +85,16 @@ class StripeConfig:
 class SyncConfig:
     include: list[str] = _opt([], "tables to mirror (e.g. customers); empty: every type")
     exclude: list[str] = _opt([], "tables not to mirror")
-    slices: int = _opt(8, "created-time slices per type in a full resync", lo=1, hi=256)
-    concurrency: int = _opt(8, "list requests in flight at once during a resync", lo=1, hi=64)
+    slices: int = _opt(
+        16, "most created-time slices one type is split into during a resync", lo=1, hi=256
+    )
+    concurrency: int = _opt(16, "list requests in flight at once during a resync", lo=1, hi=64)
     writers: int = _opt(2, "database connections writing resync pages", lo=1, hi=16)
+    per_parent_lists: bool = _opt(
+        True,
+        "resync lists only Stripe lists per parent (customer tax ids, payment methods,"
+        " entitlements; product features): one request per parent; false: events only",
+    )
     resync_on_empty: bool = _opt(True, "run a full resync on first start with an empty mirror")
     reconcile_interval: float = _opt(
         86400.0, "seconds between full re-lists (changes Stripe emits no event for); 0: never", lo=0
@@ -158,7 +165,9 @@ class AppConfig:
         "supabase_user_id", "customer metadata key holding the app's user id"
     )
     row_level_security: bool = _opt(
-        True, "install row-level policies when auth.uid() exists (Supabase)"
+        True,
+        "install row-level policies when auth.uid() exists (Supabase); false removes them "
+        "and the anon/authenticated privileges",
     )
 
 

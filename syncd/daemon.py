@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from syncd import __version__, migrations, usage_schedule
+from syncd import __version__, appschema, migrations, resync, usage_schedule
 from syncd.config import Config, redacted
 from syncd.control import ControlLoop
 from syncd.db import Database
@@ -73,6 +73,8 @@ def session_settings(cfg: Config) -> dict[str, str]:
 
 def attach_features(daemon: Daemon) -> None:
     """Give each feature its loops and request handlers (one call per feature)."""
+    resync.attach(daemon)
+    daemon.startup.append(lambda: appschema.startup_step(daemon.db, daemon.cfg))
     usage_schedule.attach(daemon)
 
 

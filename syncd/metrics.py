@@ -38,6 +38,25 @@ rows_written = Counter(
     ["table", "op"],
     registry=REGISTRY,
 )
+resync_objects = Counter(
+    "syncd_resync_objects", "Objects listed by full resyncs, by table", ["table"], registry=REGISTRY
+)
+resync_tombstoned = Counter(
+    "syncd_resync_tombstoned",
+    "Rows tombstoned by full resyncs (gone from a complete list and from Stripe)",
+    ["table"],
+    registry=REGISTRY,
+)
+resync_rejected = Counter(
+    "syncd_resync_rejected",
+    "Listed objects that could not be mirrored (recorded in rejected_objects)",
+    ["table"],
+    registry=REGISTRY,
+)
+resync_runs = Counter(
+    "syncd_resync_runs", "Full resync runs ended, by outcome", ["status"], registry=REGISTRY
+)
+resync_running = Gauge("syncd_resync_running", "1 while a full resync runs", registry=REGISTRY)
 usage_rows = Counter(
     "syncd_usage_rows",
     "Usage rows settled, by outcome (reported, failed: Stripe refused, rejected: bad input)",

@@ -1,0 +1,206 @@
+"""Full resync throughput, peak RSS and rate-limit use, against the emulator in another process.
+
+    PYTHONPATH=. python bench/resync_bench.py --customers 200000            # cold, then unchanged
+    PYTHONPATH=. python bench/resync_bench.py --customers 20000 --subscriptions 20000 \
+        --include subscriptions,invoices                                      # large TOASTed rows
+    PYTHONPATH=. python bench/resync_bench.py --customers 100000 --latency-ms 100 --rate 100
+    PYTHONPATH=. python bench/resync_bench.py --customers 1000000 --runs 1   # peak RSS
+
+A throwaway PostgreSQL (syncd.pgserver) and `python -m syncd emulator` are started as separate
+processes; the resync runs in this process through the daemon's own classes, and the figures
+are objects/s per run and this process's peak RSS (ru_maxrss), which excludes the emulator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from syncd import migrations
+from syncd.config import DatabaseConfig, StripeConfig, load_config
+from syncd.db import Database
+from syncd.lifecycle import Lifecycle
+from syncd.logs import configure
+from syncd.pgserver import throwaway_postgres
+from syncd.resync import Resync
+from syncd.stripe_api import StripeAPI
+from syncd.writer import Writer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(root: int) -> float:
+    """CPU of a process and its live children (the PostgreSQL server and its backends)."""
+    total = cpu_seconds(root)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == root:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def control(url: str, path: str, body: object) -> None:
+    req = urllib.request.Request(
+        url + path, data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=600) as r:
+        r.read()
+
+
+def start_emulator(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "syncd", "emulator", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/_emulator/stats", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.05)
+    started = time.monotonic()
+    seed = {
+        "customers": args.customers,
+        "subscriptions": args.subscriptions,
+        "products": args.products,
+    }
+    control(url, "/_emulator/seed", seed)
+    print(f"emulator seeded {seed} in {time.monotonic() - started:.1f}s", flush=True)
+    if args.latency_ms:
+        control(url, "/_emulator/faults", {"latency_ms": args.latency_ms})
+    return proc, url
+
+
+async def bench(
+    args: argparse.Namespace, dsn: str, url: str, emulator_pid: int, pg_pid: int
+) -> None:
+    cfg = load_config(None, {})
+    sync = dataclasses.replace(
+        cfg.sync,
+        include=[t for t in args.include.split(",") if t],
+        per_parent_lists=args.per_parent_lists,
+        concurrency=args.concurrency,
+        writers=args.writers,
+    )
+    cfg = dataclasses.replace(
+        cfg,
+        database=DatabaseConfig(url=dsn, pool_min_size=2, pool_max_size=8),
+        stripe=StripeConfig(api_key="sk_test_bench0000000000", api_base=url, rate_limit=args.rate),
+        sync=sync,
+    )
+    async with Database.connect(cfg.database) as db, StripeAPI(cfg) as api:
+        await migrations.migrate(db)
+        resync = Resync(cfg, db, api, Writer(db, notify_channel="syncd_changes"), Lifecycle(1))
+        for run in range(args.runs):
+            started = time.monotonic()
+            cpu = (self_cpu(), tree_cpu(pg_pid) if pg_pid else 0.0, cpu_seconds(emulator_pid))
+            result = await resync.run(reason="bench")
+            took = time.monotonic() - started
+            used = (
+                self_cpu() - cpu[0],
+                (tree_cpu(pg_pid) - cpu[1]) if pg_pid else 0.0,
+                cpu_seconds(emulator_pid) - cpu[2],
+            )
+            label = "cold (empty mirror)" if run == 0 else "unchanged mirror"
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(
+                f"run {run + 1} {label}: {result.objects:,} objects"
+                f" (+{sum(t.children for t in result.tables.values()):,} children)"
+                f" in {took:.2f}s = {result.objects / took:,.0f} objects/s;"
+                f" peak RSS {rss:.0f} MB",
+                flush=True,
+            )
+            per = 100_000 / max(1, result.objects)
+            print(
+                f"  CPU seconds per 100k objects: syncd {used[0] * per:.1f},"
+                f" PostgreSQL {used[1] * per:.1f}, emulator {used[2] * per:.1f}"
+                f" (load average {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
+        sizes = await db.run(
+            lambda c: c.fetch(
+                "SELECT relname, pg_size_pretty(pg_total_relation_size(oid)) AS size "
+                "FROM pg_class WHERE relnamespace = 'stripe'::regnamespace AND relkind = 'r' "
+                "AND pg_total_relation_size(oid) > 1000000 ORDER BY 1"
+            ),
+            transaction=False,
+        )
+        print("table sizes:", ", ".join(f"{r['relname']} {r['size']}" for r in sizes))
+    if args.rate and args.latency_ms:
+        used = result.objects / took / 100 / args.rate
+        print(f"rate budget used: {used:.0%} ({args.rate:g} requests/s of 100 objects)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--customers", type=int, default=200_000)
+    p.add_argument("--subscriptions", type=int, default=0)
+    p.add_argument("--products", type=int, default=5)
+    p.add_argument("--include", default="customers", help="tables to resync (comma separated)")
+    p.add_argument("--per-parent-lists", action="store_true")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--writers", type=int, default=2)
+    p.add_argument("--rate", type=float, default=10000.0, help="requests/s (limiter)")
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--unix-socket", action="store_true", help="reach PostgreSQL by Unix socket")
+    args = p.parse_args()
+    configure("warning", "console")
+    emu, url = start_emulator(args)
+    try:
+        with throwaway_postgres(prefer_local=True) as (dsn, local):
+            pg_pid = 0
+            if local is not None:
+                pg_pid = int((local.data / "postmaster.pid").read_text().split()[0])
+                if args.unix_socket:
+                    # The server's Unix socket: cheaper than TCP over loopback for 60 KB pages.
+                    dsn = f"postgresql://postgres@/postgres?host={local.dir}&port={local.port}"
+            asyncio.run(bench(args, dsn, url, emu.pid, pg_pid))
+    finally:
+        emu.terminate()
+        emu.wait(10)
+
+
+if __name__ == "__main__":
+    _ = asyncpg  # the pool is asyncpg's
+    main()

@@ -1,0 +1,125 @@
+-- Full resync: runs, tables, slices (checkpoints) and the sweep for vanished objects.
+
+-- name: resync_find_unfinished
+-- The unfinished run of exactly this scope ($1 sorted tables, NULL: everything), if any.
+SELECT run_id, tables, reason, status, started_version
+  FROM {state}.resync_runs
+ WHERE status IN ('pending', 'running') AND tables IS NOT DISTINCT FROM $1::text[]
+ ORDER BY run_id LIMIT 1;
+
+-- name: resync_unfinished_runs
+SELECT run_id, tables, reason, status, started_version
+  FROM {state}.resync_runs WHERE status IN ('pending', 'running') ORDER BY run_id;
+
+-- name: resync_create_run
+INSERT INTO {state}.resync_runs (tables, reason) VALUES ($1::text[], $2) RETURNING run_id;
+
+-- name: resync_start_run
+-- Keeps the first start's version on a resumed run: rows it confirmed stay confirmed.
+UPDATE {state}.resync_runs
+   SET status = 'running', started_version = COALESCE(started_version, $2),
+       started_at = COALESCE(started_at, now())
+ WHERE run_id = $1
+RETURNING started_version, reason;
+
+-- name: resync_supersede
+-- Unfinished runs whose scope the new run $1 (scope $2, NULL: everything) covers.
+UPDATE {state}.resync_runs
+   SET status = 'superseded', finished_at = now(), error = 'superseded by run ' || $1
+ WHERE status IN ('pending', 'running') AND run_id <> $1
+   AND ($2::text[] IS NULL OR (tables IS NOT NULL AND tables <@ $2::text[]));
+
+-- name: resync_finish_run
+UPDATE {state}.resync_runs SET status = $2, finished_at = now(), error = $3 WHERE run_id = $1;
+
+-- name: resync_get_run
+SELECT run_id, tables, reason, status, started_version, requested_at, started_at, finished_at,
+       error
+  FROM {state}.resync_runs WHERE run_id = $1;
+
+-- name: resync_has_completed
+SELECT EXISTS (SELECT 1 FROM {state}.resync_runs WHERE status = 'done' AND tables IS NULL);
+
+-- name: resync_last_completed
+-- Unix time the last complete (every type) resync finished; NULL: never.
+SELECT extract(epoch FROM max(finished_at))::double precision
+  FROM {state}.resync_runs WHERE status = 'done' AND tables IS NULL;
+
+-- name: resync_previous_objects
+-- Objects per table in the last finished run: the biggest types start first.
+SELECT s.table_name, sum(s.objects)::bigint AS objects
+  FROM {state}.resync_slices s
+ WHERE s.run_id = (SELECT max(run_id) FROM {state}.resync_runs WHERE status = 'done')
+ GROUP BY s.table_name;
+
+-- name: resync_init_table
+INSERT INTO {state}.resync_tables (run_id, table_name) VALUES ($1, $2) ON CONFLICT DO NOTHING;
+
+-- name: resync_tables_of
+SELECT table_name, status, tombstoned, error FROM {state}.resync_tables WHERE run_id = $1;
+
+-- name: resync_set_table
+UPDATE {state}.resync_tables SET status = $3, error = COALESCE($4, error)
+ WHERE run_id = $1 AND table_name = $2;
+
+-- name: resync_count_tombstones
+UPDATE {state}.resync_tables SET tombstoned = tombstoned + $3
+ WHERE run_id = $1 AND table_name = $2;
+
+-- name: resync_insert_slice
+INSERT INTO {state}.resync_slices (run_id, table_name, variant, slice_no, lo, hi)
+VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING;
+
+-- name: resync_slices_of
+SELECT table_name, variant, slice_no, lo, hi, cursor, cursor_created, objects, pages, rejected,
+       children, done
+  FROM {state}.resync_slices WHERE run_id = $1 ORDER BY table_name, variant, slice_no;
+
+-- name: resync_set_lo
+-- A split: the running slice keeps [lo, hi). Its cursor is left to its own checkpoints (the
+-- cursor in memory may belong to a page not committed yet).
+UPDATE {state}.resync_slices SET lo = $5
+ WHERE run_id = $1 AND table_name = $2 AND variant = $3 AND slice_no = $4;
+
+-- name: resync_restart_slice
+-- The cursor object vanished: walk on from its second, without a cursor.
+UPDATE {state}.resync_slices SET hi = $5, cursor = NULL
+ WHERE run_id = $1 AND table_name = $2 AND variant = $3 AND slice_no = $4;
+
+-- name: resync_checkpoint
+-- Written in the transaction of the page it covers.
+UPDATE {state}.resync_slices
+   SET cursor = $5, cursor_created = $6, objects = $7, pages = $8, rejected = $9, children = $10,
+       done = $11
+ WHERE run_id = $1 AND table_name = $2 AND variant = $3 AND slice_no = $4;
+
+-- name: resync_reject
+INSERT INTO {state}.rejected_objects (run_id, table_name, object_id, reason, raw)
+VALUES ($1, $2, $3, $4, $5::jsonb);
+
+-- name: resync_progress
+-- What `syncd resync --wait` shows: per table, objects and pages so far and whether it is done.
+SELECT t.table_name, t.status, t.tombstoned, t.error,
+       COALESCE(sum(s.objects), 0)::bigint AS objects,
+       COALESCE(sum(s.pages), 0)::bigint AS pages,
+       COALESCE(sum(s.rejected), 0)::bigint AS rejected,
+       COALESCE(sum(s.children), 0)::bigint AS children,
+       COALESCE(bool_and(s.done), false) AS listed
+  FROM {state}.resync_tables t
+  LEFT JOIN {state}.resync_slices s USING (run_id, table_name)
+ WHERE t.run_id = $1
+ GROUP BY t.table_name, t.status, t.tombstoned, t.error
+ ORDER BY t.table_name;
+
+-- name: resync_unconfirmed
+-- Live rows of {table} that no answer since the run began confirmed ($1: threshold), by id
+-- after $2: the candidates for tombstones once a complete list did not show them.
+SELECT id FROM {mirror}.{table}
+ WHERE deleted_at IS NULL AND fetched_at < to_timestamp($1) AND id > $2
+ ORDER BY id LIMIT $3;
+
+-- name: resync_unconfirmed_children
+-- Same for an owned child table, with the parent's id.
+SELECT id, parent_id FROM {mirror}.{table}
+ WHERE deleted_at IS NULL AND fetched_at < to_timestamp($1) AND id > $2
+ ORDER BY id LIMIT $3;

@@ -1,0 +1,310 @@
+"""Reading Stripe lists for the full resync: one page at a time, parsed once with orjson.
+
+A page is never turned into SDK objects: the body is parsed with orjson (a 100-customer page in
+about 0.4 ms), each object is checked (an id, the listed type) and the accepted ones go to
+PostgreSQL re-serialized as one JSON array. Children that a parent carries only partly (an
+inline list with `has_more`) or not at all (per-parent lists such as a customer's tax ids) are
+fetched here, so the page and all its children are written in one transaction.
+
+Slices: a (table, list variant) is walked newest first inside a created-time range [lo, hi).
+`Slice` is the in-memory state; `split` hands the older half of a running slice to an idle
+worker. The split and the per-page cursor update are synchronous code (no await between the
+decision and the change), so a page never keeps objects that now belong to another slice: the
+slices never overlap and never leave a gap, and their counts add up exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import orjson
+
+from syncd.errors import StripeError, StripeNotFound
+from syncd.registry import Child, Resource
+from syncd.stripe_api import Reply
+
+PAGE_LIMIT = 100
+# A child pager that has not ended after this many pages is looping (SYNC_PITFALLS 5).
+MAX_CHILD_PAGES = 1000
+
+Fetch = Callable[[str, Mapping[str, Any]], Awaitable[Reply]]
+
+
+@dataclass
+class Slice:
+    table: str
+    variant: int
+    no: int
+    lo: int = 0
+    hi: int | None = None
+    cursor: str | None = None
+    cursor_created: int | None = None
+    objects: int = 0
+    pages: int = 0
+    rejected: int = 0
+    children: int = 0
+    done: bool = False
+    busy: bool = False
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.table, self.variant, self.no)
+
+    def remaining_estimate(self, now: float) -> float:
+        """Objects probably left: the density seen so far over the range not yet walked."""
+        if self.cursor_created is None or self.done:
+            return 0.0
+        top = self.hi if self.hi is not None else now
+        covered = max(1.0, top - self.cursor_created)
+        return self.objects / covered * (self.cursor_created - self.lo)
+
+    def split(self, next_no: int) -> Slice | None:
+        """Give the older half of the range still to walk to a new slice (None: too small)."""
+        if self.cursor_created is None or self.done or self.cursor_created - self.lo < 2:
+            return None
+        mid = self.lo + (self.cursor_created - self.lo) // 2
+        older = Slice(self.table, self.variant, next_no, lo=self.lo, hi=mid)
+        self.lo = mid
+        return older
+
+
+@dataclass
+class Rejected:
+    object_id: str | None
+    reason: str
+    raw: Any
+
+
+@dataclass
+class ChildWrite:
+    """Children to write with a page: the complete set of one parent (owned) or loose objects."""
+
+    resource: Resource
+    parent_id: str | None
+    objects: list[dict[str, Any]]
+    version: float
+
+
+@dataclass
+class Page:
+    slice: Slice
+    resource: Resource
+    data: bytes  # JSON array of the accepted objects
+    count: int
+    version: float
+    done: bool
+    # The slice's state once this page is written: (cursor, cursor_created, objects, pages,
+    # rejected, children, done), saved in the page's transaction.
+    checkpoint: tuple[str | None, int | None, int, int, int, int, bool]
+    children: list[ChildWrite] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    committed: anyio.Event = field(default_factory=anyio.Event)
+
+
+def list_params(resource: Resource, variant: int, s: Slice) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": PAGE_LIMIT, **resource.list_variants[variant]}
+    created: dict[str, int] = {}
+    if s.lo > 0:
+        created["gte"] = s.lo
+    if s.hi is not None:
+        created["lt"] = s.hi
+    if created:
+        params["created"] = created
+    if s.cursor:
+        params["starting_after"] = s.cursor
+    for child in resource.children:
+        if child.parent_expand:
+            params["expand"] = [f"data.{child.parent_expand}"]
+    return params
+
+
+def parse_list(body: bytes, what: str) -> tuple[list[Any], bool]:
+    """`data` and `has_more` of a list body; a body of another shape is Stripe's error."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise StripeError(f"{what}: list answer is not JSON ({exc})") from None
+    data = doc.get("data") if isinstance(doc, dict) else None
+    has_more = doc.get("has_more") if isinstance(doc, dict) else None
+    if not isinstance(data, list) or not isinstance(has_more, bool):
+        raise StripeError(f"{what}: list answer without data/has_more")
+    return data, has_more
+
+
+def check_object(resource: Resource, o: Any) -> str | None:
+    """Why `o` cannot be mirrored as a `resource` row (None: it can)."""
+    if not isinstance(o, dict):
+        return f"not a JSON object ({type(o).__name__})"
+    oid = o.get("id")
+    if not isinstance(oid, str) or not oid:
+        return "no id"
+    kind = o.get("object")
+    if kind != resource.object and kind not in resource.event_objects:
+        return f"object is {kind!r}, expected {resource.object!r}"
+    return None
+
+
+async def fetch_all(
+    fetch: Fetch, path: str, params: Mapping[str, Any], child: Resource
+) -> tuple[list[dict[str, Any]], list[Rejected], float]:
+    """Every entry of a child list, paged; the version of its first page (the oldest answer)."""
+    out: list[dict[str, Any]] = []
+    rejected: list[Rejected] = []
+    cursor: str | None = None
+    version: float | None = None
+    seen: set[str] = set()
+    for _ in range(MAX_CHILD_PAGES):
+        p = {**params, "limit": PAGE_LIMIT}
+        if cursor:
+            p["starting_after"] = cursor
+        reply = await fetch(path, p)
+        version = reply.version if version is None else version
+        data, has_more = parse_list(reply.body, path)
+        for o in data:
+            reason = check_object(child, o)
+            if reason:
+                rejected.append(Rejected(_id_of(o), reason, o))
+                continue
+            out.append(o)
+        last = next((o.get("id") for o in reversed(data) if isinstance(o, dict)), None)
+        if not has_more or not data:
+            return out, rejected, version
+        if not isinstance(last, str) or last in seen:
+            raise StripeError(f"{path}: child pager repeats cursor {last!r}")
+        seen.add(last)
+        cursor = last
+    raise StripeError(f"{path}: child list longer than {MAX_CHILD_PAGES} pages")
+
+
+def _id_of(o: Any) -> str | None:
+    if isinstance(o, dict) and isinstance(o.get("id"), str):
+        return str(o["id"])
+    return None
+
+
+class PageReader:
+    """Turns one list answer into a `Page`: checks objects, completes children, moves the cursor."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        child_resources: list[tuple[Child, Resource]],
+        fetch: Fetch,
+        disabled_children: set[str],
+    ):
+        self.resource = resource
+        self.children = child_resources
+        self.fetch = fetch
+        # Child tables the key may not read (403): skipped for the rest of the run.
+        self.disabled_children = disabled_children
+
+    async def read(self, s: Slice, reply: Reply) -> Page:
+        data, has_more = parse_list(reply.body, self.resource.list_path or self.resource.table)
+        accepted: list[dict[str, Any]] = []
+        rejected: list[Rejected] = []
+        for o in data:
+            reason = check_object(self.resource, o)
+            if reason:
+                rejected.append(Rejected(_id_of(o), reason, o))
+            else:
+                accepted.append(o)
+        children = await self._children(accepted, rejected, reply.version)
+        # From here to the return nothing awaits: a split cannot slip between the filter and
+        # the cursor update (see the module docstring).
+        kept: list[dict[str, Any]] = []
+        passed_lo = False
+        for o in accepted:
+            created = o.get("created")
+            if s.lo and isinstance(created, int) and created < s.lo:
+                passed_lo = True  # older than the slice now: another slice lists it
+                continue
+            kept.append(o)
+        if len(kept) != len(accepted):
+            ids = {o["id"] for o in kept}
+            children = [c for c in children if c.parent_id is None or c.parent_id in ids]
+        last = data[-1] if data else None
+        if isinstance(last, dict) and isinstance(last.get("id"), str):
+            s.cursor = last["id"]
+            if isinstance(last.get("created"), int):
+                s.cursor_created = last["created"]
+        elif data:
+            raise StripeError(f"{self.resource.table}: last entry of a page has no id to page on")
+        s.objects += len(kept)
+        s.pages += 1
+        s.rejected += len(rejected)
+        s.children += sum(len(c.objects) for c in children)
+        done = passed_lo or not has_more or not data
+        checkpoint = (
+            s.cursor,
+            s.cursor_created,
+            s.objects,
+            s.pages,
+            s.rejected,
+            s.children,
+            done,
+        )
+        return Page(
+            s,
+            self.resource,
+            orjson.dumps(kept),
+            len(kept),
+            reply.version,
+            done,
+            checkpoint,
+            children,
+            rejected,
+        )
+
+    async def _children(
+        self, parents: list[dict[str, Any]], rejected: list[Rejected], version: float
+    ) -> list[ChildWrite]:
+        out: list[ChildWrite] = []
+        if not self.children or not parents:
+            return out
+
+        async def one(child: Child, res: Resource, parent: dict[str, Any]) -> None:
+            pid = parent["id"]
+            inline: Any = None
+            if child.inline_field:
+                # An expanded list is not part of the parent's own shape (events never carry
+                # it): take it out so the row stores the object as Stripe renders it.
+                if child.parent_expand:
+                    inline = parent.pop(child.inline_field, None)
+                else:
+                    inline = parent.get(child.inline_field)
+                if not isinstance(inline, dict) or not isinstance(inline.get("data"), list):
+                    return  # the parent carries no list here: nothing to replace
+                if not inline.get("has_more"):
+                    kids: list[dict[str, Any]] = []
+                    for o in inline["data"]:
+                        reason = check_object(res, o)
+                        if reason:
+                            rejected.append(Rejected(_id_of(o), f"{res.table}: {reason}", o))
+                        else:
+                            kids.append(o)
+                    out.append(ChildWrite(res, pid, kids, version))
+                    return
+            if res.table in self.disabled_children:
+                return
+            path = child.path.replace("{id}", pid)
+            params = {k: (pid if v == "{id}" else v) for k, v in child.params.items()}
+            try:
+                kids, bad, child_version = await fetch_all(self.fetch, path, params, res)
+            except StripeNotFound:
+                return  # the parent went away since its page was listed
+            except StripeError as exc:
+                if exc.status in (401, 403):
+                    self.disabled_children.add(res.table)
+                    return
+                raise
+            rejected.extend(bad)
+            out.append(ChildWrite(res, pid if res.owned else None, kids, child_version))
+
+        async with anyio.create_task_group() as tg:
+            for parent in parents:
+                for child, res in self.children:
+                    tg.start_soon(one, child, res, parent)
+        return out

@@ -1,0 +1,907 @@
+"""Full resync: re-list every mirrored type, fast, resumable, and provably complete.
+
+A run takes `started_version` (Stripe's clock) before its first list request, then lists every
+(type, list variant) newest first in created-time slices that idle workers split further
+(`lister.Slice.split`), with `sync.concurrency` requests in flight under the shared rate limiter.
+Pages go through a bounded queue to `sync.writers` database connections; each page, its children
+and its slice's checkpoint are one transaction, so a killed run resumes from its checkpoints and
+ends exactly as an uninterrupted one would (writes are idempotent under the version guard).
+
+Completeness: every row this run confirmed carries a version newer than `started_version`. Once a
+type with a complete list (`Resource.complete_list`) has been listed, its live rows older than
+that were not shown: each is retrieved once, and tombstoned only when Stripe says it is gone
+(404 or `deleted: true`); otherwise the fresh copy is written. The retrieve costs one request per
+vanished object and protects against list races (a price toggled between the active=true and
+active=false lists while they ran). Owned children of a deleted parent are tombstoned with it.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import anyio
+import asyncpg
+import orjson
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from syncd import control, metrics
+from syncd.config import Config
+from syncd.db import Database
+from syncd.errors import StripeError, StripeNotFound, SyncdError
+from syncd.lifecycle import Lifecycle
+from syncd.lister import Page, PageReader, Slice, list_params
+from syncd.logs import bind_context, get_logger
+from syncd.registry import BY_TABLE, Child, Resource, selected
+from syncd.stripe_api import Reply, StripeAPI
+from syncd.writer import Writer
+
+log = get_logger(__name__)
+
+# Rows confirmed up to this many seconds before started_version are left alone by the sweep:
+# an event for an object created just after the start carries its whole-second `created`, which
+# may read up to a second earlier than our clock estimate (which itself is within one second).
+SWEEP_MARGIN = 2.0
+# A running slice is split only when it probably holds more than this many objects.
+SPLIT_MIN_OBJECTS = 300
+PROGRESS_INTERVAL = 5.0
+SWEEP_BATCH = 100
+
+
+@dataclass
+class TableResult:
+    objects: int = 0
+    pages: int = 0
+    children: int = 0
+    rejected: int = 0
+    tombstoned: int = 0
+    status: str = "listing"
+    error: str | None = None
+
+
+@dataclass
+class ResyncResult:
+    run_id: int
+    started_version: float
+    reason: str
+    tables: dict[str, TableResult] = field(default_factory=dict)
+    duration: float = 0.0
+    resumed: bool = False
+
+    @property
+    def objects(self) -> int:
+        return sum(t.objects for t in self.tables.values())
+
+    @property
+    def tombstoned(self) -> int:
+        return sum(t.tombstoned for t in self.tables.values())
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "objects": self.objects,
+            "tombstoned": self.tombstoned,
+            "duration": round(self.duration, 3),
+            "unavailable": {t: r.error for t, r in self.tables.items() if r.error},
+        }
+
+
+async def has_completed_resync(db: Database) -> bool:
+    """Whether a resync of every type ever finished (the mirror has been filled once)."""
+    return bool(await db.fetchval("resync_has_completed"))
+
+
+class Resync:
+    def __init__(
+        self,
+        cfg: Config,
+        db: Database,
+        api: StripeAPI,
+        writer: Writer,
+        lifecycle: Lifecycle | None = None,
+    ):
+        self.cfg = cfg
+        self.db = db
+        self.api = api
+        self.writer = writer
+        self.lifecycle = lifecycle
+        self._lock = anyio.Lock()
+
+    # ---- scope and runs ---------------------------------------------------------------------
+
+    def scope(self, tables: Sequence[str] | None) -> list[str] | None:
+        """Sorted table names to list (children map to their parent); None: every selected type."""
+        if not tables:
+            return None
+        chosen = {r.table for r in selected(self.cfg.sync.include, self.cfg.sync.exclude)}
+        out: set[str] = set()
+        for name in tables:
+            if name not in BY_TABLE:
+                raise SyncdError(f"resync: unknown type {name!r} (known: {', '.join(BY_TABLE)})")
+            if name not in chosen:
+                raise SyncdError(f"resync: {name} is not mirrored (sync.include/sync.exclude)")
+            res = BY_TABLE[name]
+            out.add(res.parent if res.parent and not res.list_path and res.owned else name)
+        return sorted(out)
+
+    async def enqueue(self, tables: Sequence[str] | None, reason: str) -> int:
+        """A pending run for this scope (an unfinished one of the same scope is reused)."""
+        scope = self.scope(tables)
+        row = await self.db.fetchrow("resync_find_unfinished", scope)
+        if row is not None:
+            return int(row["run_id"])
+        return int(await self.db.fetchval("resync_create_run", scope, reason))
+
+    async def run(self, tables: Sequence[str] | None = None, *, reason: str) -> ResyncResult:
+        """Resync `tables` (None: every mirrored type), resuming an unfinished run of that scope."""
+        scope = self.scope(tables)
+        async with self._lock:
+            row = await self.db.fetchrow("resync_find_unfinished", scope)
+            resumed = row is not None and row["status"] == "running"
+            if row is None:
+                run_id = int(await self.db.fetchval("resync_create_run", scope, reason))
+            else:
+                run_id = int(row["run_id"])
+            with bind_context(resync_run=run_id):
+                return await self._run(run_id, scope, reason, resumed)
+
+    async def _run(
+        self, run_id: int, scope: list[str] | None, reason: str, resumed: bool
+    ) -> ResyncResult:
+        started = time.monotonic()
+        resources = self._resources(scope)
+        if not resumed:
+            # One cheap request first so the Stripe clock is read from Stripe's Date header.
+            first = next((r for r in resources if r.list_path), None)
+            if first is not None and first.list_path is not None:
+                await self._fetch_quiet(first.list_path, {"limit": 1})
+        row = await self.db.fetchrow("resync_start_run", run_id, self.api.clock.now())
+        assert row is not None
+        version = float(row["started_version"])
+        reason = row["reason"] or reason
+        if not resumed:
+            await self.db.execute("resync_supersede", run_id, scope)
+        log.info(
+            "resync_started",
+            reason=reason,
+            resumed=resumed,
+            tables=[r.table for r in resources],
+            started_version=version,
+        )
+        metrics.resync_running.set(1)
+        try:
+            state = await self._load(run_id, resources)
+            listing = _Listing(self, run_id, version, resources, state)
+            await listing.list_all()
+            await _Sweep(self, run_id, version, resources, state).sweep_all()
+        except BaseExceptionGroup as group:
+            # Task groups wrap errors; callers decide on syncd's classes (retryable or not).
+            inner = _first_error(group)
+            if inner is None:
+                raise
+            raise inner from group
+        finally:
+            metrics.resync_running.set(0)
+        await self.db.execute("resync_finish_run", run_id, "done", None)
+        result = await self.result(run_id)
+        result.duration = time.monotonic() - started
+        result.resumed = resumed
+        metrics.resync_runs.labels("done").inc()
+        log.info(
+            "resync_finished",
+            objects=result.objects,
+            tombstoned=result.tombstoned,
+            seconds=round(result.duration, 2),
+            rate=round(result.objects / result.duration) if result.duration else None,
+            unavailable=result.summary()["unavailable"],
+        )
+        return result
+
+    async def result(self, run_id: int) -> ResyncResult:
+        run = await self.db.fetchrow("resync_get_run", run_id)
+        if run is None:
+            raise SyncdError(f"resync run {run_id} not found")
+        out = ResyncResult(run_id, float(run["started_version"] or 0.0), run["reason"])
+        for r in await self.db.fetch("resync_progress", run_id):
+            out.tables[r["table_name"]] = TableResult(
+                objects=r["objects"],
+                pages=r["pages"],
+                children=r["children"],
+                rejected=r["rejected"],
+                tombstoned=r["tombstoned"],
+                status=r["status"],
+                error=r["error"],
+            )
+        return out
+
+    def _resources(self, scope: list[str] | None) -> list[Resource]:
+        chosen = selected(self.cfg.sync.include, self.cfg.sync.exclude)
+        return [r for r in chosen if r.list_path and (scope is None or r.table in scope)]
+
+    def child_lists(self, resource: Resource) -> list[tuple[Child, Resource]]:
+        """Children fetched with `resource`'s pages (per-parent lists only when configured)."""
+        chosen = {r.table for r in selected(self.cfg.sync.include, self.cfg.sync.exclude)}
+        return [
+            (c, BY_TABLE[c.table])
+            for c in resource.children
+            if c.table in chosen and (c.inline_field or self.cfg.sync.per_parent_lists)
+        ]
+
+    async def _load(self, run_id: int, resources: list[Resource]) -> _RunState:
+        previous = {
+            r["table_name"]: r["objects"] for r in await self.db.fetch("resync_previous_objects")
+        }
+
+        async def init(conn: asyncpg.Connection) -> None:
+            for res in resources:
+                await conn.execute(self.db.sql("resync_init_table"), run_id, res.table)
+                for variant in range(len(res.list_variants)):
+                    await conn.execute(
+                        self.db.sql("resync_insert_slice"), run_id, res.table, variant, 0, 0, None
+                    )
+
+        await self.db.run(init)
+        state = _RunState()
+        for r in await self.db.fetch("resync_tables_of", run_id):
+            state.status[r["table_name"]] = r["status"]
+            if r["error"]:
+                state.errors[r["table_name"]] = r["error"]
+        for r in await self.db.fetch("resync_slices_of", run_id):
+            s = Slice(
+                r["table_name"],
+                r["variant"],
+                r["slice_no"],
+                lo=r["lo"],
+                hi=r["hi"],
+                cursor=r["cursor"],
+                cursor_created=r["cursor_created"],
+                objects=r["objects"],
+                pages=r["pages"],
+                rejected=r["rejected"],
+                children=r["children"],
+                done=r["done"],
+            )
+            state.slices.append(s)
+        # Biggest types first (by the last run), so the longest list does not start last.
+        order = {res.table: i for i, res in enumerate(resources)}
+        state.slices.sort(key=lambda s: (-previous.get(s.table, 0), order.get(s.table, 0), s.no))
+        return state
+
+    async def fetch(self, path: str, params: Mapping[str, Any]) -> Reply:
+        async with self._requests:
+            return await self.api.request("GET", path, params)
+
+    async def _fetch_quiet(self, path: str, params: Mapping[str, Any]) -> None:
+        try:
+            await self.api.request("GET", path, params)
+        except StripeError as exc:
+            if exc.retryable:
+                raise
+            # The type's own listing reports it; this request only read the clock.
+
+    @property
+    def _requests(self) -> anyio.CapacityLimiter:
+        limiter = getattr(self, "_request_limiter", None)
+        if limiter is None:
+            limiter = anyio.CapacityLimiter(self.cfg.sync.concurrency)
+            self._request_limiter = limiter
+        return limiter
+
+
+@dataclass
+class _RunState:
+    slices: list[Slice] = field(default_factory=list)
+    status: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    disabled_children: set[str] = field(default_factory=set)
+
+
+class _Listing:
+    """The listing phase: workers walk slices, writers commit pages with their checkpoints."""
+
+    def __init__(
+        self,
+        resync: Resync,
+        run_id: int,
+        version: float,
+        resources: list[Resource],
+        state: _RunState,
+    ):
+        self.r = resync
+        self.db = resync.db
+        self.run_id = run_id
+        self.version = version
+        self.state = state
+        self.resources = {res.table: res for res in resources}
+        self.readers = {
+            res.table: PageReader(
+                res, resync.child_lists(res), resync.fetch, state.disabled_children
+            )
+            for res in resources
+        }
+        self.changed = anyio.Event()
+        self.split_lock = anyio.Lock()
+        self.next_no: dict[tuple[str, int], int] = {}
+        for s in state.slices:
+            k = (s.table, s.variant)
+            self.next_no[k] = max(self.next_no.get(k, 0), s.no + 1)
+        self.api_version = resync.cfg.stripe.api_version
+
+    def _active(self, table: str) -> bool:
+        return table in self.resources and self.state.status.get(table, "listing") == "listing"
+
+    async def list_all(self) -> None:
+        if not any(self._active(s.table) and not s.done for s in self.state.slices):
+            await self._mark_listed()
+            return
+        cfg = self.r.cfg.sync
+        send, receive = anyio.create_memory_object_stream[Page](max_buffer_size=cfg.writers * 2)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._progress)
+            async with anyio.create_task_group() as writers:
+                for _ in range(cfg.writers):
+                    writers.start_soon(self._write_loop, receive.clone())
+                receive.close()
+                async with send, anyio.create_task_group() as workers:
+                    for _ in range(cfg.concurrency):
+                        workers.start_soon(self._worker, send.clone())
+            tg.cancel_scope.cancel()
+        await self._mark_listed()
+
+    async def _mark_listed(self) -> None:
+        for table in self.resources:
+            if self.state.status.get(table) == "listing":
+                self.state.status[table] = "listed"
+                await self.db.execute("resync_set_table", self.run_id, table, "listed", None)
+
+    def _signal(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def _take(self) -> Slice | None:
+        while True:
+            for s in self.state.slices:
+                if not s.done and not s.busy and self._active(s.table):
+                    s.busy = True
+                    return s
+            async with self.split_lock:
+                pair = self._split()
+                if pair is not None:
+                    await self._persist_split(*pair)
+                    return pair[1]
+            if not any(s.busy and self._active(s.table) for s in self.state.slices):
+                return None
+            await self.changed.wait()
+
+    def _split(self) -> tuple[Slice, Slice] | None:
+        """Split the busy slice with the most objects probably left (synchronous: see lister)."""
+        now = self.r.api.clock.now()
+        live: dict[tuple[str, int], int] = {}
+        for s in self.state.slices:
+            if not s.done:
+                live[(s.table, s.variant)] = live.get((s.table, s.variant), 0) + 1
+        best: Slice | None = None
+        best_left = float(SPLIT_MIN_OBJECTS)
+        for s in self.state.slices:
+            if not s.busy or s.done or not self._active(s.table):
+                continue
+            if not self.resources[s.table].created_filter:
+                continue
+            if live[(s.table, s.variant)] >= self.r.cfg.sync.slices:
+                continue
+            left = s.remaining_estimate(now)
+            if left > best_left:
+                best, best_left = s, left
+        if best is None:
+            return None
+        k = (best.table, best.variant)
+        older = best.split(self.next_no.get(k, 1))
+        if older is None:
+            return None
+        self.next_no[k] = older.no + 1
+        older.busy = True
+        self.state.slices.append(older)
+        return best, older
+
+    async def _persist_split(self, running: Slice, older: Slice) -> None:
+        async def go(conn: asyncpg.Connection) -> None:
+            await conn.execute(
+                self.db.sql("resync_insert_slice"),
+                self.run_id,
+                older.table,
+                older.variant,
+                older.no,
+                older.lo,
+                older.hi,
+            )
+            await conn.execute(
+                self.db.sql("resync_set_lo"),
+                self.run_id,
+                running.table,
+                running.variant,
+                running.no,
+                running.lo,
+            )
+
+        await self.db.run(go)
+
+    async def _worker(self, send: Any) -> None:
+        async with send:
+            while True:
+                s = await self._take()
+                if s is None:
+                    return
+                try:
+                    await self._walk(s, send)
+                finally:
+                    s.busy = False
+                    self._signal()
+
+    async def _walk(self, s: Slice, send: Any) -> None:
+        res = self.resources[s.table]
+        assert res.list_path is not None
+        reader = self.readers[s.table]
+        previous: Page | None = None
+        with bind_context(resource=s.table):
+            while not s.done and self._active(s.table):
+                params = list_params(res, s.variant, s)
+                try:
+                    reply = await self.r.fetch(res.list_path, params)
+                except StripeError as exc:
+                    if exc.retryable:
+                        raise
+                    if exc.status == 400 and exc.code == "resource_missing" and s.cursor:
+                        if previous is not None:
+                            await previous.committed.wait()  # its objects are above the restart
+                        await self._restart_at_cursor(s)
+                        continue
+                    await self._unavailable(s.table, exc)
+                    break
+                page = await reader.read(s, reply)
+                if page.done:
+                    s.done = True
+                self._signal()  # progress known: idle workers may split this slice now
+                if previous is not None:
+                    await previous.committed.wait()  # checkpoints of one slice stay in order
+                await send.send(page)
+                previous = page
+            if previous is not None:
+                await previous.committed.wait()
+
+    async def _restart_at_cursor(self, s: Slice) -> None:
+        """The cursor object vanished (Stripe answers 400): go on from its second instead."""
+        if s.cursor_created is None:
+            raise SyncdError(f"{s.table}: cursor {s.cursor} vanished and its time is unknown")
+        log.info("resync_cursor_vanished", cursor=s.cursor, created=s.cursor_created)
+        s.hi, s.cursor = s.cursor_created + 1, None
+        await self.db.execute("resync_restart_slice", self.run_id, s.table, s.variant, s.no, s.hi)
+
+    async def _unavailable(self, table: str, exc: StripeError) -> None:
+        if not self._active(table):
+            return
+        self.state.status[table] = "unavailable"
+        self.state.errors[table] = str(exc)
+        log.warning("resync_type_unavailable", table=table, status=exc.status, error=str(exc))
+        await self.db.execute("resync_set_table", self.run_id, table, "unavailable", str(exc))
+
+    async def _write_loop(self, receive: MemoryObjectReceiveStream[Page]) -> None:
+        async with receive:
+            async for page in receive:
+                await self._commit(page)
+                metrics.resync_objects.labels(page.resource.table).inc(page.count)
+                page.committed.set()
+
+    async def _commit(self, page: Page) -> None:
+        async def go(conn: asyncpg.Connection) -> None:
+            await self._write_page(conn, page)
+
+        await self.db.run(go)
+
+    async def _write_page(self, conn: asyncpg.Connection, page: Page) -> None:
+        w = self.r.writer
+        res = page.resource
+        if page.count:
+            await w.upsert(conn, res, page.data, version=page.version, api_version=self.api_version)
+        for c in page.children:
+            if c.resource.owned and c.parent_id is not None:
+                await w.replace_children(
+                    conn,
+                    c.resource,
+                    c.parent_id,
+                    c.objects,
+                    version=c.version,
+                    api_version=self.api_version,
+                )
+            elif c.objects:
+                await w.upsert(
+                    conn, c.resource, c.objects, version=c.version, api_version=self.api_version
+                )
+        for bad in page.rejected:
+            await conn.execute(
+                self.db.sql("resync_reject"),
+                self.run_id,
+                res.table,
+                bad.object_id,
+                bad.reason,
+                orjson.dumps(bad.raw),
+            )
+        if page.rejected:
+            metrics.resync_rejected.labels(res.table).inc(len(page.rejected))
+            log.warning(
+                "resync_objects_rejected",
+                table=res.table,
+                count=len(page.rejected),
+                reasons=sorted({b.reason for b in page.rejected}),
+            )
+        s = page.slice
+        await conn.execute(
+            self.db.sql("resync_checkpoint"),
+            self.run_id,
+            s.table,
+            s.variant,
+            s.no,
+            *page.checkpoint,
+        )
+
+    async def _progress(self) -> None:
+        """One line per type every few seconds: objects, pages, rate and a rough ETA."""
+        last: dict[str, int] = {}
+        stamp = time.monotonic()
+        while True:
+            await anyio.sleep(PROGRESS_INTERVAL)
+            now, clock = time.monotonic(), self.r.api.clock.now()
+            elapsed, stamp = now - stamp, now
+            for table in self.resources:
+                mine = [s for s in self.state.slices if s.table == table]
+                objects = sum(s.objects for s in mine)
+                if objects == last.get(table, 0):
+                    continue
+                rate = (objects - last.get(table, 0)) / elapsed
+                left = sum(s.remaining_estimate(clock) for s in mine)
+                last[table] = objects
+                log.info(
+                    "resync_progress",
+                    table=table,
+                    objects=objects,
+                    pages=sum(s.pages for s in mine),
+                    rate=round(rate),
+                    slices_left=sum(1 for s in mine if not s.done),
+                    eta_seconds=round(left / rate) if rate > 0 else None,
+                )
+
+
+class _Sweep:
+    """After the listing: tombstone what complete lists no longer show, once Stripe confirms."""
+
+    def __init__(
+        self,
+        resync: Resync,
+        run_id: int,
+        version: float,
+        resources: list[Resource],
+        state: _RunState,
+    ):
+        self.r = resync
+        self.db = resync.db
+        self.run_id = run_id
+        self.threshold = version - SWEEP_MARGIN
+        self.resources = resources
+        self.state = state
+
+    async def sweep_all(self) -> None:
+        for res in self.resources:
+            if self.state.status.get(res.table) != "listed":
+                continue
+            with bind_context(resource=res.table):
+                if res.complete_list:
+                    await self._sweep_table(res, res.table)
+                for child, child_res in self.r.child_lists(res):
+                    if child_res.owned:
+                        await self._sweep_orphans(res, child_res)
+                    elif (
+                        res.complete_list
+                        and not child.inline_field
+                        and child_res.table not in self.state.disabled_children
+                    ):
+                        await self._sweep_table(child_res, res.table)
+            self.state.status[res.table] = "swept"
+            await self.db.execute("resync_set_table", self.run_id, res.table, "swept", None)
+
+    async def _sweep_table(self, res: Resource, owner: str) -> None:
+        """`owner`: the listed table the counts are kept under (children count with parents)."""
+        after = ""
+        while True:
+            rows = await self._unconfirmed("resync_unconfirmed", res, after, SWEEP_BATCH)
+            if not rows:
+                return
+            ids = [r["id"] for r in rows]
+            after = ids[-1]
+            if not await self._verify(res, ids, owner):
+                return
+
+    async def _verify(self, res: Resource, ids: list[str], owner: str) -> bool:
+        """Retrieve each candidate: tombstone the gone ones, refresh the ones still there."""
+        assert res.retrieve_path is not None
+        gone: list[tuple[str, float]] = []
+        alive: list[tuple[dict[str, Any], float]] = []
+        denied: list[StripeError] = []
+
+        async def one(oid: str) -> None:
+            try:
+                reply = await self.r.fetch(res.retrieve_path.replace("{id}", oid), {})  # type: ignore[union-attr]
+            except StripeNotFound:
+                gone.append((oid, self.r.api.clock.now()))
+                return
+            except StripeError as exc:
+                if exc.retryable:
+                    raise
+                denied.append(exc)
+                return
+            obj = orjson.loads(reply.body)
+            if isinstance(obj, dict) and obj.get("deleted") is True:
+                gone.append((oid, reply.version))
+            elif isinstance(obj, dict) and obj.get("id") == oid:
+                alive.append((obj, reply.version))
+
+        async with anyio.create_task_group() as tg:
+            for oid in ids:
+                tg.start_soon(one, oid)
+        if denied:
+            log.warning("resync_sweep_skipped", table=res.table, error=str(denied[0]))
+        if gone or alive:
+            await self.db.run(lambda c: self._apply(c, res, gone, alive, owner))
+        return not denied
+
+    async def _apply(
+        self,
+        conn: asyncpg.Connection,
+        res: Resource,
+        gone: list[tuple[str, float]],
+        alive: list[tuple[dict[str, Any], float]],
+        owner: str,
+    ) -> None:
+        w = self.r.writer
+        count = 0
+        if gone:
+            version = max(v for _, v in gone)
+            count = len((await w.tombstone(conn, res, [i for i, _ in gone], version=version)).ops)
+        if alive:
+            await w.upsert(
+                conn,
+                res,
+                [o for o, _ in alive],
+                version=min(v for _, v in alive),
+                api_version=self.r.cfg.stripe.api_version,
+            )
+        if count:
+            await conn.execute(
+                self.db.sql("resync_count_tombstones"), self.run_id, res.table, count
+            )
+            metrics.resync_tombstoned.labels(res.table).inc(count)
+            log.info("resync_tombstoned", table=res.table, count=count)
+
+    async def _unconfirmed(
+        self, query: str, res: Resource, after: str, limit: int
+    ) -> list[asyncpg.Record]:
+        sql = self.db.table_sql(query, res.table)
+
+        async def go(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            rows: list[asyncpg.Record] = await conn.fetch(sql, self.threshold, after, limit)
+            return rows
+
+        return await self.db.run(go, transaction=False)
+
+    async def _sweep_orphans(self, parent: Resource, res: Resource) -> None:
+        """Owned children nobody confirmed whose parent is deleted go with it."""
+        after = ""
+        while True:
+            rows = await self._unconfirmed(
+                "resync_unconfirmed_children", res, after, SWEEP_BATCH * 10
+            )
+            if not rows:
+                return
+            after = rows[-1]["id"]
+            parents = {r["parent_id"] for r in rows}
+
+            async def go(
+                conn: asyncpg.Connection, rows: list[Any] = rows, parents: set[str] = parents
+            ) -> None:
+                states = await self.r.writer.versions(conn, parent, parents)
+                dead = [r["id"] for r in rows if states.get(r["parent_id"], (0.0, False))[1]]
+                if not dead:
+                    return
+                done = await self.r.writer.tombstone(
+                    conn, res, dead, version=self.r.api.clock.now()
+                )
+                if done.ops:
+                    await conn.execute(
+                        self.db.sql("resync_count_tombstones"),
+                        self.run_id,
+                        res.table,
+                        len(done.ops),
+                    )
+
+            await self.db.run(go)
+
+
+def _first_error(group: BaseExceptionGroup[Any]) -> BaseException | None:
+    """The first syncd error inside (nested) task-group errors, else the first other one."""
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for inner in e.exceptions:
+                walk(inner)
+        else:
+            leaves.append(e)
+
+    walk(group)
+    for e in leaves:
+        if isinstance(e, SyncdError):
+            return e
+    others = [e for e in leaves if not isinstance(e, anyio.get_cancelled_exc_class())]
+    return others[0] if others else None
+
+
+# ---- the daemon's resync loop --------------------------------------------------------------
+
+
+class ResyncLoop:
+    """Runs resyncs in the daemon: first start, interrupted runs, requests, SIGHUP, reconcile."""
+
+    def __init__(
+        self, cfg: Config, db: Database, api: StripeAPI, writer: Writer, lifecycle: Lifecycle
+    ):
+        self.cfg = cfg
+        self.db = db
+        self.lifecycle = lifecycle
+        self.resync = Resync(cfg, db, api, writer, lifecycle)
+        self._wake = anyio.Event()
+        self._sighup = False
+
+    def on_sighup(self) -> None:
+        self._sighup = True
+        self._wake.set()
+
+    async def handle_request(self, args: dict[str, Any]) -> dict[str, Any]:
+        tables = args.get("tables") or None
+        reason = str(args.get("reason") or "request")
+        run_id = await self.resync.enqueue(tables, reason)
+        self._wake.set()
+        return {"run_id": run_id}
+
+    async def run(self) -> None:
+        first = True
+        backoff = 5.0
+        while not self.lifecycle.stopping.is_set():
+            self._wake = anyio.Event()
+            try:
+                if self._sighup:
+                    self._sighup = False
+                    await self.resync.enqueue(None, "sighup")
+                ran = await self._run_unfinished()
+                empty = first and not ran and self.cfg.sync.resync_on_empty
+                if empty and not await has_completed_resync(self.db):
+                    await self.resync.run(None, reason="first_start")
+                first = False
+                wait = await self._reconcile_due()
+                if wait is not None and wait <= 0:
+                    await self.resync.run(None, reason="reconcile")
+                    continue
+                backoff = 5.0
+            except SyncdError as exc:
+                log.error("resync_failed", error=str(exc), retry_in=round(backoff))
+                metrics.resync_runs.labels("failed").inc()
+                if not await self.lifecycle.sleep(backoff * random.uniform(0.8, 1.2), self._wake):
+                    return
+                backoff = min(600.0, backoff * 2)
+                continue
+            if not await self.lifecycle.sleep(wait if wait is not None else 3600.0, self._wake):
+                return
+
+    async def _run_unfinished(self) -> bool:
+        ran = False
+        while True:
+            rows = await self.db.fetch("resync_unfinished_runs")
+            if not rows:
+                return ran
+            row = rows[0]
+            await self.resync.run(row["tables"], reason=row["reason"])
+            ran = True
+
+    async def _reconcile_due(self) -> float | None:
+        """Seconds until the next periodic full resync (None: never)."""
+        interval = self.cfg.sync.reconcile_interval
+        if interval <= 0:
+            return None
+        last = await self.db.fetchval("resync_last_completed")
+        if last is None:
+            return None  # no complete resync yet: the first one is not periodic
+        return float(last) + interval - time.time()
+
+
+def attach(daemon: Any) -> None:
+    """Wire the resync into the daemon: its loop, the `resync` request and SIGHUP."""
+    loop = ResyncLoop(daemon.cfg, daemon.db, daemon.api, daemon.writer, daemon.lifecycle)
+    daemon.add_loop("resync", loop.run)
+    daemon.control.register("resync", loop.handle_request)
+    daemon.lifecycle.on_signal(signal.SIGHUP, loop.on_sighup)
+
+
+# ---- `syncd resync` ------------------------------------------------------------------------
+
+
+async def request(
+    db: Database,
+    tables: Sequence[str] | None,
+    *,
+    wait: bool,
+    out: TextIO,
+    timeout: float = 0.0,  # noqa: ASYNC109 (a CLI option, applied with fail_after below)
+    poll: float = 0.5,
+) -> int:
+    """Ask the running daemon for a resync (from anywhere); with `wait`, follow it to the end."""
+    request_id = await control.submit(
+        db, "resync", {"tables": list(tables) if tables else None, "reason": "cli"}
+    )
+    if not wait:
+        print(f"resync requested (request {request_id})", file=out)
+        return 0
+    with anyio.fail_after(timeout or None):
+        row = await control.wait(db, request_id, poll=poll)
+        if row["status"] != "done":
+            print(f"resync request {request_id} failed: {row['error']}", file=out)
+            return 1
+        run_id = int(row["result"]["run_id"])
+        return await watch(db, run_id, out, poll=poll)
+
+
+async def watch(db: Database, run_id: int, out: TextIO, *, poll: float = 0.5) -> int:
+    """A progress bar on a terminal, a plain line every few seconds otherwise; 0 when done."""
+    tty = out.isatty()
+    started = time.monotonic()
+    last_line = 0.0
+    while True:
+        run = await db.fetchrow("resync_get_run", run_id)
+        if run is None:
+            print(f"resync run {run_id} not found", file=out)
+            return 1
+        rows = await db.fetch("resync_progress", run_id)
+        total = len(rows)
+        finished = sum(1 for r in rows if r["status"] in ("swept", "unavailable"))
+        objects = sum(r["objects"] for r in rows)
+        elapsed = max(1e-6, time.monotonic() - started)
+        status = run["status"]
+        line = (
+            f"resync {run_id}: {finished}/{total or '?'} types, {objects:,} objects, "
+            f"{objects / elapsed:,.0f}/s, {status}"
+        )
+        if tty:
+            width = 30
+            filled = int(width * finished / total) if total else 0
+            print(f"\r[{'#' * filled}{'-' * (width - filled)}] {line}   ", end="", file=out)
+            out.flush()
+        elif time.monotonic() - last_line >= PROGRESS_INTERVAL or status not in (
+            "pending",
+            "running",
+        ):
+            print(line, file=out, flush=True)
+            last_line = time.monotonic()
+        if status not in ("pending", "running"):
+            if tty:
+                print(file=out)
+            for r in rows:
+                note = f" ({r['error']})" if r["error"] else ""
+                print(
+                    f"  {r['table_name']:<28} {r['objects']:>10,} objects "
+                    f"{r['tombstoned']:>6,} tombstoned  {r['status']}{note}",
+                    file=out,
+                )
+            if status != "done":
+                print(f"resync {run_id} {status}: {run['error'] or ''}", file=out)
+            return 0 if status == "done" else 1
+        await anyio.sleep(poll)
