@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 
-from syncd import __version__, migrations, resync
+from syncd import __version__, migrations, resync, usage_schedule
 from syncd.config import Config, default_config_path, load_config, redacted, to_toml
 from syncd.daemon import run_daemon
 from syncd.db import Database, describe_target
@@ -123,6 +123,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "check": Command(
         cmd_check, "check the configuration, PostgreSQL and Stripe; exit 0 when all is well"
+    ),
+    "flush-usage": Command(
+        usage_schedule.cmd_flush_usage,
+        "report pending usage rows to Stripe now (asks the daemon; --direct: in this process)",
+        usage_schedule.flush_usage_arguments,
     ),
 }
 

@@ -144,7 +144,19 @@ class UsageConfig:
         "", "separate key for usage (meter-event write); empty: stripe.api_key", secret=True
     )
     api_key_file: str = _opt("", "read the usage API key from this file instead")
-    batch_size: int = _opt(5000, "rows claimed per flush round", lo=1, hi=1_000_000)
+    batch_size: int = _opt(
+        100_000, "rows claimed per flush round (bigger rounds aggregate better)", lo=1, hi=1_000_000
+    )
+    concurrency: int = _opt(32, "usage requests in flight at once", lo=1, hi=256)
+    unresolved_grace: float = _opt(
+        600.0,
+        "seconds a row whose customer is not (yet) in the mirror waits before it fails",
+        lo=0,
+        hi=30 * 86400,
+    )
+    retention_days: float = _opt(
+        35.0, "days the outbox keeps finished batches (rows are kept)", lo=1, hi=3650
+    )
     meters: dict[str, str] = _opt(
         {}, 'metric name -> meter event_name, e.g. api_calls = "api_calls"'
     )
@@ -422,9 +434,20 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"usage.cron: {cfg.usage.cron!r} must have 5 fields (minute hour day month weekday)"
         )
+    if cfg.usage.cron:
+        _validate_cron(cfg.usage.cron)
     _host, sep, port = cfg.http.bind.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"http.bind: {cfg.http.bind!r} is not host:port")
+
+
+def _validate_cron(expr: str) -> None:
+    from apscheduler.triggers.cron import CronTrigger  # the scheduler that will run it
+
+    try:
+        CronTrigger.from_crontab(expr, timezone="UTC")
+    except ValueError as exc:
+        raise ConfigError(f"usage.cron: {expr!r} is not valid: {exc}") from None
 
 
 def _validate_dsn(dsn: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from syncd import __version__, appschema, migrations, resync
+from syncd import __version__, appschema, migrations, resync, usage_schedule
 from syncd.config import Config, redacted
 from syncd.control import ControlLoop
 from syncd.db import Database
@@ -76,6 +76,7 @@ def attach_features(daemon: Daemon) -> None:
     _attach_events(daemon)
     resync.attach(daemon)
     daemon.startup.append(lambda: appschema.startup_step(daemon.db, daemon.cfg))
+    usage_schedule.attach(daemon)
 
 
 def _attach_events(daemon: Daemon) -> None:

@@ -80,3 +80,21 @@ resync_runs = Counter(
     "syncd_resync_runs", "Full resync runs ended, by outcome", ["status"], registry=REGISTRY
 )
 resync_running = Gauge("syncd_resync_running", "1 while a full resync runs", registry=REGISTRY)
+usage_rows = Counter(
+    "syncd_usage_rows",
+    "Usage rows settled, by outcome (reported, failed: Stripe refused, rejected: bad input)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+usage_events = Counter(
+    "syncd_usage_events",
+    "Usage requests to Stripe by outcome (reported, duplicate, failed, unsent)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+usage_flush_seconds = Histogram(
+    "syncd_usage_flush_seconds",
+    "Duration of a usage flush",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)

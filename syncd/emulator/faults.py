@@ -18,8 +18,9 @@ class FaultRule:
     ``error_rate`` of requests get ``status`` (429 carries ``Stripe-Should-Retry: true``);
     ``drop_rate`` of requests get their connection closed without an answer; ``latency_ms`` plus
     uniform ``jitter_ms`` delays every matching request; ``lock_object_id`` makes every request
-    whose path or parameters mention that id fail with 429 ``lock_timeout``. ``times`` limits how
-    many requests the rule affects (None: unlimited).
+    whose path or parameters mention that id fail with 429 ``lock_timeout``. ``after_ms`` delays
+    the answer AFTER the request took effect (a client killed meanwhile never learns that it
+    succeeded). ``times`` limits how many requests the rule affects (None: unlimited).
     """
 
     pattern: str = "*"
@@ -30,6 +31,7 @@ class FaultRule:
     jitter_ms: float = 0.0
     lock_object_id: str | None = None
     times: int | None = None
+    after_ms: float = 0.0
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -47,6 +49,7 @@ class FaultDecision:
     drop: bool = False
     status: int | None = None
     lock: bool = False
+    after: float = 0.0
 
 
 class Faults:
@@ -85,6 +88,9 @@ class Faults:
                 hit = False
                 if r.latency_ms or r.jitter_ms:
                     d.delay += (r.latency_ms + self.rng.uniform(0, r.jitter_ms)) / 1000.0
+                    hit = True
+                if r.after_ms:
+                    d.after += r.after_ms / 1000.0
                     hit = True
                 if r.drop_rate and self.rng.random() < r.drop_rate:
                     d.drop = True
