@@ -47,6 +47,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(root: int) -> float:
+    """CPU of a process and its live children (the PostgreSQL server and its backends)."""
+    total = cpu_seconds(root)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == root:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def control(url: str, path: str, body: object) -> None:
     req = urllib.request.Request(
         url + path, data=orjson.dumps(body), headers={"Content-Type": "application/json"}
@@ -84,7 +111,9 @@ def start_emulator(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], s
     return proc, url
 
 
-async def bench(args: argparse.Namespace, dsn: str, url: str) -> None:
+async def bench(
+    args: argparse.Namespace, dsn: str, url: str, emulator_pid: int, pg_pid: int
+) -> None:
     cfg = load_config(None, {})
     sync = dataclasses.replace(
         cfg.sync,
@@ -104,8 +133,14 @@ async def bench(args: argparse.Namespace, dsn: str, url: str) -> None:
         resync = Resync(cfg, db, api, Writer(db, notify_channel="syncd_changes"), Lifecycle(1))
         for run in range(args.runs):
             started = time.monotonic()
+            cpu = (self_cpu(), tree_cpu(pg_pid) if pg_pid else 0.0, cpu_seconds(emulator_pid))
             result = await resync.run(reason="bench")
             took = time.monotonic() - started
+            used = (
+                self_cpu() - cpu[0],
+                (tree_cpu(pg_pid) - cpu[1]) if pg_pid else 0.0,
+                cpu_seconds(emulator_pid) - cpu[2],
+            )
             label = "cold (empty mirror)" if run == 0 else "unchanged mirror"
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(
@@ -113,6 +148,13 @@ async def bench(args: argparse.Namespace, dsn: str, url: str) -> None:
                 f" (+{sum(t.children for t in result.tables.values()):,} children)"
                 f" in {took:.2f}s = {result.objects / took:,.0f} objects/s;"
                 f" peak RSS {rss:.0f} MB",
+                flush=True,
+            )
+            per = 100_000 / max(1, result.objects)
+            print(
+                f"  CPU seconds per 100k objects: syncd {used[0] * per:.1f},"
+                f" PostgreSQL {used[1] * per:.1f}, emulator {used[2] * per:.1f}"
+                f" (load average {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
         sizes = await db.run(
@@ -141,12 +183,20 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=10000.0, help="requests/s (limiter)")
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--unix-socket", action="store_true", help="reach PostgreSQL by Unix socket")
+    p.add_argument("--log", default="warning", help="log level (info: progress lines)")
     args = p.parse_args()
-    configure("warning", "console")
+    configure(args.log, "console")
     emu, url = start_emulator(args)
     try:
-        with throwaway_postgres() as (dsn, _local):
-            asyncio.run(bench(args, dsn, url))
+        with throwaway_postgres(prefer_local=True) as (dsn, local):
+            pg_pid = 0
+            if local is not None:
+                pg_pid = int((local.data / "postmaster.pid").read_text().split()[0])
+                if args.unix_socket:
+                    # The server's Unix socket: cheaper than TCP over loopback for 60 KB pages.
+                    dsn = f"postgresql://postgres@/postgres?host={local.dir}&port={local.port}"
+            asyncio.run(bench(args, dsn, url, emu.pid, pg_pid))
     finally:
         emu.terminate()
         emu.wait(10)

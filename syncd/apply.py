@@ -147,7 +147,7 @@ class Applier:
                     for group in unexpanded:
                         tg.start_soon(self._add_unexpanded_children, group)
             except BaseExceptionGroup as errors:
-                raise _one_error(errors) from None
+                raise one_error(errors) from None
         return out
 
     def _route(self, event: Event) -> tuple[tuple[str, str] | None, Group | None]:
@@ -408,15 +408,14 @@ class Applier:
     async def write(self, conn: asyncpg.Connection, groups: list[Group]) -> int:
         """Write the changes and ledger rows of `groups`; returns how many rows changed."""
         changed = 0
-        batches: dict[tuple[str, float, str | None], list[dict[str, Any]]] = defaultdict(list)
+        # One statement per table, each object with its own version (fetch time or `created`).
+        batches: dict[str, list[tuple[dict[str, Any], float, str | None]]] = defaultdict(list)
         for g in groups:
             c = g.change
             if c is not None and c.resource is not None and c.obj is not None:
-                batches[(c.resource.table, c.version, c.api_version)].append(c.obj)
-        for (table, version, api_version), objs in batches.items():
-            written = await self.writer.upsert(
-                conn, BY_TABLE[table], objs, version=version, api_version=api_version
-            )
+                batches[c.resource.table].append((c.obj, c.version, c.api_version))
+        for table, items in batches.items():
+            written = await self.writer.upsert_each(conn, BY_TABLE[table], items)
             changed += len(written.changed)
         for g in groups:
             c = g.change
@@ -439,7 +438,7 @@ class Applier:
         return changed
 
 
-def _one_error(errors: BaseExceptionGroup[BaseException]) -> BaseException:
+def one_error(errors: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error callers decide on: a non-retryable one wins; anything foreign stays grouped."""
     leaves: list[BaseException] = []
     pending: list[BaseException] = [errors]

@@ -85,6 +85,11 @@ async def cmd_check(cfg: Config, _args: argparse.Namespace) -> int:
 
 async def cmd_resync(cfg: Config, args: argparse.Namespace) -> int:
     """Request a full resync from the running daemon (works from another container)."""
+    try:
+        resync.resolve_scope(cfg, args.type)
+    except SyncdError as exc:
+        print(f"syncd: error: {exc}", file=sys.stderr)
+        return 2
     async with Database.connect(cfg.database, min_size=1) as db:
         return await resync.request(
             db, args.type or None, wait=args.wait, out=sys.stdout, timeout=args.timeout

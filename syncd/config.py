@@ -145,9 +145,9 @@ class UsageConfig:
     )
     api_key_file: str = _opt("", "read the usage API key from this file instead")
     batch_size: int = _opt(
-        50000, "rows claimed per flush round (bigger rounds aggregate better)", lo=1, hi=1_000_000
+        100_000, "rows claimed per flush round (bigger rounds aggregate better)", lo=1, hi=1_000_000
     )
-    concurrency: int = _opt(16, "usage requests in flight at once", lo=1, hi=256)
+    concurrency: int = _opt(32, "usage requests in flight at once", lo=1, hi=256)
     unresolved_grace: float = _opt(
         600.0,
         "seconds a row whose customer is not (yet) in the mirror waits before it fails",
@@ -168,7 +168,9 @@ class AppConfig:
         "supabase_user_id", "customer metadata key holding the app's user id"
     )
     row_level_security: bool = _opt(
-        True, "install row-level policies when auth.uid() exists (Supabase)"
+        True,
+        "install row-level policies when auth.uid() exists (Supabase); false removes them "
+        "and the anon/authenticated privileges",
     )
 
 

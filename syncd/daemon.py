@@ -171,8 +171,8 @@ def attach_features(daemon: Daemon) -> None:
     """Give each feature its loops and request handlers (one call per feature)."""
     _attach_events(daemon)
     resync.attach(daemon)
-    usage_schedule.attach(daemon)
     daemon.startup.append(lambda: appschema.startup_step(daemon.db, daemon.cfg))
+    usage_schedule.attach(daemon)
 
 
 def _attach_events(daemon: Daemon) -> None:

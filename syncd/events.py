@@ -34,9 +34,10 @@ from typing import Any
 import anyio
 import asyncpg
 import orjson
+from anyio.streams.memory import MemoryObjectSendStream
 
 from syncd import metrics
-from syncd.apply import Applier, Event, Group
+from syncd.apply import Applier, Event, Group, one_error
 from syncd.config import Config
 from syncd.db import Database
 from syncd.errors import CursorExpired, DatabaseError, SyncdError
@@ -53,6 +54,8 @@ log = get_logger(__name__)
 HEAD_MARGIN = 2
 # Events applied per transaction while draining a large window (bounded memory, big statements).
 MAX_BATCH = 1000
+# Batches of one window in flight at once: preparing one while the database writes another.
+APPLY_CONCURRENCY = 2
 PAGE = 100
 DAY = 86400.0
 
@@ -64,6 +67,15 @@ class PollResult:
     changed: int = 0  # mirror rows changed
     ignored: int = 0  # events recorded as ignored
     restarted: bool = False  # the cursor expired and was restarted (a full resync follows)
+
+
+def _second_boundary(events: list[Event]) -> int:
+    """Where newest-first `events` can be cut with no second on both sides (0: nowhere yet)."""
+    last = events[-1].get("created")
+    for i in range(len(events) - 1, 0, -1):
+        if events[i - 1].get("created") != last:
+            return i
+    return 0
 
 
 class Backoff:
@@ -90,8 +102,10 @@ class EventStream:
         writer: Writer,
         *,
         resources: Sequence[Resource] | None = None,
+        batch_size: int = MAX_BATCH,
     ):
         self.cfg = cfg
+        self.batch_size = batch_size
         self.db = db
         self.api = api
         self.account = cfg.stripe.account
@@ -194,44 +208,91 @@ class EventStream:
     async def _drain(
         self, low: int, high: int | None, advance_to: float | None, stop: anyio.Event | None
     ) -> PollResult:
+        """List the window page by page while the previous batch is applied (one batch ahead).
+
+        The cursor moves with the window's last batch only; a stop ends between batches.
+        """
         result = PollResult()
+        send, receive = anyio.create_memory_object_stream[tuple[list[Event], bool]](1)
+        writers = anyio.Semaphore(APPLY_CONCURRENCY)
+
+        async def apply(batch: list[Event]) -> None:
+            try:
+                await self._apply(batch, None, result)
+            finally:
+                writers.release()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._list_window, low, high, advance_to, stop, send, result)
+                last_batch: list[Event] | None = None
+                async with receive, anyio.create_task_group() as batches:
+                    async for batch, last in receive:
+                        if last:
+                            last_batch = batch
+                            break
+                        await writers.acquire()
+                        batches.start_soon(apply, batch)
+                # The cursor moves with the last batch, after every earlier one has committed.
+                if last_batch is not None:
+                    await self._apply(last_batch, advance_to, result)
+        except BaseExceptionGroup as errors:
+            raise one_error(errors) from None
+        return result
+
+    async def _list_window(
+        self,
+        low: int,
+        high: int | None,
+        advance_to: float | None,
+        stop: anyio.Event | None,
+        send: MemoryObjectSendStream[tuple[list[Event], bool]],
+        result: PollResult,
+    ) -> None:
         created: dict[str, int] = {"gte": low}
         if high is not None:
             created["lt"] = high
         pending: list[Event] = []
         after: str | None = None
         first = True
-        while True:
-            params: dict[str, Any] = {"limit": PAGE, "created": created}
-            if after:
-                params["starting_after"] = after
-            try:
-                reply = await self.api.request("GET", "/v1/events", params)
-            except CursorExpired:
-                await self.restart_cursor("cursor_expired")
-                result.restarted = True
-                return result
-            if first and advance_to is not None:
-                # The first answer may move the Stripe clock (a long pause): check the age again.
-                first = False
-                position = await self.cursor()
-                if position is not None and await self._too_old(position, reply.version):
+        async with send:
+            while True:
+                params: dict[str, Any] = {"limit": PAGE, "created": created}
+                if after:
+                    params["starting_after"] = after
+                try:
+                    reply = await self.api.request("GET", "/v1/events", params)
+                except CursorExpired:
+                    await self.restart_cursor("cursor_expired")
                     result.restarted = True
-                    return result
-            page = orjson.loads(reply.body)
-            data = [e for e in page.get("data") or [] if isinstance(e, dict)]
-            result.listed += len(data)
-            pending.extend(data)
-            more = bool(page.get("has_more")) and bool(data)
-            if more:
-                after = str(data[-1].get("id"))
-            if len(pending) >= MAX_BATCH or not more:
-                await self._apply(pending, None if more else advance_to, result)
-                pending = []
-            if not more:
-                return result
-            if stop is not None and stop.is_set():
-                return result  # between batches; the cursor stays where the ledger agrees
+                    return
+                if first and advance_to is not None:
+                    # The first answer may move the Stripe clock (after a long pause): check the
+                    # cursor's age again before applying anything.
+                    first = False
+                    position = await self.cursor()
+                    if position is not None and await self._too_old(position, reply.version):
+                        result.restarted = True
+                        return
+                page = orjson.loads(reply.body)
+                data = [e for e in page.get("data") or [] if isinstance(e, dict)]
+                result.listed += len(data)
+                pending.extend(data)
+                more = bool(page.get("has_more")) and bool(data)
+                if more:
+                    after = str(data[-1].get("id"))
+                if not more:
+                    await send.send((pending, True))
+                    pending = []
+                elif len(pending) >= self.batch_size:
+                    # Batches applied side by side never share a second: same-second events of
+                    # one object meet in one batch, where a tie is seen (and refetched).
+                    cut = _second_boundary(pending)
+                    if cut:
+                        await send.send((pending[:cut], False))
+                        pending = pending[cut:]
+                if not more or (stop is not None and stop.is_set()):
+                    return  # a stop: between batches, the cursor stays where the ledger agrees
 
     async def _apply(self, events: list[Event], advance_to: float | None, out: PollResult) -> None:
         unique: dict[str, Event] = {}

@@ -265,10 +265,15 @@ class PageReader:
         if not self.children or not parents:
             return out
 
-        async def one(child: Child, res: Resource, parent: dict[str, Any]) -> None:
+        # Inline lists that are complete are taken as they are (no task, no request); only
+        # the parents whose list needs requests get a task each.
+        remote: list[tuple[Child, Resource, str]] = []
+        for parent in parents:
             pid = parent["id"]
-            inline: Any = None
-            if child.inline_field:
+            for child, res in self.children:
+                if not child.inline_field:
+                    remote.append((child, res, pid))
+                    continue
                 # An expanded list is not part of the parent's own shape (events never carry
                 # it): take it out so the row stores the object as Stripe renders it.
                 if child.parent_expand:
@@ -276,17 +281,20 @@ class PageReader:
                 else:
                     inline = parent.get(child.inline_field)
                 if not isinstance(inline, dict) or not isinstance(inline.get("data"), list):
-                    return  # the parent carries no list here: nothing to replace
-                if not inline.get("has_more"):
-                    kids: list[dict[str, Any]] = []
-                    for o in inline["data"]:
-                        reason = check_object(res, o)
-                        if reason:
-                            rejected.append(Rejected(_id_of(o), f"{res.table}: {reason}", o))
-                        else:
-                            kids.append(o)
-                    out.append(ChildWrite(res, pid, kids, version))
-                    return
+                    continue  # the parent carries no list here: nothing to replace
+                if inline.get("has_more"):
+                    remote.append((child, res, pid))
+                    continue
+                kids: list[dict[str, Any]] = []
+                for o in inline["data"]:
+                    reason = check_object(res, o)
+                    if reason:
+                        rejected.append(Rejected(_id_of(o), f"{res.table}: {reason}", o))
+                    else:
+                        kids.append(o)
+                out.append(ChildWrite(res, pid, kids, version))
+
+        async def one(child: Child, res: Resource, pid: str) -> None:
             if res.table in self.disabled_children:
                 return
             path = child.path.replace("{id}", pid)
@@ -303,8 +311,8 @@ class PageReader:
             rejected.extend(bad)
             out.append(ChildWrite(res, pid if res.owned else None, kids, child_version))
 
-        async with anyio.create_task_group() as tg:
-            for parent in parents:
-                for child, res in self.children:
-                    tg.start_soon(one, child, res, parent)
+        if remote:
+            async with anyio.create_task_group() as tg:
+                for child, res, pid in remote:
+                    tg.start_soon(one, child, res, pid)
         return out

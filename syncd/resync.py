@@ -90,6 +90,23 @@ class ResyncResult:
         }
 
 
+def resolve_scope(cfg: Config, tables: Sequence[str] | None) -> list[str] | None:
+    """Sorted table names to list (children map to their parent); None: every selected type."""
+    if not tables:
+        return None
+    chosen = {r.table for r in selected(cfg.sync.include, cfg.sync.exclude)}
+    out: set[str] = set()
+    for name in tables:
+        if name not in BY_TABLE:
+            raise SyncdError(f"resync: unknown type {name!r} (known: {', '.join(BY_TABLE)})")
+        if name not in chosen:
+            raise SyncdError(f"resync: {name} is not mirrored (sync.include/sync.exclude)")
+        res = BY_TABLE[name]
+        # A type listed only under its parent (items, lines, tax ids) means the parent's list.
+        out.add(res.parent if res.parent and not res.list_path else name)
+    return sorted(out)
+
+
 async def has_completed_resync(db: Database) -> bool:
     """Whether a resync of every type ever finished (the mirror has been filled once)."""
     return bool(await db.fetchval("resync_has_completed"))
@@ -114,19 +131,7 @@ class Resync:
     # ---- scope and runs ---------------------------------------------------------------------
 
     def scope(self, tables: Sequence[str] | None) -> list[str] | None:
-        """Sorted table names to list (children map to their parent); None: every selected type."""
-        if not tables:
-            return None
-        chosen = {r.table for r in selected(self.cfg.sync.include, self.cfg.sync.exclude)}
-        out: set[str] = set()
-        for name in tables:
-            if name not in BY_TABLE:
-                raise SyncdError(f"resync: unknown type {name!r} (known: {', '.join(BY_TABLE)})")
-            if name not in chosen:
-                raise SyncdError(f"resync: {name} is not mirrored (sync.include/sync.exclude)")
-            res = BY_TABLE[name]
-            out.add(res.parent if res.parent and not res.list_path and res.owned else name)
-        return sorted(out)
+        return resolve_scope(self.cfg, tables)
 
     async def enqueue(self, tables: Sequence[str] | None, reason: str) -> int:
         """A pending run for this scope (an unfinished one of the same scope is reused)."""
@@ -419,14 +424,12 @@ class _Listing:
                 older.hi,
             )
             await conn.execute(
-                self.db.sql("resync_set_bounds"),
+                self.db.sql("resync_set_lo"),
                 self.run_id,
                 running.table,
                 running.variant,
                 running.no,
                 running.lo,
-                running.hi,
-                running.cursor,
             )
 
         await self.db.run(go)
@@ -457,6 +460,8 @@ class _Listing:
                     if exc.retryable:
                         raise
                     if exc.status == 400 and exc.code == "resource_missing" and s.cursor:
+                        if previous is not None:
+                            await previous.committed.wait()  # its objects are above the restart
                         await self._restart_at_cursor(s)
                         continue
                     await self._unavailable(s.table, exc)
@@ -478,9 +483,7 @@ class _Listing:
             raise SyncdError(f"{s.table}: cursor {s.cursor} vanished and its time is unknown")
         log.info("resync_cursor_vanished", cursor=s.cursor, created=s.cursor_created)
         s.hi, s.cursor = s.cursor_created + 1, None
-        await self.db.execute(
-            "resync_set_bounds", self.run_id, s.table, s.variant, s.no, s.lo, s.hi, None
-        )
+        await self.db.execute("resync_restart_slice", self.run_id, s.table, s.variant, s.no, s.hi)
 
     async def _unavailable(self, table: str, exc: StripeError) -> None:
         if not self._active(table):
@@ -508,20 +511,24 @@ class _Listing:
         res = page.resource
         if page.count:
             await w.upsert(conn, res, page.data, version=page.version, api_version=self.api_version)
+        # Children with the same table and version (the page's inline lists share its version)
+        # are written together: two statements per child table, not two per parent.
+        owned: dict[tuple[str, float], dict[str, list[dict[str, Any]]]] = {}
+        loose: dict[tuple[str, float], list[dict[str, Any]]] = {}
         for c in page.children:
+            key = (c.resource.table, c.version)
             if c.resource.owned and c.parent_id is not None:
-                await w.replace_children(
-                    conn,
-                    c.resource,
-                    c.parent_id,
-                    c.objects,
-                    version=c.version,
-                    api_version=self.api_version,
-                )
+                owned.setdefault(key, {})[c.parent_id] = c.objects
             elif c.objects:
-                await w.upsert(
-                    conn, c.resource, c.objects, version=c.version, api_version=self.api_version
-                )
+                loose.setdefault(key, []).extend(c.objects)
+        for (table, version), sets in owned.items():
+            await w.replace_children_of_many(
+                conn, BY_TABLE[table], sets, version=version, api_version=self.api_version
+            )
+        for (table, version), objects in loose.items():
+            await w.upsert(
+                conn, BY_TABLE[table], objects, version=version, api_version=self.api_version
+            )
         for bad in page.rejected:
             await conn.execute(
                 self.db.sql("resync_reject"),

@@ -15,6 +15,7 @@ flushes from sending the same request twice.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -28,8 +29,8 @@ import orjson
 
 from syncd import metrics
 from syncd.config import Config
-from syncd.db import Database
-from syncd.errors import StripeError
+from syncd.db import Database, translate
+from syncd.errors import StripeError, StripePermissionDenied
 from syncd.logs import get_logger
 from syncd.stripe_api import StripeAPI
 
@@ -40,6 +41,8 @@ METER_EVENTS_PATH = "/v1/billing/meter_events"
 # beyond FUTURE_REJECT, and wait until they are due in between.
 FUTURE_LIMIT = 300
 FUTURE_REJECT = 3600
+# Answers recorded per transaction while sending goes on.
+_MARK_CHUNK = 250
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,13 @@ class _Outbound:
     path: str
     base: str
     params: dict[str, Any]
+    row_ids: list[int]
+
+
+@dataclass(frozen=True)
+class _Answer:
+    outbound: _Outbound
+    error: str | None  # None: delivered
 
 
 class _Stop(Exception):
@@ -126,11 +136,14 @@ class UsageFlusher:
         *,
         instance: str = "",
         stopping: anyio.Event | None = None,
+        read_api: StripeAPI | None = None,
     ):
         self.cfg = cfg
         self.usage = cfg.usage
         self.db = db
         self.api = api
+        # Listing meters may need another key than sending events (a restricted usage key).
+        self.read_api = read_api or api
         self.instance = instance
         self.stopping = stopping
         self._meters: dict[str, Meter] = {}
@@ -140,6 +153,11 @@ class UsageFlusher:
     async def flush(self) -> FlushResult:
         started = time.monotonic()
         result = FlushResult()
+        if self.usage.target == "meters" and not self.usage.meters:
+            # Not configured: rejecting every row as "unknown metric" would punish the apps.
+            result.error = "usage.meters is empty: nothing can be reported (rows stay pending)"
+            log.warning("usage_not_configured", error=result.error)
+            return result
         lock_conn = await self.db.dedicated_connection()
         try:
             meters: dict[str, Meter] = {}
@@ -167,6 +185,14 @@ class UsageFlusher:
         log.info("usage_flushed", **result.as_dict())
         return result
 
+    async def _lock(self, conn: asyncpg.Connection, query: str, batch_id: int) -> bool:
+        """(Un)lock a batch on the flush's dedicated connection (outside the pool, which would
+        drop session locks), with driver errors translated like the rest of the database layer."""
+        try:
+            return bool(await conn.fetchval(self.db.sql(query), batch_id))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise translate(exc, self.db.dsn) from exc
+
     def _stopping(self) -> bool:
         return self.stopping is not None and self.stopping.is_set()
 
@@ -174,10 +200,37 @@ class UsageFlusher:
 
     async def check_meters(self, result: FlushResult) -> dict[str, Meter]:
         """Active meters of the configured metrics; missing ones logged and recorded."""
+        try:
+            active = await self._active_meters()
+        except StripePermissionDenied as exc:
+            # A key that may write meter events but not read meters: assume the configured
+            # meters exist with Stripe's default payload keys; Stripe refuses events otherwise.
+            log.warning("usage_meter_check_denied", error=str(exc))
+            active = {
+                name: Meter("", name, "stripe_customer_id", "value")
+                for name in self.usage.meters.values()
+            }
+        found: dict[str, Meter] = {}
+        for metric, event_name in sorted(self.usage.meters.items()):
+            meter = active.get(event_name)
+            problem = None
+            if meter is None:
+                problem = f"no active Stripe meter with event_name {event_name!r}"
+                result.meters_missing.append(metric)
+                log.warning("usage_meter_missing", metric=metric, event_name=event_name)
+            else:
+                found[metric] = meter
+            await self.db.execute(
+                "usage_save_meter", metric, event_name, meter.id or None if meter else None, problem
+            )
+        await self.db.execute("usage_forget_meters", sorted(self.usage.meters))
+        return found
+
+    async def _active_meters(self) -> dict[str, Meter]:
         active: dict[str, Meter] = {}
         params: dict[str, Any] = {"status": "active", "limit": 100}
         while True:
-            page = await self.api.get("/v1/billing/meters", params)
+            page = await self.read_api.get("/v1/billing/meters", params)
             for m in page.get("data", []):
                 if m.get("status") != "active":
                     continue
@@ -191,21 +244,7 @@ class UsageFlusher:
             if not page.get("has_more") or not page.get("data"):
                 break
             params = {**params, "starting_after": page["data"][-1]["id"]}
-        found: dict[str, Meter] = {}
-        for metric, event_name in sorted(self.usage.meters.items()):
-            meter = active.get(event_name)
-            problem = None
-            if meter is None:
-                problem = f"no active Stripe meter with event_name {event_name!r}"
-                result.meters_missing.append(metric)
-                log.warning("usage_meter_missing", metric=metric, event_name=event_name)
-            else:
-                found[metric] = meter
-            await self.db.execute(
-                "usage_save_meter", metric, event_name, meter.id if meter else None, problem
-            )
-        await self.db.execute("usage_forget_meters", sorted(self.usage.meters))
-        return found
+        return active
 
     # -- claiming -------------------------------------------------------------------------------
 
@@ -219,6 +258,7 @@ class UsageFlusher:
         """One round: claim, classify, write the batch; returns (claimed, last id, batch)."""
 
         async def tx(conn: asyncpg.Connection) -> tuple[int, int, Any]:
+            await conn.execute(self.db.sql("usage_tx_settings"))
             rows = await conn.fetch(self.db.sql("usage_claim"), last_id, self.usage.batch_size)
             if not rows:
                 return 0, last_id, None
@@ -237,7 +277,7 @@ class UsageFlusher:
             batch = None
             if events:
                 batch = await self._write_batch(conn, lock_conn, events)
-            return len(rows), rows[-1]["id"], batch
+            return len(rows), max(r["id"] for r in rows), batch
 
         return await self.db.run(tx)
 
@@ -324,7 +364,7 @@ class UsageFlusher:
             self.db.sql("usage_insert_batch"), nonce, self.usage.target, self.instance, rows
         )
         # Locked before the batch is visible (commit), so no other flush can think it orphaned.
-        await lock_conn.fetchval(self.db.sql("usage_lock_batch"), batch_id)
+        await self._lock(lock_conn, "usage_lock_batch", batch_id)
         # The identifier is fixed here, before anything is sent, and never changes: a resend
         # after a crash carries the same one, and Stripe counts it once.
         requests = [
@@ -344,7 +384,7 @@ class UsageFlusher:
             [r[1] for r in requests],
             [r[2] for r in requests],
             [orjson.dumps(r[3]).decode() for r in requests],
-            [len(e.row_ids) for e in events],
+            ["{" + ",".join(map(str, e.row_ids)) + "}" for e in events],
         )
         ids = {r["identifier"]: r["id"] for r in inserted}
         row_ids: list[int] = []
@@ -356,7 +396,7 @@ class UsageFlusher:
             row_ids.extend(e.row_ids)
             event_ids.extend([event_id] * len(e.row_ids))
             customers.extend([e.customer_id] * len(e.row_ids))
-            outbound.append(_Outbound(event_id, identifier, path, base, params))
+            outbound.append(_Outbound(event_id, identifier, path, base, params, e.row_ids))
         await conn.execute(
             self.db.sql("usage_rows_sending"), batch_id, row_ids, event_ids, customers
         )
@@ -388,13 +428,20 @@ class UsageFlusher:
     async def _recover(self, lock_conn: asyncpg.Connection, result: FlushResult) -> None:
         for row in await self.db.fetch("usage_sending_batches"):
             batch_id = row["id"]
-            if not await lock_conn.fetchval(self.db.sql("usage_lock_batch"), batch_id):
+            if not await self._lock(lock_conn, "usage_lock_batch", batch_id):
                 continue  # another flush is sending it right now
             if await self.db.fetchval("usage_batch_status", batch_id) != "sending":
-                await lock_conn.fetchval(self.db.sql("usage_unlock_batch"), batch_id)
+                await self._lock(lock_conn, "usage_unlock_batch", batch_id)
                 continue  # finished between our look and our lock
             pending = [
-                _Outbound(r["id"], r["identifier"], r["path"], r["base"], orjson.loads(r["params"]))
+                _Outbound(
+                    r["id"],
+                    r["identifier"],
+                    r["path"],
+                    r["base"],
+                    orjson.loads(r["params"]),
+                    list(r["row_ids"]),
+                )
                 for r in await self.db.fetch("usage_batch_events", batch_id)
             ]
             log.info("usage_batch_recovering", batch_id=batch_id, events=len(pending))
@@ -410,62 +457,104 @@ class UsageFlusher:
         *,
         recovered: bool = False,
     ) -> None:
-        """Send a batch's requests, record the answers; raise _Stop if sending must stop."""
+        """Send a batch's requests, recording answers as they come (in chunks, while sending
+        goes on); raise _Stop if sending must stop."""
         if not recovered:
             result.batches += 1
-        answers: list[tuple[int, str, str | None]] = []
         stop: list[str] = []
         queue = iter(outbound)
+        answered, answers = anyio.create_memory_object_stream[_Answer](max_buffer_size=math.inf)
+        started = time.monotonic()
+        counts = {"sent": 0, "refused": 0}
 
         async def worker() -> None:
             for ob in queue:
-                if stop:
-                    return
+                if stop or self._stopping():
+                    return  # unsent requests stay in the outbox for the next flush
                 try:
-                    answers.append(await self._send_one(ob))
+                    error = await self._send_one(ob)
                 except _Stop as exc:
                     stop.append(str(exc))
                     return
+                answered.send_nowait(_Answer(ob, error))
+
+        async def senders() -> None:
+            async with answered, anyio.create_task_group() as tg:
+                for _ in range(min(self.usage.concurrency, len(outbound))):
+                    tg.start_soon(worker)
+
+        async def recorder() -> None:
+            chunk: list[_Answer] = []
+            async with answers:
+                async for answer in answers:
+                    chunk.append(answer)
+                    if len(chunk) >= _MARK_CHUNK:
+                        await self._mark(chunk, result, counts)
+                        chunk = []
+            if chunk:
+                await self._mark(chunk, result, counts)
 
         async with anyio.create_task_group() as tg:
-            for _ in range(min(self.usage.concurrency, len(outbound))):
-                tg.start_soon(worker)
-        if answers:
-            counts = await self.db.run(
-                lambda c: c.fetchrow(
-                    self.db.sql("usage_mark_events"),
-                    [a[0] for a in answers],
-                    [a[1] for a in answers],
-                    [a[2] for a in answers],
-                )
-            )
-            assert counts is not None
-            result.rows_reported += counts["reported"]
-            result.rows_failed += counts["failed"]
-            metrics.usage_rows.labels("reported").inc(counts["reported"])
-            metrics.usage_rows.labels("failed").inc(counts["failed"])
-        failed = sum(1 for a in answers if a[1] == "failed")
-        result.events_sent += len(answers)
-        result.events_failed += failed
-        unsent = len(outbound) - len(answers)
+            tg.start_soon(recorder)
+            tg.start_soon(senders)
+        unsent = len(outbound) - counts["sent"]
         result.events_unsent += unsent
         if unsent:
             metrics.usage_events.labels("unsent").inc(unsent)
         await self.db.execute("usage_finish_batch", batch_id)
-        await lock_conn.fetchval(self.db.sql("usage_unlock_batch"), batch_id)
+        await self._lock(lock_conn, "usage_unlock_batch", batch_id)
         log.info(
             "usage_batch_sent",
             batch_id=batch_id,
-            events=len(answers),
-            refused=failed,
+            events=counts["sent"],
+            refused=counts["refused"],
             unsent=unsent,
             recovered=recovered,
+            seconds=round(time.monotonic() - started, 3),
         )
         if stop:
             raise _Stop(stop[0])
 
-    async def _send_one(self, ob: _Outbound) -> tuple[int, str, str | None]:
-        """(event id, 'reported' or 'failed', Stripe's reason) for one request."""
+    async def _mark(
+        self, chunk: list[_Answer], result: FlushResult, counts: dict[str, int]
+    ) -> None:
+        """Record Stripe's answers and the rows' outcome in one transaction."""
+        ok = [a.outbound for a in chunk if a.error is None]
+        bad = [a for a in chunk if a.error is not None]
+
+        async def tx(conn: asyncpg.Connection) -> tuple[int, int]:
+            await conn.execute(self.db.sql("usage_async_commit"))
+            reported = failed = 0
+            if ok:
+                row = await conn.fetchrow(
+                    self.db.sql("usage_mark_reported"),
+                    [o.id for o in ok],
+                    [i for o in ok for i in o.row_ids],
+                )
+                reported = row["rows"] if row is not None else 0
+            if bad:
+                row = await conn.fetchrow(
+                    self.db.sql("usage_mark_failed"),
+                    [a.outbound.id for a in bad],
+                    [a.error for a in bad],
+                    [i for a in bad for i in a.outbound.row_ids],
+                    [a.error for a in bad for _ in a.outbound.row_ids],
+                )
+                failed = row["rows"] if row is not None else 0
+            return reported, failed
+
+        reported, failed = await self.db.run(tx)
+        counts["sent"] += len(chunk)
+        counts["refused"] += len(bad)
+        result.events_sent += len(chunk)
+        result.events_failed += len(bad)
+        result.rows_reported += reported
+        result.rows_failed += failed
+        metrics.usage_rows.labels("reported").inc(reported)
+        metrics.usage_rows.labels("failed").inc(failed)
+
+    async def _send_one(self, ob: _Outbound) -> str | None:
+        """Send one request: None when delivered, Stripe's reason when refused for good."""
         try:
             await self.api.request(
                 "POST", ob.path, ob.params, idempotency_key=ob.identifier, base=ob.base
@@ -475,15 +564,20 @@ class UsageFlusher:
             if exc.status == 400 and "already exists" in message and "identifier" in message:
                 # Delivered by an earlier attempt that died before recording the answer.
                 metrics.usage_events.labels("duplicate").inc()
-                return ob.id, "reported", None
-            if exc.retryable or exc.status in (None, 401, 403):
-                # Retries ran out, or the key is refused: nothing is wrong with the rows.
+                return None
+            if (
+                exc.retryable
+                or exc.status in (None, 401, 403)
+                or (exc.status == 404 and not exc.code)
+            ):
+                # Retries ran out, the key is refused, or the endpoint is unknown (a 404 without
+                # resource_missing: wrong address or API version): nothing is wrong with the rows.
                 raise _Stop(message) from exc
             metrics.usage_events.labels("failed").inc()
             log.warning("usage_event_refused", identifier=ob.identifier, error=message)
-            return ob.id, "failed", f"stripe: {message}"
+            return f"stripe: {message}"
         metrics.usage_events.labels("reported").inc()
-        return ob.id, "reported", None
+        return None
 
 
 def _legacy_item(

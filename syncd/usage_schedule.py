@@ -68,6 +68,7 @@ class UsageLoop:
             self._own_api or daemon.api,
             instance=daemon.instance_id,
             stopping=daemon.lifecycle.stopping,
+            read_api=daemon.api,
         )
         self._lock = anyio.Lock()
         self._wake = anyio.Event()
@@ -100,7 +101,8 @@ class UsageLoop:
         finally:
             scheduler.shutdown(wait=False)
             if self._own_api is not None:
-                await self._own_api.close()
+                with anyio.CancelScope(shield=True):  # close even when the loop was cancelled
+                    await self._own_api.close()
 
     async def _flush_logged(self) -> None:
         try:

@@ -8,7 +8,7 @@ NOTIFY on `events.notify_channel`, which PostgreSQL delivers only if the transac
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +81,24 @@ class Writer:
         await self._announce(conn, resource, written.changed)
         return written
 
+    async def upsert_each(
+        self,
+        conn: asyncpg.Connection,
+        resource: Resource,
+        items: Sequence[tuple[dict[str, Any], float, str | None]],
+    ) -> Written:
+        """Upsert (object, version, api_version) triples in one statement: event snapshots,
+        each stamped with its own event's `created` (not for owned children)."""
+        if resource.owned:
+            raise ValueError(f"{resource.table} rows need their parent's id: use upsert")
+        payload = orjson.dumps([{"o": o, "v": v, "a": a} for o, v, a in items])
+        rows = await conn.fetch(
+            self.db.table_sql("upsert_objects_each", resource.table), payload, self.account_id
+        )
+        written = Written([(r["id"], r["op"]) for r in rows])
+        await self._announce(conn, resource, written.changed)
+        return written
+
     async def tombstone(
         self, conn: asyncpg.Connection, resource: Resource, ids: Iterable[str], *, version: float
     ) -> Written:
@@ -112,6 +130,45 @@ class Writer:
         rows = await conn.fetch(
             self.db.table_sql("tombstone_missing_children", resource.table),
             parent_id,
+            keep,
+            version,
+        )
+        gone = Written([(r["id"], "delete") for r in rows])
+        await self._announce(conn, resource, gone.ops)
+        written += gone
+        return written
+
+    async def replace_children_of_many(
+        self,
+        conn: asyncpg.Connection,
+        resource: Resource,
+        sets: Mapping[str, Sequence[dict[str, Any]]],
+        *,
+        version: float,
+        api_version: str | None,
+    ) -> Written:
+        """`replace_children` for many parents in two statements (a list page's inline items).
+
+        Ids are global in Stripe, so one keep-list serves every parent of the batch.
+        """
+        objects = [o for kids in sets.values() for o in kids]
+        parents = [pid for pid, kids in sets.items() for _ in kids]
+        written = Written()
+        if objects:
+            rows = await conn.fetch(
+                self.db.table_sql("upsert_children_of_many", resource.table),
+                orjson.dumps(objects),
+                self.account_id,
+                api_version,
+                version,
+                parents,
+            )
+            written = Written([(r["id"], r["op"]) for r in rows])
+            await self._announce(conn, resource, written.changed)
+        keep = [o["id"] for o in objects if "id" in o]
+        rows = await conn.fetch(
+            self.db.table_sql("tombstone_missing_children_of_many", resource.table),
+            list(sets),
             keep,
             version,
         )

@@ -7,9 +7,13 @@ from typing import Any
 
 import anyio
 import orjson
+import structlog
+import structlog.testing
 
+from syncd import metrics
 from syncd.db import Database
 from syncd.emulator import Emulator
+from syncd.registry import BY_TABLE
 from tests.test_events_support import Harness, differences, harness, mirror
 
 CORE = ("customer", "product", "price", "plan", "subscription", "subscription_item")
@@ -262,7 +266,10 @@ async def test_a_bad_event_is_recorded_and_the_rest_applied(
             },
         ]
         emulator.import_objects([bad, *odd])
+        counted = metrics.events_processed.labels("ignored", "unknown_object")
+        before = counted._value.get()
         result = await h.stream.poll_head()
+        assert counted._value.get() == before + 1
         assert result.fresh == 5
         outcomes = {r["event_id"]: (r["outcome"], r["reason"]) for r in await ledger(h.db)}
         assert outcomes["evt_bad"][0] == "ignored"
@@ -295,3 +302,95 @@ async def test_changes_are_announced_after_commit(db_url: str, emulator: Emulato
         finally:
             await conn.close()
         assert got == [{"table": "customers", "changes": [{"id": cust["id"], "op": "insert"}]}]
+
+
+async def test_an_aging_cursor_warns_before_it_expires(db_url: str, emulator: Emulator) -> None:
+    async with harness(db_url, emulator) as h:
+        await h.stream.take_cursor()
+        await h.db.execute(
+            "events_cursor_restart", "", h.api.clock.now() - 26 * 86400, "first_start"
+        )
+        with structlog.testing.capture_logs() as logs:
+            result = await h.stream.poll_head()
+        assert not result.restarted
+        assert [e["age_days"] for e in logs if e["event"] == "events_cursor_old"] == [26.0]
+        requests = await h.db.run(
+            lambda c: c.fetchval("SELECT count(*) FROM syncd.requests"), transaction=False
+        )
+        assert requests == 0
+
+
+async def test_ledger_rows_are_pruned_after_the_retention(db_url: str, emulator: Emulator) -> None:
+    async with harness(db_url, emulator, ledger_retention_days=35.0) as h:
+        await h.stream.take_cursor()
+        for i in range(3):
+            await h.user.post("/v1/customers", {"email": f"c{i}@example.com"})
+        await h.stream.poll_head()
+        await h.db.run(
+            lambda c: c.execute(
+                "UPDATE syncd.events_ledger SET processed_at = now() - interval '36 days'"
+                " WHERE event_id IN (SELECT event_id FROM syncd.events_ledger LIMIT 2)"
+            )
+        )
+        await h.stream.prune_ledger()
+        assert len(await ledger(h.db)) == 1
+
+
+async def test_upsert_each_keeps_the_newest_version_per_object(
+    db_url: str, emulator: Emulator
+) -> None:
+    async with harness(db_url, emulator) as h:
+        customers = BY_TABLE["customers"]
+
+        def cus(email: str) -> dict[str, Any]:
+            return {"id": "cus_1", "object": "customer", "created": 1, "email": email}
+
+        async def write(items: list[tuple[dict[str, Any], float, str | None]]) -> list[Any]:
+            return (await h.db.run(lambda c: h.writer.upsert_each(c, customers, items))).ops
+
+        # Within one statement the newest of an object's versions is the one written.
+        assert await write([(cus("b@x"), 200.0, "v"), (cus("a@x"), 100.0, "v")]) == [
+            ("cus_1", "insert")
+        ]
+        assert (await mirror(h.db, "customers"))["cus_1"][0]["email"] == "b@x"
+        assert await write([(cus("old@x"), 150.0, "v")]) == []  # older than the row
+        assert await write([({**cus("b@x"), "deleted": True}, 300.0, "v")]) == [("cus_1", "delete")]
+        assert await write([(cus("later@x"), 400.0, "v")]) == []  # tombstones are final
+
+
+async def test_a_cursor_stripe_refuses_as_expired_restarts_it(
+    db_url: str, emulator: Emulator
+) -> None:
+    async with harness(db_url, emulator, max_cursor_age_days=30.0) as h:
+        await h.stream.take_cursor()
+        now = emulator.clock.now()
+        edge = now - 30 * 86400 + 10  # ten seconds inside Stripe's retention
+        cust = await h.user.post("/v1/customers", {"email": "a@example.com"})
+        event = emulator.events("customer.created")[0]
+        emulator.import_objects(
+            [{**event, "id": f"evt_edge{i:03d}", "created": edge} for i in range(150)]
+        )
+        await h.db.execute("events_cursor_restart", "", float(edge - 5), "first_start")
+        # Each page of events takes 0.4 s; while the second is on its way, 20 s pass at Stripe:
+        # the page's `starting_after` event falls out of the retention and Stripe says so.
+        emulator.faults.set(pattern="GET /v1/events", latency_ms=400)
+        async with anyio.create_task_group() as tg:
+
+            async def later() -> None:
+                await anyio.sleep(0.6)
+                emulator.clock.advance(20)
+
+            tg.start_soon(later)
+            result = await h.stream.poll_head()
+        assert result.restarted
+        assert emulator.stats.count("GET /v1/events", 400) == 1  # refused by Stripe, not by age
+        row = await h.db.fetchrow("events_cursor_get", "")
+        assert row is not None and row["reason"] == "cursor_expired"
+        assert row["position"] >= now + 19
+        requests = await h.db.run(
+            lambda c: c.fetch("SELECT kind, args FROM syncd.requests"), transaction=False
+        )
+        assert [(r["kind"], r["args"]) for r in requests] == [
+            ("resync", {"reason": "cursor_expired"})
+        ]
+        assert cust["id"] not in await mirror(h.db, "customers")  # nothing half-applied

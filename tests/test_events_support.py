@@ -41,9 +41,13 @@ class Harness:
     writer: Writer
     stream: EventStream
 
+    batch_size: int = 1000
+
     def new_stream(self) -> EventStream:
         """A stream as a restarted daemon builds it: everything it knows is in the database."""
-        self.stream = EventStream(self.cfg, self.db, self.api, self.writer)
+        self.stream = EventStream(
+            self.cfg, self.db, self.api, self.writer, batch_size=self.batch_size
+        )
         return self.stream
 
 

@@ -3,6 +3,7 @@ JWT claims as Supabase defines it, and the `anon`/`authenticated` roles PostgRES
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,13 +11,16 @@ from typing import Any
 import asyncpg
 import pytest
 
-from syncd import appschema
+from syncd import appschema, migrations
+from syncd.config import AppConfig
 from syncd.daemon import Daemon, attach_features
 from syncd.db import Database
 from syncd.emulator import Emulator
 from syncd.errors import DatabaseError
 from syncd.lifecycle import Lifecycle
+from syncd.registry import BY_TABLE
 from syncd.stripe_api import StripeAPI
+from syncd.writer import Writer
 from tests.conftest import emulator_config, make_config
 from tests.test_views import VIEWS, Synced
 from tests.test_views_support import build_account, sdk_client, sync_emulator
@@ -51,6 +55,8 @@ CREATE TABLE IF NOT EXISTS billing.usage_records (
 )
 """
 USER_VIEWS = [v for v in VIEWS if v != "pricing_plans"]
+USER = "3f2b8e4a-1c6d-4e5f-9a7b-0c1d2e3f4a5b"
+USER2 = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 
 
 def denied() -> pytest.RaisesContext[DatabaseError]:
@@ -298,3 +304,62 @@ async def test_a_users_rows_are_found_through_indexes(supabase: Synced) -> None:
         text = await db.run(plan)
         tree = (json.loads(text) if isinstance(text, str) else text)[0]["Plan"]
         assert unbounded_scans(tree) == [], view
+
+
+async def test_configured_schema_names(empty_db_url: str) -> None:
+    """Every statement follows database.mirror_schema/app_schema (no literal stripe/billing)."""
+    cfg = make_config(empty_db_url)
+    cfg = dataclasses.replace(
+        cfg,
+        database=dataclasses.replace(
+            cfg.database, mirror_schema="m_x", state_schema="s_x", app_schema="a_x"
+        ),
+    )
+    async with Database.connect(cfg.database, min_size=1) as db:
+        await migrations.migrate(db)
+        await admin(db, SUPABASE)
+        assert await appschema.apply_row_level_security(db, cfg) == "installed"
+        writer = Writer(db)
+        cus = {"id": "cus_1", "object": "customer", "metadata": {"supabase_user_id": USER}}
+        await db.run(
+            lambda c: writer.upsert(c, BY_TABLE["customers"], [cus], version=1, api_version=None)
+        )
+        mine = await as_role(db, "authenticated", "SELECT id FROM a_x.customers", user=USER)
+        assert [r["id"] for r in mine] == [USER]
+        other = await as_role(db, "authenticated", "SELECT id FROM a_x.customers", user=USER2)
+        assert other == []
+        n = await db.run(
+            lambda c: c.fetchval(
+                "SELECT count(*) FROM pg_policies WHERE schemaname IN ('stripe', 'billing')"
+            ),
+            transaction=False,
+        )
+        assert n == 0
+        assert (
+            await appschema.apply_row_level_security(
+                db, dataclasses.replace(cfg, app=AppConfig(row_level_security=False))
+            )
+            == "removed"
+        )
+
+
+async def test_a_blocked_install_gives_up_and_keeps_the_previous_state(db_url: str) -> None:
+    """A long reader holding a mirror table: the install waits at most its lock timeout, logs,
+    returns "failed" and leaves everything as it was (here: nothing granted, so no access)."""
+    cfg = make_config(db_url)
+    async with Database.connect(cfg.database, min_size=2) as db:
+        await admin(db, SUPABASE)
+        async with db.pool.acquire() as reader:
+            tx = reader.transaction()
+            await tx.start()
+            await reader.fetch("SELECT count(*) FROM stripe.prices")  # holds ACCESS SHARE
+            assert await appschema.apply_row_level_security(db, cfg) == "failed"
+            await tx.rollback()
+        n = await db.run(
+            lambda c: c.fetchval("SELECT count(*) FROM pg_policies WHERE policyname LIKE 'syncd%'"),
+            transaction=False,
+        )
+        assert n == 0
+        with denied():
+            await as_role(db, "authenticated", "SELECT * FROM billing.customers", user=USER)
+        assert await appschema.apply_row_level_security(db, cfg) == "installed"

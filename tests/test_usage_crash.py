@@ -70,6 +70,7 @@ async def run_cli(env: dict[str, str], kill_after: float | None) -> int | None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 async def test_kill_9_at_random_points_never_loses_or_double_counts(
     db_url: str, emulator: Emulator
 ) -> None:
@@ -193,4 +194,33 @@ async def test_two_cli_flushes_at_once(db_url: str, emulator: Emulator) -> None:
     sent = await sent_events(db_url)
     assert emulator.stats.count(METER_POST) == sent["events"]
     assert emulator.stats.count(METER_POST, 400) == 0
+    assert emulator_totals(emulator, {"api_calls": meter}) == await row_totals(db_url)
+
+
+async def test_stop_request_ends_sending_early_and_the_next_flush_finishes(
+    db_url: str, emulator: Emulator
+) -> None:
+    meter = await make_meter(emulator, "api_calls")
+    ids = [c["id"] for c in customers(emulator, 20)]
+    await insert_rows(db_url, random_rows(ids, 2000, spread=600))
+    emulator.faults.set(pattern=METER_POST, latency_ms=40)
+    cfg = emulator_config(
+        db_url, emulator, usage={"meters": {"api_calls": "api_calls"}, "concurrency": 2}
+    )
+    stopping = anyio.Event()
+    results: list[FlushResult] = []
+    async with Database.connect(cfg.database, min_size=1) as db, StripeAPI(cfg) as api:
+        flusher = UsageFlusher(cfg, db, api, stopping=stopping)
+
+        async def run() -> None:
+            results.append(await flusher.flush())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await anyio.sleep(1.0)
+            stopping.set()  # SIGTERM: the daemon's lifecycle sets this
+    assert results[0].events_unsent > 0 and results[0].rows_reported > 0
+    assert "sending" in await statuses(db_url)
+    assert (await flush_with(cfg, "next")).batches_recovered == 1
+    assert await statuses(db_url) == {"reported": 2000}
     assert emulator_totals(emulator, {"api_calls": meter}) == await row_totals(db_url)

@@ -43,7 +43,13 @@ async def test_daemon_flushes_at_start_on_request_and_on_sigusr1(
     meter = await make_meter(emulator, "api_calls")
     ids = [c["id"] for c in customers(emulator, 5)]
     await insert_rows(db_url, random_rows(ids, 50, seed=1))
-    env = cli_env(db_url, emulator, SYNCD_USAGE_INTERVAL="3600", SYNCD_HTTP_ENABLED="false")
+    env = cli_env(
+        db_url,
+        emulator,
+        SYNCD_USAGE_INTERVAL="3600",
+        SYNCD_HTTP_ENABLED="false",
+        SYNCD_USAGE_API_KEY="sk_test_usageonly0001",  # its own client, the daemon's limiter
+    )
     daemon = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

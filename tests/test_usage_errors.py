@@ -159,7 +159,7 @@ async def test_missing_meter_holds_rows_until_it_exists(
 
 
 async def test_exhausted_retries_leave_rows_sending_and_the_next_flush_delivers_once(
-    db_url: str, emulator: Emulator
+    db_url: str, emulator: Emulator, db: Database
 ) -> None:
     meter = await make_meter(emulator, "api_calls")
     ids = [c["id"] for c in customers(emulator, 10)]
@@ -170,7 +170,11 @@ async def test_exhausted_retries_leave_rows_sending_and_the_next_flush_delivers_
     broken = await flush(cfg)
     assert broken.error is not None and "503" in broken.error
     assert broken.events_unsent > 0
-    assert (await statuses(db_url)).get("sending", 0) > 0
+    sending = (await statuses(db_url)).get("sending", 0)
+    assert sending > 0
+    info = await summary(db)  # what `syncd status` shows meanwhile
+    assert info["rows_sending"] == sending and info["batches_sending"] == 1
+    assert info["oldest_unreported"] is not None and info["oldest_sending_batch_at"] is not None
     emulator.faults.clear()
     healed = await flush(cfg)
     assert healed.batches_recovered == 1 and healed.error is None
@@ -216,3 +220,42 @@ async def test_meter_deactivated_after_the_batch_was_written_fails_with_stripes_
         )
     ]
     assert emulator.meter_totals() == {}
+
+
+async def test_nothing_is_rejected_while_no_meter_is_configured(
+    db_url: str, emulator: Emulator
+) -> None:
+    (cus,) = (c["id"] for c in customers(emulator, 1))
+    await insert_rows(db_url, random_rows([cus], 5))
+    result = await flush(emulator_config(db_url, emulator))  # usage.meters left empty
+    assert result.error is not None and "usage.meters is empty" in result.error
+    assert await statuses(db_url) == {"pending": 5}
+
+
+async def test_an_unknown_endpoint_stops_the_flush_without_failing_rows(
+    db_url: str, emulator: Emulator
+) -> None:
+    """A wrong meter-events address answers 404 without resource_missing: the rows are fine."""
+    await make_meter(emulator, "api_calls")
+    (cus,) = (c["id"] for c in customers(emulator, 1))
+    await insert_rows(db_url, random_rows([cus], 5))
+    cfg = usage_config(db_url, emulator, {"meter_events_base": emulator.url + "/nowhere"})
+    result = await flush(cfg)
+    assert result.error is not None and "Unrecognized request URL" in result.error
+    assert await statuses(db_url) == {"sending": 5}
+    assert (await flush(usage_config(db_url, emulator))).rows_reported == 5
+
+
+async def test_a_key_that_cannot_list_meters_still_reports(
+    db_url: str, emulator: Emulator, db: Database
+) -> None:
+    """A restricted usage key may write meter events without reading meters: syncd assumes the
+    configured meters with Stripe's default payload keys instead of giving up."""
+    meter = await make_meter(emulator, "api_calls")
+    ids = [c["id"] for c in customers(emulator, 2)]
+    await insert_rows(db_url, random_rows(ids, 20))
+    emulator.faults.set(pattern="GET /v1/billing/meters", status=403, error_rate=1.0)
+    result = await flush(usage_config(db_url, emulator))
+    assert result.error is None and result.rows_reported == 20
+    assert emulator_totals(emulator, {"api_calls": meter}) == await row_totals(db_url)
+    assert (await summary(db))["meter_problems"] == []

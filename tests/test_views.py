@@ -14,7 +14,10 @@ import pytest
 from syncd.config import Config
 from syncd.db import Database
 from syncd.emulator import Emulator
+from syncd.lifecycle import Lifecycle
 from syncd.registry import BY_TABLE
+from syncd.resync import Resync
+from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
 from tests.conftest import emulator_config
 from tests.test_views_support import Account, build_account, sync_emulator
@@ -45,12 +48,23 @@ class Synced:
         return {o["id"]: o for o in self.emu.objects(type_)}
 
 
-@pytest.fixture
-async def synced(emulator: Emulator, db_url: str) -> AsyncIterator[Synced]:
+@pytest.fixture(params=["writer", "resync"])
+async def synced(
+    emulator: Emulator, db_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Synced]:
+    """The account in the mirror: written object by object with the real writer, or by the
+    daemon's full resync listing the emulator over HTTP."""
     cfg = emulator_config(db_url, emulator)
     acc = await build_account(emulator)
     async with Database.connect(cfg.database, min_size=1) as db:
-        await sync_emulator(emulator, db, cfg)
+        if request.param == "writer":
+            await sync_emulator(emulator, db, cfg)
+        else:
+            async with StripeAPI(cfg) as api:
+                resync = Resync(cfg, db, api, Writer(db), Lifecycle(1.0))
+                result = await resync.run(reason="test")
+            assert result.objects > 0
+            assert set(result.summary()["unavailable"]) <= {"tax_rates", "early_fraud_warnings"}
         yield Synced(emulator, db, cfg, acc)
 
 
@@ -147,7 +161,9 @@ async def test_pricing_plans_view(synced: Synced) -> None:
     prices = synced.objects("price")
     products = synced.objects("product")
     got = {r["id"]: r for r in await rows(synced.db, "SELECT * FROM billing.pricing_plans")}
-    assert set(got) == set(prices)
+    assert prices[acc.deleted_price].get("deleted")
+    prices = {pid: p for pid, p in prices.items() if not p.get("deleted")}
+    assert set(got) == set(prices)  # the deleted plan's price is not there
     for pid, p in prices.items():
         row, prod = got[pid], products[p["product"]]
         recurring = p["recurring"] or {}
@@ -348,3 +364,43 @@ async def test_customer_written_while_its_session_commits_keeps_the_mapping(db: 
         await tx.commit()
         await pending
     assert await user_id(db) == "user-a"
+
+
+@pytest.mark.parametrize("first", ["customer", "session"])
+async def test_first_writes_of_customer_and_session_at_once(db: Database, first: str) -> None:
+    """Neither transaction can see the other's uncommitted row: the mapping must still be made
+    (the resync writes customers and sessions from several connections at once)."""
+    writer = Writer(db)
+    writes = {
+        "customer": (BY_TABLE["customers"], [{**CUS, "metadata": {}}]),
+        "session": (BY_TABLE["checkout_sessions"], [session("cs_1", "user-a", 10)]),
+    }
+    second = "session" if first == "customer" else "customer"
+    async with db.pool.acquire() as first_conn, db.pool.acquire() as second_conn:
+        tx = first_conn.transaction()
+        await tx.start()
+        res, objs = writes[first]
+        await writer.upsert(first_conn, res, objs, version=1, api_version=None)
+        res2, objs2 = writes[second]
+
+        async def later() -> None:
+            async with second_conn.transaction():
+                await writer.upsert(second_conn, res2, objs2, version=1, api_version=None)
+
+        pending = asyncio.ensure_future(later())
+        await asyncio.sleep(0.3)
+        await tx.commit()
+        await pending
+    assert await user_id(db) == "user-a"
+
+
+async def test_fallback_follows_the_configured_metadata_key(cfg: Config) -> None:
+    async with Database.connect(
+        cfg.database, min_size=1, settings={"syncd.user_id_key": "app_user"}
+    ) as db:
+        await write(db, "customers", [{**CUS, "metadata": {"app_user": "meta-user"}}], 1)
+        await write(db, "checkout_sessions", [session("cs_1", "user-a", 10)], 2)
+        assert await user_id(db) == "meta-user"
+        # the default key means nothing under another configured key: the fallback applies
+        await write(db, "customers", [{**CUS, "metadata": {"supabase_user_id": "x"}}], 3)
+        assert await user_id(db) == "user-a"

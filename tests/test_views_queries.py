@@ -136,7 +136,10 @@ async def check_pricing_page(s: Synced, sql: str) -> None:
             ),
         )
         for p in s.emu.objects("price")
-        if p["active"] and products[p["product"]]["active"] and p["recurring"]
+        if not p.get("deleted")
+        and p["active"]
+        and products[p["product"]]["active"]
+        and p["recurring"]
     )
     got = await run(s, sql)
     assert got == [row for _, row in expected]

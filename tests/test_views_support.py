@@ -123,6 +123,7 @@ class Account:
         self.deleted_customer = ""
         self.legacy_customer = ""  # metadata user id that is not a uuid
         self.archived_price = ""
+        self.deleted_price = ""
         self.one_time_price = ""
         self.featured_product = ""
         self.users: list[str] = []  # every user id with a live customer
@@ -156,6 +157,12 @@ async def build_account(emu: Emulator) -> Account:
         )
         await v1.prices.update_async(archived["id"], {"active": False})
         acc.archived_price = archived["id"]
+        # a plan deleted in Stripe: its price is gone (tombstoned in the mirror)
+        doomed = await v1.plans.create_async(
+            {"amount": 700, "currency": "usd", "interval": "month", "product": featured["id"]}
+        )
+        await v1.plans.delete_async(doomed.id)
+        acc.deleted_price = doomed.id
         credits = await v1.products.create_async({"name": "Credits pack"})
         one_time = await v1.prices.create_async(
             {"product": credits.id, "currency": "usd", "unit_amount": 1500}
@@ -163,7 +170,7 @@ async def build_account(emu: Emulator) -> Account:
         acc.one_time_price = one_time.id
 
         subs = [s for s in emu.objects("subscription") if s["status"] == "active"]
-        prices = {p["id"]: p for p in emu.objects("price")}
+        prices = {p["id"]: p for p in emu.objects("price") if not p.get("deleted")}
         sub = next(
             s
             for s in subs

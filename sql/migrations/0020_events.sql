@@ -25,4 +25,3 @@ CREATE TABLE {state}.events_ledger (
     processed_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX events_ledger_processed_at ON {state}.events_ledger (processed_at);
-CREATE INDEX events_ledger_object ON {state}.events_ledger (object_id);

@@ -75,9 +75,15 @@ SELECT table_name, variant, slice_no, lo, hi, cursor, cursor_created, objects, p
        children, done
   FROM {state}.resync_slices WHERE run_id = $1 ORDER BY table_name, variant, slice_no;
 
--- name: resync_set_bounds
--- A split (the running slice keeps [lo, hi)) or a restart after a vanished cursor.
-UPDATE {state}.resync_slices SET lo = $5, hi = $6, cursor = $7
+-- name: resync_set_lo
+-- A split: the running slice keeps [lo, hi). Its cursor is left to its own checkpoints (the
+-- cursor in memory may belong to a page not committed yet).
+UPDATE {state}.resync_slices SET lo = $5
+ WHERE run_id = $1 AND table_name = $2 AND variant = $3 AND slice_no = $4;
+
+-- name: resync_restart_slice
+-- The cursor object vanished: walk on from its second, without a cursor.
+UPDATE {state}.resync_slices SET hi = $5, cursor = NULL
  WHERE run_id = $1 AND table_name = $2 AND variant = $3 AND slice_no = $4;
 
 -- name: resync_checkpoint

@@ -24,8 +24,11 @@ SELECT c.id, c.metric, c.quantity, c.subscription_id, c.user_id,
            AND cu.user_id = c.user_id AND cu.deleted_at IS NULL
          ORDER BY cu.created DESC NULLS LAST, cu.id DESC
          LIMIT 1
-       ) u ON true
- ORDER BY c.id;
+       ) u ON true;
+
+-- name: usage_tx_settings
+-- The planner's JIT compiles the claim for a second on big batches and saves nothing: off.
+SELECT set_config('jit', 'off', true);
 
 -- name: usage_metered_items
 -- Live metered subscription items of these subscriptions (legacy target).
@@ -43,12 +46,13 @@ RETURNING id;
 -- Every request of a batch, with its exact parameters, written before anything is sent.
 INSERT INTO {state}.usage_events
        (batch_id, identifier, customer_id, metric, event_name, subscription_item_id, value,
-        "timestamp", path, base, params, rows)
+        "timestamp", path, base, params, rows, row_ids)
 SELECT $1, e.identifier, e.customer_id, e.metric, e.event_name, e.item, e.value, e.ts, e.path,
-       e.base, e.params::jsonb, e.rows
+       e.base, e.params::jsonb, cardinality(e.row_ids::bigint[]), e.row_ids::bigint[]
   FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::numeric[],
-              $8::bigint[], $9::text[], $10::text[], $11::text[], $12::int[])
-       AS e(identifier, customer_id, metric, event_name, item, value, ts, path, base, params, rows)
+              $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[])
+       AS e(identifier, customer_id, metric, event_name, item, value, ts, path, base, params,
+            row_ids)
 RETURNING id, identifier;
 
 -- name: usage_rows_sending
@@ -79,33 +83,47 @@ SELECT id FROM {state}.usage_batches WHERE status = 'sending' ORDER BY id;
 SELECT status FROM {state}.usage_batches WHERE id = $1;
 
 -- name: usage_batch_events
-SELECT id, identifier, path, base, params::text AS params
+SELECT id, identifier, path, base, params::text AS params, row_ids
   FROM {state}.usage_events
  WHERE batch_id = $1 AND status = 'sending'
  ORDER BY id;
 
--- name: usage_mark_events
--- Stripe's answers for some events of a batch, and their rows, in one transaction.
--- Returns the number of rows that became reported and failed.
-WITH outcome AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]) AS o(id, status, error)
-), ev AS (
-    UPDATE {state}.usage_events e
-       SET status = o.status, error = o.error, sent_at = now(), attempts = e.attempts + 1
-      FROM outcome o
-     WHERE e.id = o.id AND e.status = 'sending'
-    RETURNING e.id, e.status, e.error
-), upd AS (
-    UPDATE {app}.usage_records r
-       SET status = ev.status, error = ev.error,
-           reported_at = CASE WHEN ev.status = 'reported' THEN now() END
-      FROM ev
-     WHERE r.event_id = ev.id AND r.status = 'sending'
-    RETURNING r.status
+-- name: usage_mark_reported
+-- Stripe took these events ($1 event ids); $2 their rows. Rows are found by primary key.
+WITH ev AS (
+    UPDATE {state}.usage_events
+       SET status = 'reported', error = NULL, sent_at = now(), attempts = attempts + 1
+     WHERE id = ANY($1::bigint[]) AND status = 'sending'
+    RETURNING id
+), r AS (
+    UPDATE {app}.usage_records
+       SET status = 'reported', reported_at = now(), error = NULL
+     WHERE id = ANY($2::bigint[]) AND status = 'sending'
+    RETURNING 1
 )
-SELECT count(*) FILTER (WHERE status = 'reported') AS reported,
-       count(*) FILTER (WHERE status = 'failed') AS failed
-  FROM upd;
+SELECT (SELECT count(*) FROM ev) AS events, (SELECT count(*) FROM r) AS rows;
+
+-- name: usage_mark_failed
+-- Stripe refused these events ($1 ids, $2 reasons); $3 their rows, $4 each row's reason.
+WITH ev AS (
+    UPDATE {state}.usage_events e
+       SET status = 'failed', error = o.error, sent_at = now(), attempts = e.attempts + 1
+      FROM unnest($1::bigint[], $2::text[]) AS o(id, error)
+     WHERE e.id = o.id AND e.status = 'sending'
+    RETURNING e.id
+), r AS (
+    UPDATE {app}.usage_records r
+       SET status = 'failed', error = o.error
+      FROM unnest($3::bigint[], $4::text[]) AS o(id, error)
+     WHERE r.id = o.id AND r.status = 'sending'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM ev) AS events, (SELECT count(*) FROM r) AS rows;
+
+-- name: usage_async_commit
+-- Recording answers may be lost in a crash without harm (the batch is resent and Stripe
+-- deduplicates), so this transaction need not wait for the WAL flush. Never for batch writes.
+SELECT set_config('synchronous_commit', 'off', true);
 
 -- name: usage_finish_batch
 UPDATE {state}.usage_batches
@@ -142,9 +160,19 @@ SELECT
     (SELECT COALESCE(jsonb_object_agg(status, n), '{}'::jsonb)
        FROM (SELECT status, count(*) AS n FROM {app}.usage_records GROUP BY status) s
     ) AS counts,
-    (SELECT min("timestamp") FROM {app}.usage_records WHERE status IN ('pending', 'sending'))
-        AS oldest_unreported,
-    (SELECT max(reported_at) FROM {app}.usage_records WHERE status = 'reported')
+    (SELECT min("timestamp") FROM {app}.usage_records WHERE status = 'pending')
+        AS oldest_pending,
+    (SELECT min(created_at) FROM {state}.usage_batches WHERE status = 'sending')
+        AS oldest_sending_batch_at,
+    -- Rows in flight, from the outbox (the rows table has no index on 'sending').
+    (SELECT COALESCE(sum(rows), 0) FROM {state}.usage_events WHERE status = 'sending')
+        AS rows_sending,
+    LEAST((SELECT min("timestamp") FROM {app}.usage_records WHERE status = 'pending'),
+          (SELECT min(r."timestamp") FROM {app}.usage_records r
+             JOIN {state}.usage_events e ON r.id = ANY(e.row_ids)
+            WHERE e.status = 'sending')) AS oldest_unreported,
+    -- From the outbox (small) rather than the rows (large, unindexed once reported).
+    (SELECT max(sent_at) FROM {state}.usage_events WHERE status = 'reported')
         AS last_reported_at,
     (SELECT count(*) FROM {state}.usage_batches WHERE status = 'sending') AS batches_sending,
     (SELECT COALESCE(jsonb_agg(jsonb_build_object(

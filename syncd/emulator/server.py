@@ -122,7 +122,10 @@ class ApiServer:
                     else "An unknown error occurred (injected by the emulator).",
                     type_="invalid_request_error" if d.status == 429 else "api_error",
                     code="rate_limit" if d.status == 429 else None,
-                    headers={"Stripe-Should-Retry": "true"},
+                    # Stripe asks for a retry of 429 and 5xx only (an injected 403 is final).
+                    headers={"Stripe-Should-Retry": "true"}
+                    if d.status == 429 or d.status >= 500
+                    else {},
                 )
             params = decode(query) if query else {}
             if body:
