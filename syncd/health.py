@@ -110,9 +110,9 @@ class Health:
         try:
             with anyio.fail_after(CHECK_TIMEOUT):
                 if await db.fetchval("relation_exists", f'"{db.schemas.app}".usage_records'):
-                    counts = {r["status"]: r["n"] for r in await db.fetch("metrics_usage_backlog")}
+                    row = await db.fetchrow("metrics_usage_backlog")
                     for status in ("pending", "sending", "failed"):
-                        metrics.usage_backlog.labels(status).set(counts.get(status, 0))
+                        metrics.usage_backlog.labels(status).set(row[status] if row else 0)
         except (SyncdError, TimeoutError) as exc:
             # Stale gauges beat a failed scrape: the database being down shows in /readyz.
             log.debug("metrics_refresh_failed", error=str(exc))

@@ -99,11 +99,12 @@ SELECT r.run_id, r.tables, r.reason, r.status, r.requested_at, r.started_at, r.f
  LIMIT $1;
 
 -- name: metrics_usage_backlog
--- Usage rows not yet settled, and failed ones (partial indexes keep this cheap).
-SELECT status, count(*)::bigint AS n
-  FROM {app}.usage_records
- WHERE status IN ('pending', 'sending', 'failed')
- GROUP BY status;
+-- Usage rows not yet settled, and failed ones: pending and failed through their partial indexes,
+-- rows in flight from the outbox (the rows table has no index on 'sending', by design).
+SELECT (SELECT count(*) FROM {app}.usage_records WHERE status = 'pending') AS pending,
+       (SELECT COALESCE(sum(rows), 0) FROM {state}.usage_events
+         WHERE status = 'sending')::bigint AS sending,
+       (SELECT count(*) FROM {app}.usage_records WHERE status = 'failed') AS failed;
 
 -- name: leader_session_keepalive
 -- On the leader lock's session: if the leader's host vanishes (no FIN, unlike a killed process),
