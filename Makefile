@@ -27,8 +27,16 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install  ## benchmarks (slow; figures go in docs/)
-	$(BIN)/pytest -m bench -p no:cacheprovider -o addopts="" bench
+bench: install  ## every benchmark with the parameters behind the figures in docs/ (long)
+	$(BIN)/python bench/emulator_throughput.py --customers 100000 --seconds 10 --concurrency 4
+	PYTHONPATH=. $(BIN)/python bench/resync_bench.py --customers 200000
+	PYTHONPATH=. $(BIN)/python bench/resync_bench.py --customers 100000 --latency-ms 100 --rate 100
+	PYTHONPATH=. $(BIN)/python bench/events_bench.py latency --seconds 60 --rate 4
+	PYTHONPATH=. $(BIN)/python bench/events_bench.py snapshot --events 50000
+	PYTHONPATH=. $(BIN)/python bench/events_bench.py refetch --events 3000 --rate-limit 100
+	$(BIN)/python bench/usage_bench.py --rows 100000 --customers 1000 --spread 60
+	PYTHONPATH=. $(BIN)/python bench/views_bench.py --customers 100000 --queries 2000
+	PYTHONPATH=. $(BIN)/python bench/takeover_bench.py --rounds 5
 
 run: install  ## the daemon with ./config.toml and the environment
 	$(BIN)/syncd run

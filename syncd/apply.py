@@ -35,7 +35,7 @@ import orjson
 from syncd import metrics
 from syncd.config import Config
 from syncd.db import Database
-from syncd.errors import StripeError, StripeNotFound, SyncdError
+from syncd.errors import StripeError, StripeNotFound, SyncdError, leaf_errors
 from syncd.registry import BY_OBJECT, BY_TABLE, Child, Resource
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
@@ -440,14 +440,7 @@ class Applier:
 
 def one_error(errors: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error callers decide on: a non-retryable one wins; anything foreign stays grouped."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [errors]
-    while pending:
-        e = pending.pop()
-        if isinstance(e, BaseExceptionGroup):
-            pending.extend(e.exceptions)
-        else:
-            leaves.append(e)
+    leaves = leaf_errors(errors)
     if not all(isinstance(e, SyncdError) for e in leaves):
         return errors
     return next((e for e in leaves if not getattr(e, "retryable", False)), leaves[0])

@@ -21,7 +21,7 @@ from syncd import __version__, appschema, health, metrics, migrations, resync, u
 from syncd.config import Config, redacted
 from syncd.control import ControlLoop
 from syncd.db import Database
-from syncd.errors import SyncdError
+from syncd.errors import SyncdError, leaf_errors
 from syncd.leader import Leadership
 from syncd.lifecycle import Lifecycle
 from syncd.logs import get_logger
@@ -109,9 +109,9 @@ class Daemon:
             except Exception as exc:
                 # Losing the database mid-work is an election matter, not a crash: stand by and
                 # try again. Anything else ends the daemon (the orchestrator restarts it).
-                if not all(isinstance(e, SyncdError) and e.retryable for e in _leaves(exc)):
+                if not all(isinstance(e, SyncdError) and e.retryable for e in leaf_errors(exc)):
                     raise
-                log.warning("leader_work_interrupted", error=str(_leaves(exc)[0]))
+                log.warning("leader_work_interrupted", error=str(leaf_errors(exc)[0]))
                 lost = True
             finally:
                 await self.leadership.release()
@@ -154,12 +154,6 @@ def _last_successes() -> dict[str, float]:
         for sample in family.samples:
             out[sample.labels["loop"]] = sample.value
     return out
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
 
 
 def session_settings(cfg: Config) -> dict[str, str]:
@@ -218,7 +212,7 @@ async def run_daemon(cfg: Config, features: Callable[[Daemon], None] = attach_fe
             outer.cancel_scope.cancel()
     except Exception as exc:
         # A task group wraps errors; the CLI prints the first syncd error as one line.
-        first = next((e for e in _leaves(exc) if isinstance(e, SyncdError)), None)
+        first = next((e for e in leaf_errors(exc) if isinstance(e, SyncdError)), None)
         if first is None:
             raise
         raise first from exc

@@ -68,3 +68,10 @@ class CursorExpired(StripeError):
 
 class UsageRecordError(SyncdError):
     """A usage row cannot be reported (bad input or a permanent Stripe refusal)."""
+
+
+def leaf_errors(exc: BaseException) -> list[BaseException]:
+    """The errors inside (nested) task-group exception groups, in order; `exc` itself otherwise."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaf_errors(inner)]
+    return [exc]

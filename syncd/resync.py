@@ -32,7 +32,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from syncd import control, metrics
 from syncd.config import Config
 from syncd.db import Database
-from syncd.errors import StripeError, StripeNotFound, SyncdError
+from syncd.errors import StripeError, StripeNotFound, SyncdError, leaf_errors
 from syncd.lifecycle import Lifecycle
 from syncd.lister import Page, PageReader, Slice, list_params
 from syncd.logs import bind_context, get_logger
@@ -739,16 +739,7 @@ class _Sweep:
 
 def _first_error(group: BaseExceptionGroup[Any]) -> BaseException | None:
     """The first syncd error inside (nested) task-group errors, else the first other one."""
-    leaves: list[BaseException] = []
-
-    def walk(e: BaseException) -> None:
-        if isinstance(e, BaseExceptionGroup):
-            for inner in e.exceptions:
-                walk(inner)
-        else:
-            leaves.append(e)
-
-    walk(group)
+    leaves = leaf_errors(group)
     for e in leaves:
         if isinstance(e, SyncdError):
             return e
