@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import statistics
 import sys
@@ -299,6 +300,10 @@ async def run_demo(args: argparse.Namespace) -> int:
                 with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for _ in signals:
                         break
+    if code == 0:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        say(f"the daemon's log and configuration are kept in {work}")
     return code
 
 
