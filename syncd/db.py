@@ -22,7 +22,7 @@ import asyncpg
 import orjson
 
 from syncd.config import DatabaseConfig
-from syncd.errors import DatabaseError, DatabaseUnavailable
+from syncd.errors import DatabaseConflict, DatabaseError, DatabaseUnavailable
 
 T = TypeVar("T")
 _TOKEN = re.compile(r"\{(mirror|state|app)\}")
@@ -90,6 +90,10 @@ def describe_target(dsn: str) -> str:
     return f"{host}:{port}{parts.path or ''}"
 
 
+# deadlock_detected, serialization_failure
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+
+
 def translate(exc: BaseException, dsn: str) -> DatabaseError:
     """Map a driver or socket error to syncd's tree: unreachable servers are retryable."""
     target = describe_target(dsn)
@@ -109,6 +113,11 @@ def translate(exc: BaseException, dsn: str) -> DatabaseError:
         return DatabaseError(f"PostgreSQL at {target} refused the login: {exc}")
     if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.AdminShutdownError):
         return DatabaseUnavailable(f"PostgreSQL at {target} went away: {exc}")
+    if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in _TRANSIENT_SQLSTATES:
+        # Concurrent writers (resync, event stream, usage) can deadlock on overlapping rows;
+        # PostgreSQL aborts one transaction whole, and every write is idempotent under the
+        # version guard, so trying again later is correct.
+        return DatabaseConflict(f"PostgreSQL error {exc.sqlstate}: {exc}")
     if isinstance(exc, asyncpg.PostgresError):
         return DatabaseError(f"PostgreSQL error {exc.sqlstate}: {exc}")
     return DatabaseError(f"database error at {target}: {exc}")

@@ -31,6 +31,12 @@ class DatabaseUnavailable(DatabaseError):
     retryable = True
 
 
+class DatabaseConflict(DatabaseError):
+    """A transaction lost a deadlock or serialization conflict; it rolled back whole."""
+
+    retryable = True
+
+
 class MigrationError(DatabaseError):
     """A migration could not be applied, or an applied one was edited afterwards."""
 
