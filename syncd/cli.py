@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 
-from syncd import __version__, migrations, resync, usage_schedule
+from syncd import __version__, migrations, resync, resync_schedule, usage_schedule
 from syncd.config import Config, default_config_path, load_config, redacted, to_toml
 from syncd.daemon import run_daemon
 from syncd.db import Database, describe_target
@@ -91,7 +91,7 @@ async def cmd_resync(cfg: Config, args: argparse.Namespace) -> int:
         print(f"syncd: error: {exc}", file=sys.stderr)
         return 2
     async with Database.connect(cfg.database, min_size=1) as db:
-        return await resync.request(
+        return await resync_schedule.request(
             db, args.type or None, wait=args.wait, out=sys.stdout, timeout=args.timeout
         )
 

@@ -17,7 +17,15 @@ from typing import Any
 
 import anyio
 
-from syncd import __version__, appschema, health, metrics, migrations, resync, usage_schedule
+from syncd import (
+    __version__,
+    appschema,
+    health,
+    metrics,
+    migrations,
+    resync_schedule,
+    usage_schedule,
+)
 from syncd.config import Config, redacted
 from syncd.control import ControlLoop
 from syncd.db import Database
@@ -164,7 +172,7 @@ def session_settings(cfg: Config) -> dict[str, str]:
 def attach_features(daemon: Daemon) -> None:
     """Give each feature its loops and request handlers (one call per feature)."""
     _attach_events(daemon)
-    resync.attach(daemon)
+    resync_schedule.attach(daemon)
     daemon.startup.append(lambda: appschema.startup_step(daemon.db, daemon.cfg))
     usage_schedule.attach(daemon)
 
