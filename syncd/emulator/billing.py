@@ -28,7 +28,7 @@ from .framework import (
     to_int,
     update_record,
 )
-from .lists import list_body, nested_list, page_sequence, parse_list_params
+from .lists import list_body, nested_list, page_sequence, parse_list_params, plain_list_body
 from .state import JSON, Record
 
 # ---------------------------------------------------------------------------------------------
@@ -1175,13 +1175,9 @@ def void_credit_note(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
 @route("GET", "/v1/credit_notes/{id}/lines")
 def list_credit_note_lines(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
     rec = get_or_404(ctx, "credit_note", m["id"], "credit_note")
-    import orjson
-
-    lines = [Record("credit_note_line_item", x, 0, 0) for x in rec.extra["lines"]]
-    page, more = page_sequence(lines, parse_list_params(params), "credit_note_line_item")
-    return Resp(
-        list_body([orjson.dumps(r.obj) for r in page], more, f"/v1/credit_notes/{rec.id}/lines")
-    )
+    url = f"/v1/credit_notes/{rec.id}/lines"
+    lp = parse_list_params(params)
+    return Resp(plain_list_body(rec.extra["lines"], lp, "credit_note_line_item", url))
 
 
 @route("GET", "/v1/credit_notes")

@@ -160,6 +160,12 @@ def page_sequence(items: Sequence[Record], lp: ListParams, kind: str) -> tuple[l
     return list(items[start : start + lp.limit]), start + lp.limit < end
 
 
+def plain_list_body(objs: Sequence[dict[str, Any]], lp: ListParams, kind: str, url: str) -> bytes:
+    """One page of a child list kept as plain objects (credit note lines, checkout line items)."""
+    page, more = page_sequence([Record(kind, o, 0, 0) for o in objs], lp, kind)
+    return list_body([orjson.dumps(r.obj) for r in page], more, url)
+
+
 def list_body(
     items: list[bytes], has_more: bool, url: str, extra: dict[str, Any] | None = None
 ) -> bytes:

@@ -27,7 +27,7 @@ from .framework import (
     to_int,
     update_record,
 )
-from .lists import list_body, nested_list, page_sequence, parse_list_params
+from .lists import list_body, nested_list, page_sequence, parse_list_params, plain_list_body
 from .state import JSON, Record, State
 
 FEE_PERCENT = 2.9
@@ -806,13 +806,8 @@ def expire_checkout_session(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
 @route("GET", "/v1/checkout/sessions/{id}/line_items")
 def list_checkout_line_items(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
     rec = get_or_404(ctx, "checkout.session", m["id"], "checkout.session")
-    items = [Record("item", x, 0, 0) for x in rec.extra["line_items"]]
-    page, more = page_sequence(items, parse_list_params(params), "item")
-    return Resp(
-        list_body(
-            [orjson.dumps(r.obj) for r in page], more, f"/v1/checkout/sessions/{rec.id}/line_items"
-        )
-    )
+    url = f"/v1/checkout/sessions/{rec.id}/line_items"
+    return Resp(plain_list_body(rec.extra["line_items"], parse_list_params(params), "item", url))
 
 
 @route("GET", "/v1/checkout/sessions")
