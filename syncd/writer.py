@@ -71,7 +71,7 @@ class Writer:
             )
         else:
             rows = await conn.fetch(
-                self.db.table_sql("upsert_objects", resource.table),
+                self._upsert_sql("upsert_objects", resource),
                 payload,
                 self.account_id,
                 api_version,
@@ -93,7 +93,7 @@ class Writer:
             raise ValueError(f"{resource.table} rows need their parent's id: use upsert")
         payload = orjson.dumps([{"o": o, "v": v, "a": a} for o, v, a in items])
         rows = await conn.fetch(
-            self.db.table_sql("upsert_objects_each", resource.table), payload, self.account_id
+            self._upsert_sql("upsert_objects_each", resource), payload, self.account_id
         )
         written = Written([(r["id"], r["op"]) for r in rows])
         await self._announce(conn, resource, written.changed)
@@ -183,6 +183,11 @@ class Writer:
         """Current (version, deleted) of the rows that exist among `ids`."""
         rows = await conn.fetch(self.db.table_sql("versions_of", resource.table), list(ids))
         return {r["id"]: (r["version"], r["deleted"]) for r in rows}
+
+    def _upsert_sql(self, name: str, resource: Resource) -> str:
+        if resource.own_upserts:
+            return self.db.sql(f"{name}_{resource.table}")
+        return self.db.table_sql(name, resource.table)
 
     async def _announce(
         self, conn: asyncpg.Connection, resource: Resource, changes: list[tuple[str, str]]

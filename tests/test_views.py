@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 
 from syncd.config import Config
@@ -404,3 +405,69 @@ async def test_fallback_follows_the_configured_metadata_key(cfg: Config) -> None
         # the default key means nothing under another configured key: the fallback applies
         await write(db, "customers", [{**CUS, "metadata": {"supabase_user_id": "x"}}], 3)
         assert await user_id(db) == "user-a"
+
+
+async def test_other_writers_get_the_same_user_id(db: Database) -> None:
+    """syncd's upserts compute user_id themselves; a plain INSERT/UPDATE (psql, an older syncd)
+    still gets it from the triggers, metadata first, then the checkout fallback."""
+    await write(db, "checkout_sessions", [session("cs_1", "user-a", 10)], 1)
+
+    async def sql(statement: str, *args: Any) -> None:
+        await db.run(lambda c: c.execute(statement, *args))
+
+    raw = {**CUS, "metadata": {"supabase_user_id": "meta-user"}}
+    await sql(
+        "INSERT INTO stripe.customers (id, raw, fetched_at, user_id) VALUES ($1, $2::jsonb, now(), 'x')",
+        CUS["id"],
+        orjson.dumps(raw).decode(),
+    )
+    assert await user_id(db) == "meta-user"  # an explicit value does not beat the metadata
+    await sql("UPDATE stripe.customers SET raw = raw - 'metadata' || '{\"metadata\": {}}'")
+    assert await user_id(db) == "user-a"  # the key removed: the checkout fallback
+    await sql(
+        "UPDATE stripe.customers SET raw = jsonb_set(raw, '{metadata}', '{\"supabase_user_id\": \"\"}')"
+    )
+    assert await user_id(db) == "user-a"  # an empty value is no user id
+    await sql(
+        "UPDATE stripe.customers SET raw = jsonb_set(raw, '{metadata}', '{\"supabase_user_id\": \"m2\"}')"
+    )
+    assert await user_id(db) == "m2"
+
+
+async def test_page_of_customers_maps_each_from_metadata_or_checkout(db: Database) -> None:
+    """One statement writes customers with and without the key: each gets its own user id."""
+    await write(db, "checkout_sessions", [session("cs_1", "user-a", 10)], 1)
+    page = [
+        {**CUS, "metadata": {}},  # cus_map1: Checkout's customer
+        {**CUS, "id": "cus_map2", "metadata": {"supabase_user_id": "u2"}},
+        {**CUS, "id": "cus_map3", "metadata": {"supabase_user_id": ""}},
+    ]
+    writer = Writer(db)
+
+    async def counted(c: Any) -> tuple[int, int]:
+        # PL/pgSQL calls within this transaction: the row trigger must not run for syncd's writes
+        await c.execute("SET LOCAL track_functions = 'pl'")
+        await writer.upsert(c, BY_TABLE["customers"], page, version=2, api_version=None)
+        row = await c.fetchrow(
+            "SELECT pg_stat_get_xact_function_calls('stripe.customers_set_user_id'::regproc) AS row,"
+            " pg_stat_get_xact_function_calls('stripe.customers_map_users'::regproc) AS stmt"
+        )
+        return (row["row"] or 0, row["stmt"] or 0)
+
+    row_calls, statement_calls = await db.run(counted)
+    assert row_calls == 0
+    assert statement_calls >= 1  # once for the insert (and once more for its own update)
+    got = await db.run(
+        lambda c: c.fetch("SELECT id, user_id FROM stripe.customers ORDER BY id"), transaction=False
+    )
+    assert [(r["id"], r["user_id"]) for r in got] == [
+        ("cus_map1", "user-a"),
+        ("cus_map2", "u2"),
+        ("cus_map3", None),
+    ]
+    # a second, unchanged write keeps them all
+    await write(db, "customers", page, 3)
+    again = await db.run(
+        lambda c: c.fetch("SELECT id, user_id FROM stripe.customers ORDER BY id"), transaction=False
+    )
+    assert again == got
