@@ -413,6 +413,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("database.mirror_schema, state_schema and app_schema must differ")
     if cfg.database.pool_min_size > cfg.database.pool_max_size:
         raise ConfigError("database.pool_min_size: larger than database.pool_max_size")
+    # Each resync writer holds a pooled connection for the whole listing; the event stream, the
+    # usage flush and the resync's own bookkeeping need the rest.
+    if cfg.sync.writers > cfg.database.pool_max_size - 2:
+        raise ConfigError(
+            f"sync.writers: {cfg.sync.writers} leaves too few of database.pool_max_size"
+            f" ({cfg.database.pool_max_size}) connections; at most pool_max_size - 2"
+        )
     _validate_key("stripe.api_key", cfg.stripe.api_key, cfg.stripe.mode)
     _validate_key("usage.api_key", cfg.usage.api_key, cfg.stripe.mode)
     for key in ("api_base", "meter_events_base"):

@@ -234,6 +234,15 @@ class Database:
         except _TRANSLATED as exc:
             raise translate(exc, self.dsn) from exc
 
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection held for many transactions (a resync writer), errors translated."""
+        try:
+            async with self.pool.acquire() as conn:
+                yield conn
+        except _TRANSLATED as exc:
+            raise translate(exc, self.dsn) from exc
+
     async def execute(self, name: str, *args: Any) -> str:
         return await self.run(lambda c: c.execute(self.sql(name), *args), transaction=False)
 

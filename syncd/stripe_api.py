@@ -10,10 +10,11 @@ Errors are translated into syncd's tree once, here.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, cast
@@ -21,6 +22,8 @@ from typing import Any, cast
 import anyio
 import orjson
 import stripe
+import stripe._api_requestor as _sdk_requestor
+import stripe._util as _sdk_util
 
 from syncd import metrics
 from syncd.config import Config
@@ -39,6 +42,27 @@ _RETRY_STATUS = {409, 429, 500, 502, 503, 504}
 # An id segment: a prefix (cus, sub_sched, ...) then a token with a digit or capital letter,
 # which tells `/cus_NffrFeUf2` apart from a path word such as `/meter_events`.
 _ID_SEGMENT = re.compile(r"/[a-z]+(?:_[a-z]+)*_[0-9A-Za-z]*[0-9A-Z][0-9A-Za-z]*")
+
+
+def _sdk_log_only_when_shown() -> None:
+    """stripe-python formats its request log lines, the whole response body among them
+    (decoded, searched, `repr`ed), before it asks whether anything shows them: 0.3 ms of CPU for
+    a list page of 100 customers, a tenth of syncd's share of a resync. Format them only when
+    they would be shown (STRIPE_LOG / `stripe.log`, or the `stripe` logger enabled)."""
+
+    def guarded(write: Callable[..., None], level: int, console: tuple[str, ...]) -> Any:
+        def log(message: str, **params: Any) -> None:
+            shown = _sdk_util._console_log_level()  # type: ignore[no-untyped-call]
+            if shown in console or _sdk_util.logger.isEnabledFor(level):
+                write(message, **params)
+
+        return log
+
+    _sdk_requestor.log_debug = guarded(_sdk_util.log_debug, logging.DEBUG, ("debug",))  # type: ignore[attr-defined]
+    _sdk_requestor.log_info = guarded(_sdk_util.log_info, logging.INFO, ("debug", "info"))  # type: ignore[attr-defined]
+
+
+_sdk_log_only_when_shown()
 
 
 class StripeClock:

@@ -100,6 +100,7 @@ def test_rate_limit_defaults_from_mode() -> None:
         ),
         ("", {"SYNCD_LOG_LEVEL": "loud"}, r"^log.level: 'loud' is not one of"),
         ("[usage]\ncron = '* *'\n", {}, r"^usage.cron: '\* \*' must have 5 fields"),
+        ("[sync]\nwriters = 7\n", {}, r"^sync.writers: 7 leaves too few of database.pool_max_size"),
     ],
 )
 def test_bad_config_names_the_key(
