@@ -295,6 +295,12 @@ class Resync:
         return limiter
 
 
+def page_statement(db: Database, writer: Writer, resource: Resource) -> str:
+    """resync_write_page for one table: its upsert embedded (see resync.sql)."""
+    upsert = writer.upsert_sql("upsert_objects", resource).rstrip().rstrip(";")
+    return db.sql("resync_write_page").replace("{upsert}", upsert)
+
+
 @dataclass
 class _RunState:
     slices: list[Slice] = field(default_factory=list)
@@ -333,6 +339,7 @@ class _Listing:
             k = (s.table, s.variant)
             self.next_no[k] = max(self.next_no.get(k, 0), s.no + 1)
         self.api_version = resync.cfg.stripe.api_version
+        self._page_sql: dict[str, str] = {}  # resync_write_page with each table's upsert
 
     def _active(self, table: str) -> bool:
         return table in self.resources and self.state.status.get(table, "listing") == "listing"
@@ -496,16 +503,44 @@ class _Listing:
         # reset round trip per page (and the wake-ups of both processes).
         async with receive, self.db.connection() as conn:
             async for page in receive:
-                async with conn.transaction():
-                    await self._write_page(conn, page)
+                if page.children or page.rejected:
+                    async with conn.transaction():
+                        await self._write_page(conn, page)
+                        await self._write_extras(conn, page)
+                else:
+                    await self._write_page(conn, page)  # one statement: atomic by itself
                 metrics.resync_objects.labels(page.resource.table).inc(page.count)
                 page.committed.set()
 
     async def _write_page(self, conn: asyncpg.Connection, page: Page) -> None:
+        """The page's objects, the NOTIFY of their changes and the slice's checkpoint: one
+        statement (resync_write_page), one round trip."""
         w = self.r.writer
         res = page.resource
-        if page.count:
-            await w.upsert(conn, res, page.data, version=page.version, api_version=self.api_version)
+        sql = self._page_sql.get(res.table)
+        if sql is None:
+            sql = self._page_sql[res.table] = page_statement(self.db, w, res)
+        s = page.slice
+        rows = await conn.fetch(
+            sql,
+            page.data,
+            w.account_id,
+            self.api_version,
+            page.version,
+            w.notify_channel,
+            res.table,
+            self.run_id,
+            s.table,
+            s.variant,
+            s.no,
+            *page.checkpoint,
+        )
+        w.count_rows(res, {r["op"]: r["n"] for r in rows})
+
+    async def _write_extras(self, conn: asyncpg.Connection, page: Page) -> None:
+        """Children and rejected objects of a page, in the page's transaction."""
+        w = self.r.writer
+        res = page.resource
         # Children with the same table and version (the page's inline lists share its version)
         # are written together: two statements per child table, not two per parent.
         owned: dict[tuple[str, float], dict[str, list[dict[str, Any]]]] = {}
@@ -541,15 +576,6 @@ class _Listing:
                 count=len(page.rejected),
                 reasons=sorted({b.reason for b in page.rejected}),
             )
-        s = page.slice
-        await conn.execute(
-            self.db.sql("resync_checkpoint"),
-            self.run_id,
-            s.table,
-            s.variant,
-            s.no,
-            *page.checkpoint,
-        )
 
     async def _progress(self) -> None:
         """One line per type every few seconds: objects, pages, rate and a rough ETA."""

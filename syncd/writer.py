@@ -8,6 +8,7 @@ NOTIFY on `events.notify_channel`, which PostgreSQL delivers only if the transac
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,7 +72,7 @@ class Writer:
             )
         else:
             rows = await conn.fetch(
-                self._upsert_sql("upsert_objects", resource),
+                self.upsert_sql("upsert_objects", resource),
                 payload,
                 self.account_id,
                 api_version,
@@ -93,7 +94,7 @@ class Writer:
             raise ValueError(f"{resource.table} rows need their parent's id: use upsert")
         payload = orjson.dumps([{"o": o, "v": v, "a": a} for o, v, a in items])
         rows = await conn.fetch(
-            self._upsert_sql("upsert_objects_each", resource), payload, self.account_id
+            self.upsert_sql("upsert_objects_each", resource), payload, self.account_id
         )
         written = Written([(r["id"], r["op"]) for r in rows])
         await self._announce(conn, resource, written.changed)
@@ -184,20 +185,25 @@ class Writer:
         rows = await conn.fetch(self.db.table_sql("versions_of", resource.table), list(ids))
         return {r["id"]: (r["version"], r["deleted"]) for r in rows}
 
-    def _upsert_sql(self, name: str, resource: Resource) -> str:
+    def upsert_sql(self, name: str, resource: Resource) -> str:
+        """`upsert_objects` or `upsert_objects_each` for one table (its own, if it has them)."""
         if resource.own_upserts:
             return self.db.sql(f"{name}_{resource.table}")
         return self.db.table_sql(name, resource.table)
+
+    @staticmethod
+    def count_rows(resource: Resource, ops: Mapping[str, int]) -> None:
+        """Rows written per op (`insert`, `update`, `delete`; `same` is not a write)."""
+        for op in ("insert", "update", "delete"):
+            if ops.get(op):
+                metrics.rows_written.labels(resource.table, op).inc(ops[op])
 
     async def _announce(
         self, conn: asyncpg.Connection, resource: Resource, changes: list[tuple[str, str]]
     ) -> None:
         if not changes:
             return
-        for op in ("insert", "update", "delete"):
-            count = sum(1 for _, o in changes if o == op)
-            if count:
-                metrics.rows_written.labels(resource.table, op).inc(count)
+        self.count_rows(resource, Counter(op for _, op in changes))
         if not self.notify_channel:
             return
         for payload in _notify_payloads(resource.table, changes):

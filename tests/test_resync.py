@@ -18,7 +18,7 @@ from syncd.db import Database
 from syncd.emulator import Emulator
 from syncd.lifecycle import Lifecycle
 from syncd.registry import BY_TABLE, RESOURCES
-from syncd.resync import Resync, has_completed_resync
+from syncd.resync import Resync, has_completed_resync, page_statement
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
 from tests.conftest import emulator_config, make_config
@@ -445,3 +445,88 @@ async def test_replace_children_of_many_parents_at_once(db_url: str) -> None:
         live = await rows(db, "subscription_items")
         alive = {i: r["parent_id"] for i, r in live.items() if r["deleted_at"] is None}
         assert alive == {"si_a_0": "a", "si_b_0": "b", "si_b_1": "b", "si_c_0": "c"}
+
+
+@asynccontextmanager
+async def listening(db: Database, channel: str) -> AsyncIterator[list[str]]:
+    """Every payload NOTIFYed on `channel` while inside (raw strings, in arrival order)."""
+    listener = await db.dedicated_connection()
+    got: list[str] = []
+    await listener.add_listener(channel, lambda *args: got.append(args[3]))
+    try:
+        yield got
+        await anyio.sleep(0.3)  # deliveries of the last commits
+    finally:
+        await listener.close()
+
+
+async def test_pages_announce_each_change_once_under_the_payload_limit(
+    db_url: str, emulator: Emulator
+) -> None:
+    """A page is one statement (upsert, NOTIFY, checkpoint): its messages have the writer's shape,
+    name every inserted row once, stay below PostgreSQL's 8000 bytes, and an unchanged page
+    announces nothing."""
+    emulator.seed(customers=450, products=2, subscriptions=30, big_every=5)
+    cfg = emulator_config(
+        db_url, emulator, sync={"include": ["customers", "subscriptions", "subscription_items"]}
+    )
+    async with Database.connect(cfg.database) as db, StripeAPI(cfg) as api:
+        rs = Resync(cfg, db, api, Writer(db, notify_channel="syncd_changes"), Lifecycle(1.0))
+        async with listening(db, "syncd_changes") as first:
+            await rs.run(reason="test")
+        async with listening(db, "syncd_changes") as second:
+            await rs.run(reason="test")
+    messages = [orjson.loads(m) for m in first]
+    assert all(len(m.encode()) < 8000 for m in first)
+    assert all(set(m) == {"table", "changes"} for m in messages)
+    announced: dict[str, list[tuple[str, str]]] = {}
+    for m in messages:
+        announced.setdefault(m["table"], []).extend((c["id"], c["op"]) for c in m["changes"])
+    customers = sorted(o["id"] for o in emulator.objects("customer"))
+    assert sorted(announced["customers"]) == [(i, "insert") for i in customers]
+    subscriptions = sorted(o["id"] for o in emulator.objects("subscription"))
+    assert sorted(i for i, _ in announced["subscriptions"]) == subscriptions
+    assert announced.get("subscription_items"), (
+        announced.keys()
+    )  # children: written in the page's transaction
+    assert second == []
+
+
+async def test_page_statement_cuts_long_announcements(db_url: str) -> None:
+    """Ids of any length: every message stays below the 8000-byte NOTIFY limit."""
+    cfg = make_config(db_url)
+    res = BY_TABLE["customers"]
+    objects = [
+        {"id": f"cus_{i:03d}_" + "x" * 240, "object": "customer", "created": 1, "metadata": {}}
+        for i in range(200)
+    ]
+    async with Database.connect(cfg.database) as db:
+        sql = page_statement(db, Writer(db), res)
+        async with listening(db, "long_ids") as got:
+            counts = await db.run(
+                lambda c: c.fetch(
+                    sql,
+                    orjson.dumps(objects),
+                    "",
+                    None,
+                    1.0,
+                    "long_ids",
+                    "customers",
+                    -1,  # no such slice: the checkpoint updates nothing
+                    "customers",
+                    0,
+                    0,
+                    None,
+                    None,
+                    0,
+                    0,
+                    0,
+                    0,
+                    False,
+                ),
+                transaction=False,
+            )
+    assert {r["op"]: r["n"] for r in counts} == {"insert": 200, "notifications": len(got)}
+    assert len(got) > 5 and all(len(m.encode()) < 8000 for m in got)
+    ids = [c["id"] for m in got for c in orjson.loads(m)["changes"]]
+    assert ids == sorted(o["id"] for o in objects)

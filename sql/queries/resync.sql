@@ -86,12 +86,40 @@ UPDATE {state}.resync_slices SET lo = $5
 UPDATE {state}.resync_slices SET hi = $5, cursor = NULL
  WHERE run_id = $1 AND table_name = $2 AND variant = $3 AND slice_no = $4;
 
--- name: resync_checkpoint
--- Written in the transaction of the page it covers.
-UPDATE {state}.resync_slices
-   SET cursor = $5, cursor_created = $6, objects = $7, pages = $8, rejected = $9, children = $10,
-       done = $11
- WHERE run_id = $1 AND table_name = $2 AND variant = $3 AND slice_no = $4;
+-- name: resync_write_page
+-- A list page as one statement: one round trip, atomic without a transaction. Written as five
+-- (BEGIN, upsert, NOTIFY, checkpoint, COMMIT), a page kept its writer's connection idle in
+-- transaction a third of the time, waiting for syncd's busy event loop between round trips.
+-- * the table's upsert from writer.sql, embedded where `written` says so ($1 objects,
+--   $2 account, $3 API version, $4 version);
+-- * the NOTIFY of what changed ($5 channel, '' for none; $6 table), in messages shaped as
+--   Writer's (`{table, changes: [{id, op}]}`) and cut below PostgreSQL's 8000-byte limit;
+-- * the slice's checkpoint ($7-$10 the slice, $11-$17 its progress), so a restart resumes
+--   exactly after the last page written.
+-- The answer is the count per op, and the number of messages sent.
+WITH written AS (
+{upsert}
+),
+checkpoint AS (
+    UPDATE {state}.resync_slices
+       SET cursor = $11, cursor_created = $12, objects = $13, pages = $14, rejected = $15,
+           children = $16, done = $17
+     WHERE run_id = $7 AND table_name = $8 AND variant = $9 AND slice_no = $10
+),
+announced AS (
+    SELECT pg_notify($5, jsonb_build_object(
+               'table', $6::text,
+               'changes', jsonb_agg(jsonb_build_object('id', id, 'op', op) ORDER BY n))::text)
+      FROM (SELECT id, op, row_number() OVER () AS n,
+                   -- an item takes its id plus at most 30 bytes: {"id": "", "op": "insert"},
+                   sum(length(id) + 30) OVER (ROWS UNBOUNDED PRECEDING) / 7000 AS part
+              FROM written
+             WHERE op <> 'same' AND $5 <> '') AS c
+     GROUP BY part
+)
+SELECT op, count(*)::int AS n FROM written GROUP BY op
+UNION ALL
+SELECT 'notifications', count(*)::int FROM announced;
 
 -- name: resync_reject
 INSERT INTO {state}.rejected_objects (run_id, table_name, object_id, reason, raw)
