@@ -179,7 +179,7 @@ def main() -> None:
     p.add_argument("--include", default="customers", help="tables to resync (comma separated)")
     p.add_argument("--per-parent-lists", action="store_true")
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--writers", type=int, default=2)
+    p.add_argument("--writers", type=int, default=3)
     p.add_argument("--rate", type=float, default=10000.0, help="requests/s (limiter)")
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--runs", type=int, default=2)

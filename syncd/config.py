@@ -89,7 +89,9 @@ class SyncConfig:
         16, "most created-time slices one type is split into during a resync", lo=1, hi=256
     )
     concurrency: int = _opt(16, "list requests in flight at once during a resync", lo=1, hi=64)
-    writers: int = _opt(2, "database connections writing resync pages", lo=1, hi=16)
+    writers: int = _opt(
+        3, "database connections writing resync pages (each held for the listing)", lo=1, hi=16
+    )
     per_parent_lists: bool = _opt(
         True,
         "resync lists only Stripe lists per parent (customer tax ids, payment methods,"
