@@ -3,9 +3,10 @@
 A run takes `started_version` (Stripe's clock) before its first list request, then lists every
 (type, list variant) newest first in created-time slices that idle workers split further
 (`lister.Slice.split`), with `sync.concurrency` requests in flight under the shared rate limiter.
-Pages go through a bounded queue to `sync.writers` database connections; each page, its children
-and its slice's checkpoint are one transaction, so a killed run resumes from its checkpoints and
-ends exactly as an uninterrupted one would (writes are idempotent under the version guard).
+Pages go through a bounded queue to `sync.writers` database connections; each page and its slice's
+checkpoint are one statement (with its children: one transaction), so a killed run resumes from its
+checkpoints and ends exactly as an uninterrupted one would (writes are idempotent under the version
+guard).
 
 Completeness: every row this run confirmed carries a version newer than `started_version`. Once a
 type with a complete list (`Resource.complete_list`) has been listed, its live rows older than
