@@ -529,4 +529,4 @@ async def test_page_statement_cuts_long_announcements(db_url: str) -> None:
     assert {r["op"]: r["n"] for r in counts} == {"insert": 200, "notifications": len(got)}
     assert len(got) > 5 and all(len(m.encode()) < 8000 for m in got)
     ids = [c["id"] for m in got for c in orjson.loads(m)["changes"]]
-    assert ids == sorted(o["id"] for o in objects)
+    assert sorted(ids) == sorted(o["id"] for o in objects)

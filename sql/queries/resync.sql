@@ -107,12 +107,14 @@ checkpoint AS (
      WHERE run_id = $7 AND table_name = $8 AND variant = $9 AND slice_no = $10
 ),
 announced AS (
-    SELECT pg_notify($5, jsonb_build_object(
-               'table', $6::text,
-               'changes', jsonb_agg(jsonb_build_object('id', id, 'op', op) ORDER BY n))::text)
-      FROM (SELECT id, op, row_number() OVER () AS n,
-                   -- an item takes its id plus at most 30 bytes: {"id": "", "op": "insert"},
-                   sum(length(id) + 30) OVER (ROWS UNBOUNDED PRECEDING) / 7000 AS part
+    -- Text put together, not jsonb built: jsonb_build_object and jsonb_agg cost 6 us a row, a
+    -- tenth of the page's insert. to_json() quotes the strings.
+    SELECT pg_notify($5, '{"table":' || to_json($6::text)::text || ',"changes":['
+                         || string_agg('{"id":' || to_json(id)::text || ',"op":"' || op || '"}', ',')
+                         || ']}')
+      FROM (SELECT id, op,
+                   -- an item takes its id's bytes plus 24 ({"id":"","op":"insert"},): 30 is safe
+                   sum(octet_length(id) + 30) OVER (ROWS UNBOUNDED PRECEDING) / 7000 AS part
               FROM written
              WHERE op <> 'same' AND $5 <> '') AS c
      GROUP BY part
