@@ -21,6 +21,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from syncd import lifecycle
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -109,7 +111,7 @@ def main() -> None:
     p.add_argument("--customers", type=int, default=100_000)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--concurrency", type=int, default=4)
-    asyncio.run(run(p.parse_args()))
+    lifecycle.run(run, p.parse_args())
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from syncd import migrations
+from syncd import lifecycle, migrations
 from syncd.config import DatabaseConfig, EventsConfig, StripeConfig, load_config
 from syncd.db import Database
 from syncd.events import EventStream
@@ -212,10 +212,10 @@ def main() -> None:
     configure("warning", "console")
     with database() as dsn, emulator() as url:
         if args.bench == "latency":
-            asyncio.run(latency(args, dsn, url))
+            lifecycle.run(latency, args, dsn, url)
         else:
             args.mode = args.bench
-            asyncio.run(throughput(args, dsn, url))
+            lifecycle.run(throughput, args, dsn, url)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ are objects/s per run and this process's peak RSS (ru_maxrss), which excludes th
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import os
 import resource
@@ -28,7 +27,7 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from syncd import migrations
+from syncd import lifecycle, migrations
 from syncd.config import DatabaseConfig, StripeConfig, load_config
 from syncd.db import Database
 from syncd.lifecycle import Lifecycle
@@ -196,7 +195,7 @@ def main() -> None:
                 if args.unix_socket:
                     # The server's Unix socket: cheaper than TCP over loopback for 60 KB pages.
                     dsn = f"postgresql://postgres@/postgres?host={local.dir}&port={local.port}"
-            asyncio.run(bench(args, dsn, url, emu.pid, pg_pid))
+            lifecycle.run(bench, args, dsn, url, emu.pid, pg_pid)
     finally:
         emu.terminate()
         emu.wait(10)

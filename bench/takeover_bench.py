@@ -21,6 +21,7 @@ from pathlib import Path
 
 import asyncpg
 
+from syncd import lifecycle
 from syncd.pgserver import throwaway_postgres
 from tests.test_ops_helpers import DaemonProcess, consistency, prepare
 
@@ -111,4 +112,4 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--interval", type=float, default=1.0)
     args = parser.parse_args()
-    asyncio.run(main(args.rounds, args.interval))
+    lifecycle.run(main, args.rounds, args.interval)

@@ -33,7 +33,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from syncd import migrations  # noqa: E402
+from syncd import lifecycle, migrations  # noqa: E402
 from syncd.config import DatabaseConfig, StripeConfig, UsageConfig, load_config  # noqa: E402
 from syncd.db import Database  # noqa: E402
 from syncd.logs import configure  # noqa: E402
@@ -205,12 +205,12 @@ def main() -> None:
     args = p.parse_args()
     configure(os.environ.get("BENCH_LOG", "warning"), "console")
     if args.dsn or os.environ.get("SYNCD_TEST_DATABASE_URL"):
-        asyncio.run(run(args, args.dsn or os.environ["SYNCD_TEST_DATABASE_URL"]))
+        lifecycle.run(run, args, args.dsn or os.environ["SYNCD_TEST_DATABASE_URL"])
         return
     global PG_DATA
     with throwaway_postgres(prefer_local=True) as (dsn, server):
         PG_DATA = server.data if server is not None else None
-        asyncio.run(run(args, dsn))
+        lifecycle.run(run, args, dsn)
 
 
 if __name__ == "__main__":

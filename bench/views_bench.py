@@ -13,7 +13,6 @@ plans (EXPLAIN ANALYZE) so index use can be checked.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import random
 import statistics
@@ -24,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from syncd import appschema, migrations
+from syncd import appschema, lifecycle, migrations
 from syncd.config import DatabaseConfig, load_config
 from syncd.db import Database
 from syncd.emulator import Emulator
@@ -209,10 +208,10 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
     if args.database_url:
-        asyncio.run(bench(args.database_url, args))
+        lifecycle.run(bench, args.database_url, args)
         return
     with throwaway_postgres() as (dsn, _local):
-        asyncio.run(bench(dsn, args))
+        lifecycle.run(bench, dsn, args)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
-
-from syncd import __version__, migrations, resync, resync_schedule, usage_schedule
+from syncd import __version__, lifecycle, migrations, resync, resync_schedule, usage_schedule
 from syncd.config import Config, default_config_path, load_config, redacted, to_toml
 from syncd.daemon import run_daemon
 from syncd.db import Database, describe_target
@@ -186,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             path, explicit = default_config_path(os.environ)
             cfg = load_config(path, explicit=explicit)
         configure_logging(cfg.log.level, cfg.log.format)
-        return anyio.run(COMMANDS[args.command].run, cfg, args)
+        return lifecycle.run(COMMANDS[args.command].run, cfg, args)
     except SyncdError as exc:
         print(f"syncd: error: {scrub(str(exc))}", file=sys.stderr)
         return exc.exit_code

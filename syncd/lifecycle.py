@@ -1,4 +1,4 @@
-"""Signals become actions in exactly this module.
+"""How syncd's processes run: on uvloop, and signals become actions in exactly this module.
 
 SIGTERM/SIGINT ask for a graceful stop: `stopping` is set, loops finish the batch in hand and
 return; if they are not done within `shutdown_grace`, their scope is cancelled (an open
@@ -9,7 +9,9 @@ Other signals (SIGHUP: full resync, SIGUSR1: flush usage) call the handlers regi
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, TypeVarTuple
 
 import anyio
 from anyio.abc import TaskStatus
@@ -18,6 +20,16 @@ from syncd.logs import get_logger
 
 log = get_logger(__name__)
 _STOP = (signal.SIGTERM, signal.SIGINT)
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+def run(fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+    """Run `fn` on uvloop: its event loop and sockets cost less CPU than asyncio's own (a full
+    resync makes 4% more objects/s on the same machine, bench/resync_bench.py). Every syncd
+    process (daemon, CLI commands, emulator, benchmarks) runs through here."""
+    return anyio.run(fn, *args, backend_options={"use_uvloop": sys.platform != "win32"})
 
 
 class Lifecycle:

@@ -7,6 +7,8 @@ import asyncio
 import signal
 import sys
 
+from syncd import lifecycle
+
 from .emulator import Emulator
 
 
@@ -89,4 +91,4 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_serve(args))
+    return lifecycle.run(_serve, args)
