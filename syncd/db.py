@@ -225,14 +225,11 @@ class Database:
         self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, transaction: bool = True
     ) -> T:
         """Run `fn` on a pooled connection (in one transaction by default), errors translated."""
-        try:
-            async with self.pool.acquire() as conn:
-                if not transaction:
-                    return await fn(conn)
-                async with conn.transaction():
-                    return await fn(conn)
-        except _TRANSLATED as exc:
-            raise translate(exc, self.dsn) from exc
+        async with self.connection() as conn:
+            if not transaction:
+                return await fn(conn)
+            async with conn.transaction():
+                return await fn(conn)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:

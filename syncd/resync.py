@@ -529,9 +529,8 @@ class _Listing:
             self.api_version,
             page.version,
             w.notify_channel,
-            res.table,
+            res.table,  # the slice's table too
             self.run_id,
-            s.table,
             s.variant,
             s.no,
             *page.checkpoint,

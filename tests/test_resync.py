@@ -513,7 +513,6 @@ async def test_page_statement_cuts_long_announcements(db_url: str) -> None:
                     "long_ids",
                     "customers",
                     -1,  # no such slice: the checkpoint updates nothing
-                    "customers",
                     0,
                     0,
                     None,

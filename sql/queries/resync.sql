@@ -94,17 +94,17 @@ UPDATE {state}.resync_slices SET hi = $5, cursor = NULL
 --   $2 account, $3 API version, $4 version);
 -- * the NOTIFY of what changed ($5 channel, '' for none; $6 table), in messages shaped as
 --   Writer's (`{table, changes: [{id, op}]}`) and cut below PostgreSQL's 8000-byte limit;
--- * the slice's checkpoint ($7-$10 the slice, $11-$17 its progress), so a restart resumes
---   exactly after the last page written.
+-- * the slice's checkpoint ($6 its table, $7 the run, $8-$9 the slice, $10-$16 its progress),
+--   so a restart resumes exactly after the last page written.
 -- The answer is the count per op, and the number of messages sent.
 WITH written AS (
 {upsert}
 ),
 checkpoint AS (
     UPDATE {state}.resync_slices
-       SET cursor = $11, cursor_created = $12, objects = $13, pages = $14, rejected = $15,
-           children = $16, done = $17
-     WHERE run_id = $7 AND table_name = $8 AND variant = $9 AND slice_no = $10
+       SET cursor = $10, cursor_created = $11, objects = $12, pages = $13, rejected = $14,
+           children = $15, done = $16
+     WHERE run_id = $7 AND table_name = $6 AND variant = $8 AND slice_no = $9
 ),
 announced AS (
     -- Text put together, not jsonb built: jsonb_build_object and jsonb_agg cost 6 us a row, a
