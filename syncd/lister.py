@@ -48,6 +48,9 @@ class Slice:
     children: int = 0
     done: bool = False
     busy: bool = False
+    # The slice's last page held only objects new to the mirror: the next one probably does
+    # too, and is tried as a plain insert (Writer.insert_sql). In memory only.
+    fresh: bool = False
 
     @property
     def key(self) -> tuple[str, int, int]:

@@ -77,6 +77,13 @@ resync_rejected = Counter(
     ["table"],
     registry=REGISTRY,
 )
+resync_insert_pages = Counter(
+    "syncd_resync_insert_pages",
+    "Resync pages tried as plain inserts (objects new to the mirror), by outcome"
+    " (inserted; conflict: a row was there, the page was upserted instead)",
+    ["table", "outcome"],
+    registry=REGISTRY,
+)
 resync_runs = Counter(
     "syncd_resync_runs", "Full resync runs ended, by outcome", ["status"], registry=REGISTRY
 )

@@ -296,10 +296,11 @@ class Resync:
         return limiter
 
 
-def page_statement(db: Database, writer: Writer, resource: Resource) -> str:
-    """resync_write_page for one table: its upsert embedded (see resync.sql)."""
-    upsert = writer.upsert_sql("upsert_objects", resource).rstrip().rstrip(";")
-    return db.sql("resync_write_page").replace("{upsert}", upsert)
+def page_statement(db: Database, writer: Writer, resource: Resource, *, new: bool = False) -> str:
+    """resync_write_page for one table: its upsert embedded (see resync.sql), or with `new` its
+    plain insert (Writer.insert_sql)."""
+    sql = writer.insert_sql(resource) if new else writer.upsert_sql("upsert_objects", resource)
+    return db.sql("resync_write_page").replace("{upsert}", sql.rstrip().rstrip(";"))
 
 
 @dataclass
@@ -340,7 +341,8 @@ class _Listing:
             k = (s.table, s.variant)
             self.next_no[k] = max(self.next_no.get(k, 0), s.no + 1)
         self.api_version = resync.cfg.stripe.api_version
-        self._page_sql: dict[str, str] = {}  # resync_write_page with each table's upsert
+        # resync_write_page of each (table, plain insert or not)
+        self._page_sql: dict[tuple[str, bool], str] = {}
 
     def _active(self, table: str) -> bool:
         return table in self.resources and self.state.status.get(table, "listing") == "listing"
@@ -509,21 +511,25 @@ class _Listing:
                         await self._write_page(conn, page)
                         await self._write_extras(conn, page)
                 else:
-                    await self._write_page(conn, page)  # one statement: atomic by itself
+                    await self._write_page(conn, page, alone=True)  # atomic by itself
                 metrics.resync_objects.labels(page.resource.table).inc(page.count)
                 page.committed.set()
 
-    async def _write_page(self, conn: asyncpg.Connection, page: Page) -> None:
+    async def _write_page(
+        self, conn: asyncpg.Connection, page: Page, *, alone: bool = False
+    ) -> None:
         """The page's objects, the NOTIFY of their changes and the slice's checkpoint: one
-        statement (resync_write_page), one round trip."""
+        statement (resync_write_page), one round trip.
+
+        A page `alone` (not in a transaction) of a slice whose last page was all new objects
+        is tried as a plain insert first: a cold resync then writes nearly every page without
+        the upsert's conflict machinery. If a row is there after all the statement fails having
+        changed nothing, and the page is written as an upsert.
+        """
         w = self.r.writer
         res = page.resource
-        sql = self._page_sql.get(res.table)
-        if sql is None:
-            sql = self._page_sql[res.table] = page_statement(self.db, w, res)
         s = page.slice
-        rows = await conn.fetch(
-            sql,
+        args = (
             page.data,
             w.account_id,
             self.api_version,
@@ -535,7 +541,26 @@ class _Listing:
             s.no,
             *page.checkpoint,
         )
-        w.count_rows(res, {r["op"]: r["n"] for r in rows})
+        rows: list[asyncpg.Record] | None = None
+        if alone and s.fresh:
+            try:
+                rows = await conn.fetch(self._statement(res, new=True), *args)
+                metrics.resync_insert_pages.labels(res.table, "inserted").inc()
+            except asyncpg.UniqueViolationError:
+                metrics.resync_insert_pages.labels(res.table, "conflict").inc()
+        if rows is None:
+            rows = await conn.fetch(self._statement(res, new=False), *args)
+        ops = {r["op"]: r["n"] for r in rows}
+        s.fresh = bool(ops.get("insert")) and not ops.keys() - {"insert", "notifications"}
+        w.count_rows(res, ops)
+
+    def _statement(self, res: Resource, *, new: bool) -> str:
+        sql = self._page_sql.get((res.table, new))
+        if sql is None:
+            sql = self._page_sql[(res.table, new)] = page_statement(
+                self.db, self.r.writer, res, new=new
+            )
+        return sql
 
     async def _write_extras(self, conn: asyncpg.Connection, page: Page) -> None:
         """Children and rejected objects of a page, in the page's transaction."""

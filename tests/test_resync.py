@@ -12,7 +12,9 @@ from typing import Any
 import anyio
 import asyncpg
 import orjson
+import pytest
 
+from syncd import metrics
 from syncd.config import Config
 from syncd.db import Database
 from syncd.emulator import Emulator
@@ -492,8 +494,9 @@ async def test_pages_announce_each_change_once_under_the_payload_limit(
     assert second == []
 
 
-async def test_page_statement_cuts_long_announcements(db_url: str) -> None:
-    """Ids of any length: every message stays below the 8000-byte NOTIFY limit."""
+@pytest.mark.parametrize("new", [False, True], ids=["upsert", "plain insert"])
+async def test_page_statement_cuts_long_announcements(db_url: str, new: bool) -> None:
+    """Ids of any length: every message stays below the 8000-byte NOTIFY limit (both forms)."""
     cfg = make_config(db_url)
     res = BY_TABLE["customers"]
     objects = [
@@ -501,7 +504,7 @@ async def test_page_statement_cuts_long_announcements(db_url: str) -> None:
         for i in range(200)
     ]
     async with Database.connect(cfg.database) as db:
-        sql = page_statement(db, Writer(db), res)
+        sql = page_statement(db, Writer(db), res, new=new)
         async with listening(db, "long_ids") as got:
             counts = await db.run(
                 lambda c: c.fetch(
@@ -529,3 +532,34 @@ async def test_page_statement_cuts_long_announcements(db_url: str) -> None:
     assert len(got) > 5 and all(len(m.encode()) < 8000 for m in got)
     ids = [c["id"] for m in got for c in orjson.loads(m)["changes"]]
     assert sorted(ids) == sorted(o["id"] for o in objects)
+
+
+async def test_new_objects_are_inserted_plainly_and_a_present_row_falls_back(
+    db_url: str, emulator: Emulator
+) -> None:
+    """After a page of only new objects, a slice's next page is a plain insert (no conflict
+    machinery). A page that meets a row after all changes nothing, is written as an upsert, and
+    the version guard still keeps the newer row."""
+    emulator.seed(customers=1200, products=1, subscriptions=0)
+    # One slice, one request at a time: 12 pages in order, the first an upsert.
+    cfg = emulator_config(
+        db_url, emulator, sync={"include": ["customers"], "slices": 1, "concurrency": 1}
+    )
+    listed = sorted(emulator.objects("customer"), key=lambda o: -o["created"])
+    present = {**listed[650], "email": "event@stream"}  # on the 7th page
+    counted = metrics.resync_insert_pages
+    before = {o: counted.labels("customers", o)._value.get() for o in ("inserted", "conflict")}
+    async with resyncer(cfg) as rs:
+        await rs.db.run(
+            lambda c: rs.writer.upsert(
+                c, BY_TABLE["customers"], [present], version=time.time() + 3600, api_version=None
+            )
+        )
+        await rs.run(reason="test")
+        mirror = await rows(rs.db, "customers")
+        problems = await mirror_differences(rs.db, emulator, ["customers"])
+    after = {o: counted.labels("customers", o)._value.get() - before[o] for o in before}
+    assert after == {"inserted": 10, "conflict": 1}  # pages 2-6 and 8-12; page 7 upserted
+    assert mirror[present["id"]]["raw"]["email"] == "event@stream"
+    assert problems == [f"customers: {present['id']} differs"]
+    assert len(mirror) == 1200
