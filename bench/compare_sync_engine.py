@@ -13,9 +13,11 @@ emulator is seeded with N customers; the engine's migrations run into a database
 `syncBackfill({object: 'customer'})` runs in a Node process (bench/sync_engine/run.cjs), its
 Stripe client pointed at the emulator. Then syncd's resync of customers runs in this process
 into a second database (`syncd`). Each side is timed over the sync alone (not migrations or
-start-up); rows are counted in PostgreSQL afterwards. CPU seconds per 100k objects are given for
-the syncing process, the PostgreSQL server (postmaster, live backends and exited ones) and the
-emulator.
+start-up); rows are counted in PostgreSQL afterwards. After seeding and after each side the
+server is settled, untimed: the side's table vacuumed and analyzed, a checkpoint, a pause.
+Without that the second side paid for the first one's autovacuum and dirty buffers. CPU seconds
+per 100k objects are given for the syncing process, the PostgreSQL server (postmaster, live
+backends and exited ones) and the emulator.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from syncd.writer import Writer
 ENGINE_DIR = Path(__file__).resolve().parent / "sync_engine"
 API_KEY = "sk_test_compare0000000000"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SETTLE_SECONDS = 3.0  # after seeding and between the sides: the load of what came before drops
 
 
 @dataclasses.dataclass
@@ -182,6 +185,18 @@ async def create_databases(admin_dsn: str, *names: str) -> list[str]:
     return [f"{base}/{name}" for name in names]
 
 
+async def settle(dsn: str, table: str) -> None:
+    """Do the maintenance one side's writes left due (untimed), so that it does not run on the
+    next side's time: autovacuum and autoanalyze of the new table, and the dirty buffers the
+    next side's backends would otherwise have to write out to find free ones."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"VACUUM (ANALYZE) {table}")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
 async def table_stats(dsn: str, table: str) -> tuple[int, str]:
     conn = await asyncpg.connect(dsn)
     try:
@@ -244,18 +259,23 @@ def main() -> None:
             meter = Meter(url, emu.pid, postmaster)
             mirror = load_config(None, {}).database.mirror_schema
             sides: list[Side] = []
+            time.sleep(SETTLE_SECONDS)
             for name in ("syncd", "engine") if args.syncd_first else ("engine", "syncd"):
                 if name == "engine":
                     side, version = run_engine(engine_dsn, meter)
                     side.rows, side.table_size = lifecycle.run(
                         table_stats, engine_dsn, '"stripe".customers'
                     )
+                    lifecycle.run(settle, engine_dsn, '"stripe".customers')
+                    time.sleep(SETTLE_SECONDS)
                     print(version, flush=True)
                 else:
                     side = lifecycle.run(run_syncd, args, syncd_dsn, meter)
                     side.rows, side.table_size = lifecycle.run(
                         table_stats, syncd_dsn, f'"{mirror}".customers'
                     )
+                    lifecycle.run(settle, syncd_dsn, f'"{mirror}".customers')
+                    time.sleep(SETTLE_SECONDS)
                 print(f"{side.name}: {side.objects:,} customers in {side.seconds:.2f}s", flush=True)
                 sides.append(side)
             report(sides, args.customers)
