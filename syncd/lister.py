@@ -1,8 +1,12 @@
-"""Reading Stripe lists for the full resync: one page at a time, parsed once with orjson.
+"""Reading Stripe lists for the full resync: one page at a time, never as SDK objects.
 
-A page is never turned into SDK objects: the body is parsed with orjson (a 100-customer page in
-about 0.4 ms), each object is checked (an id, the listed type) and the accepted ones go to
-PostgreSQL re-serialized as one JSON array. Children that a parent carries only partly (an
+The common page (a type without children, every entry a well-formed object of the listed type
+inside the slice) is checked without building its objects: msgspec reads only `id`, `object`
+and `created` of each entry and skips the rest unread, and the page's own `data` bytes go to
+PostgreSQL (0.2 ms for 100 customers; parsing them with orjson, checking them and writing them
+out again took 0.5 ms, a fifth of syncd's CPU in a resync). Any other page is parsed with orjson,
+each object checked (an id, the listed type), the bad ones recorded with their reason, and the
+accepted ones re-serialized as one JSON array. Children that a parent carries only partly (an
 inline list with `has_more`) or not at all (per-parent lists such as a customer's tax ids) are
 fetched here, so the page and all its children are written in one transaction.
 
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import msgspec
 import orjson
 
 from syncd.errors import StripeError, StripeNotFound
@@ -137,6 +142,41 @@ def parse_list(body: bytes, what: str) -> tuple[list[Any], bool]:
     return data, has_more
 
 
+class _Entry(msgspec.Struct):
+    """What a page's entries are checked by; msgspec skips their other fields unread."""
+
+    id: str
+    object: str
+    created: int | None = None
+
+
+class _ListBody(msgspec.Struct):
+    data: msgspec.Raw
+    has_more: bool
+
+
+_LIST_BODY = msgspec.json.Decoder(_ListBody)
+_ENTRIES = msgspec.json.Decoder(list[_Entry])
+
+
+def read_plain_page(
+    resource: Resource, body: bytes, lo: int
+) -> tuple[bytes, list[_Entry], bool] | None:
+    """A page with nothing to reject or drop, read without building its objects: its `data`
+    bytes as they came, its entries, `has_more`. None: any other page (the caller parses it)."""
+    try:
+        doc = _LIST_BODY.decode(body)
+        entries = _ENTRIES.decode(doc.data)
+    except msgspec.DecodeError:  # also a ValidationError: an entry of another shape
+        return None
+    for e in entries:
+        if not e.id or (e.object != resource.object and e.object not in resource.event_objects):
+            return None
+        if lo and e.created is not None and e.created < lo:
+            return None
+    return bytes(doc.data), entries, doc.has_more
+
+
 def check_object(resource: Resource, o: Any) -> str | None:
     """Why `o` cannot be mirrored as a `resource` row (None: it can)."""
     if not isinstance(o, dict):
@@ -205,6 +245,24 @@ class PageReader:
         self.disabled_children = disabled_children
 
     async def read(self, s: Slice, reply: Reply) -> Page:
+        if not self.children:
+            plain = read_plain_page(self.resource, reply.body, s.lo)
+            if plain is not None:
+                data, entries, has_more = plain
+                last = entries[-1] if entries else None
+                # Nothing awaits from here to the cursor update (see the module docstring).
+                return self._page(
+                    s,
+                    reply,
+                    data,
+                    len(entries),
+                    (last.id, last.created) if last else None,
+                    done=not has_more or not entries,
+                )
+        return await self.read_objects(s, reply)
+
+    async def read_objects(self, s: Slice, reply: Reply) -> Page:
+        """Any page: parsed, each object checked, bad ones rejected, children completed."""
         data, has_more = parse_list(reply.body, self.resource.list_path or self.resource.table)
         accepted: list[dict[str, Any]] = []
         rejected: list[Rejected] = []
@@ -229,17 +287,46 @@ class PageReader:
             ids = {o["id"] for o in kept}
             children = [c for c in children if c.parent_id is None or c.parent_id in ids]
         last = data[-1] if data else None
+        cursor: tuple[str, int | None] | None = None
         if isinstance(last, dict) and isinstance(last.get("id"), str):
-            s.cursor = last["id"]
-            if isinstance(last.get("created"), int):
-                s.cursor_created = last["created"]
+            created = last.get("created")
+            cursor = (last["id"], created if isinstance(created, int) else None)
         elif data:
             raise StripeError(f"{self.resource.table}: last entry of a page has no id to page on")
-        s.objects += len(kept)
+        return self._page(
+            s,
+            reply,
+            orjson.dumps(kept),
+            len(kept),
+            cursor,
+            done=passed_lo or not has_more or not data,
+            children=children,
+            rejected=rejected,
+        )
+
+    def _page(
+        self,
+        s: Slice,
+        reply: Reply,
+        data: bytes,
+        count: int,
+        cursor: tuple[str, int | None] | None,
+        *,
+        done: bool,
+        children: list[ChildWrite] | None = None,
+        rejected: list[Rejected] | None = None,
+    ) -> Page:
+        """Move the slice past the page (its last entry: id, created) and count it."""
+        children = children or []
+        rejected = rejected or []
+        if cursor is not None:
+            s.cursor = cursor[0]
+            if cursor[1] is not None:
+                s.cursor_created = cursor[1]
+        s.objects += count
         s.pages += 1
         s.rejected += len(rejected)
         s.children += sum(len(c.objects) for c in children)
-        done = passed_lo or not has_more or not data
         checkpoint = (
             s.cursor,
             s.cursor_created,
@@ -252,8 +339,8 @@ class PageReader:
         return Page(
             s,
             self.resource,
-            orjson.dumps(kept),
-            len(kept),
+            data,
+            count,
             reply.version,
             done,
             checkpoint,
