@@ -563,3 +563,17 @@ async def test_new_objects_are_inserted_plainly_and_a_present_row_falls_back(
     assert mirror[present["id"]]["raw"]["email"] == "event@stream"
     assert problems == [f"customers: {present['id']} differs"]
     assert len(mirror) == 1200
+
+
+async def test_every_listed_table_has_both_page_statements(db_url: str) -> None:
+    """The plain-insert form is derived from each table's upsert: it must prepare for all."""
+    cfg = make_config(db_url)
+    async with Database.connect(cfg.database) as db:
+        w = Writer(db)
+        for res in RESOURCES:
+            if res.list_path is None:
+                continue
+            for new in (False, True):
+                sql = page_statement(db, w, res, new=new)
+                assert ("ON CONFLICT" in sql) is not new, res.table
+                await db.run(lambda c, q=sql: c.prepare(q), transaction=False)
