@@ -34,7 +34,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.resync_bench import cpu_seconds, self_cpu, start_emulator
+from bench.resync_bench import cpu_seconds, self_cpu, start_emulator, tree_cpu
 from syncd import lifecycle, migrations
 from syncd.config import StripeConfig, load_config
 from syncd.db import Database
@@ -75,15 +75,8 @@ class Side:
 def server_cpu(postmaster: int) -> float:
     """CPU of PostgreSQL: the postmaster, its live children, and its exited children (cutime)."""
     fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
-    total = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == postmaster:
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+    exited = (int(fields[13]) + int(fields[14])) / CLK_TCK  # cutime cstime
+    return tree_cpu(postmaster) + exited
 
 
 class Meter:

@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -32,18 +31,12 @@ from syncd.config import DatabaseConfig, StripeConfig, load_config
 from syncd.db import Database
 from syncd.lifecycle import Lifecycle
 from syncd.logs import configure
-from syncd.pgserver import throwaway_postgres
+from syncd.pgserver import free_port, throwaway_postgres
 from syncd.resync import Resync
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:

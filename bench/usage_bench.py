@@ -33,6 +33,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.resync_bench import cpu_seconds, tree_cpu  # noqa: E402
 from syncd import lifecycle, migrations  # noqa: E402
 from syncd.config import DatabaseConfig, StripeConfig, UsageConfig, load_config  # noqa: E402
 from syncd.db import Database  # noqa: E402
@@ -57,12 +58,6 @@ async def wait_ready(url: str) -> None:
     raise RuntimeError("emulator did not start")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), to tell work from waiting on a busy host."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 EMULATOR_PID = 0
 PG_DATA: Path | None = None
 
@@ -71,16 +66,7 @@ def postgres_cpu_seconds() -> float:
     """CPU time of the throwaway server: its postmaster and the children alive now."""
     if PG_DATA is None:
         return 0.0
-    postmaster = int((PG_DATA / "postmaster.pid").read_text().split()[0])
-    total = cpu_seconds(postmaster)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == postmaster:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return tree_cpu(int((PG_DATA / "postmaster.pid").read_text().split()[0]))
 
 
 @asynccontextmanager
