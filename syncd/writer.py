@@ -46,6 +46,7 @@ class Writer:
         self.db = db
         self.account_id = account_id
         self.notify_channel = notify_channel
+        self._upserts: dict[tuple[str, str], str] = {}  # (query, table): upsert_sql's statement
 
     async def upsert(
         self,
@@ -186,10 +187,19 @@ class Writer:
         return {r["id"]: (r["version"], r["deleted"]) for r in rows}
 
     def upsert_sql(self, name: str, resource: Resource) -> str:
-        """`upsert_objects` or `upsert_objects_each` for one table (its own, if it has them)."""
-        if resource.own_upserts:
-            return self.db.sql(f"{name}_{resource.table}")
-        return self.db.table_sql(name, resource.table)
+        """`upsert_objects` or `upsert_objects_each` for one table, with the columns it computes
+        itself (`Resource.extra_columns`: `<table>_extra_*` in writer_<table>.sql)."""
+        key = (name, resource.table)
+        sql = self._upserts.get(key)
+        if sql is None:
+            sql = self.db.table_sql(name, resource.table)
+            for part in ("columns", "values", "updates"):
+                extra = (
+                    self.db.sql(f"{resource.table}_extra_{part}") if resource.extra_columns else ""
+                )
+                sql = sql.replace(f"{{extra_{part}}}", extra)
+            self._upserts[key] = sql
+        return sql
 
     def insert_sql(self, resource: Resource) -> str:
         """`upsert_objects` without its conflict clause, for objects the table does not hold yet.

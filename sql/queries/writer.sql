@@ -6,6 +6,9 @@
 -- not change only advances `fetched_at`: skipping it outright would let a slower, older write that
 -- lands later pass the guard against the stale version. Unchanged content keeps the stored datum
 -- (`t.raw`), so a large TOASTed object is not compressed and written again.
+-- The upserts of whole objects end their column list, select list and update list with
+-- `{extra_columns}`, `{extra_values}` and `{extra_updates}`: the columns a table computes itself,
+-- from sql/queries/writer_<table>.sql (Writer.upsert_sql), nothing for most tables.
 -- The result says per id what happened: insert, update, delete, same; stale writes are absent.
 -- It is read from the written rows alone (no join with the rows before): a join back onto the
 -- table cost as much as the upsert itself.
@@ -18,8 +21,8 @@ WITH incoming AS (
      WHERE o->>'id' IS NOT NULL
      ORDER BY o->>'id', n DESC
 )
-INSERT INTO {mirror}.{table} AS t (id, account_id, raw, api_version, fetched_at, deleted_at)
-SELECT id, $2, raw, $3, to_timestamp($4), CASE WHEN gone THEN to_timestamp($4) END
+INSERT INTO {mirror}.{table} AS t (id, account_id, raw, api_version, fetched_at, deleted_at{extra_columns})
+SELECT id, $2, raw, $3, to_timestamp($4), CASE WHEN gone THEN to_timestamp($4) END{extra_values}
   FROM incoming
 ON CONFLICT (id) DO UPDATE SET
     raw = CASE WHEN EXCLUDED.deleted_at IS NULL AND t.raw IS DISTINCT FROM EXCLUDED.raw
@@ -29,7 +32,7 @@ ON CONFLICT (id) DO UPDATE SET
     fetched_at = EXCLUDED.fetched_at,
     deleted_at = EXCLUDED.deleted_at,
     synced_at = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
-                     THEN now() ELSE t.synced_at END
+                     THEN now() ELSE t.synced_at END{extra_updates}
 WHERE t.fetched_at < EXCLUDED.fetched_at AND t.deleted_at IS NULL
 RETURNING t.id,
       -- xmax = 0: the row was inserted; synced_at moved to now(): the content changed.
@@ -102,9 +105,9 @@ WITH incoming AS (
      WHERE e->'o'->>'id' IS NOT NULL
      ORDER BY e->'o'->>'id', (e->>'v')::double precision DESC, n DESC
 )
-INSERT INTO {mirror}.{table} AS t (id, account_id, raw, api_version, fetched_at, deleted_at)
+INSERT INTO {mirror}.{table} AS t (id, account_id, raw, api_version, fetched_at, deleted_at{extra_columns})
 SELECT id, $2, raw, api_version, to_timestamp(version),
-       CASE WHEN gone THEN to_timestamp(version) END
+       CASE WHEN gone THEN to_timestamp(version) END{extra_values}
   FROM incoming
 ON CONFLICT (id) DO UPDATE SET
     raw = CASE WHEN EXCLUDED.deleted_at IS NULL AND t.raw IS DISTINCT FROM EXCLUDED.raw
@@ -114,7 +117,7 @@ ON CONFLICT (id) DO UPDATE SET
     fetched_at = EXCLUDED.fetched_at,
     deleted_at = EXCLUDED.deleted_at,
     synced_at = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
-                     THEN now() ELSE t.synced_at END
+                     THEN now() ELSE t.synced_at END{extra_updates}
 WHERE t.fetched_at < EXCLUDED.fetched_at AND t.deleted_at IS NULL
 RETURNING t.id,
       CASE WHEN t.xmax::text = '0' THEN 'insert'
