@@ -8,14 +8,17 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 RUN python -m venv /opt/syncd
-COPY pyproject.toml README.md ./
-# Dependencies only (read from pyproject.toml): this layer changes when they do, not with the code.
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt
-RUN /opt/syncd/bin/pip install -r requirements.txt
+COPY pyproject.toml README.md requirements.txt requirements-build.txt ./
+# Exact versions with hashes (`make lock`; made with Python 3.11, like PYTHON_IMAGE): the runtime
+# dependencies only, before the code, so this layer changes when they do, not with the code.
+RUN /opt/syncd/bin/pip install --require-hashes -r requirements.txt
+# The build backend, locked too, in this stage's own Python (not in the image's virtualenv).
+RUN pip install --root-user-action=ignore --require-hashes -r requirements-build.txt
 COPY syncd ./syncd
 COPY sql ./sql
-# The package itself; sql/ travels inside the wheel as syncd/sql.
-RUN /opt/syncd/bin/pip install --no-deps .
+# The package itself, built with that backend; sql/ travels inside the wheel as syncd/sql.
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir dist .
+RUN /opt/syncd/bin/pip install --no-deps dist/*.whl
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="syncd" \

@@ -3,11 +3,19 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint format bench bench-compare run migrate clean
+.PHONY: install demo test lint format lock schema bench bench-compare run migrate clean
 
-$(BIN)/.installed: pyproject.toml
+# Exact versions with hashes (`make lock` writes them from pyproject.toml's ranges):
+# requirements.txt the runtime (the Docker image), requirements-dev.txt runtime + `.[test]`
+# (this venv, CI), requirements-build.txt the build backend (the image's build stage, and the
+# editable install here: no build isolation, so nothing unlocked is downloaded).
+PIP := $(BIN)/pip --disable-pip-version-check
+
+$(BIN)/.installed: pyproject.toml requirements-dev.txt requirements-build.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PIP) install --quiet --require-hashes -r requirements-dev.txt -r requirements-build.txt
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(PIP) check  # pyproject.toml's ranges against the locked versions: `make lock` if this fails
 	touch $@
 
 install: $(BIN)/.installed
@@ -46,6 +54,26 @@ run: install  ## the daemon with ./config.toml and the environment
 
 migrate: install
 	$(BIN)/syncd migrate
+
+# pip-tools in a venv of its own (not a dependency of syncd). Pins already in the lock files are
+# kept while pyproject.toml allows them; `make lock LOCK_FLAGS=--upgrade` moves all to the newest.
+LOCK_TOOLS := $(VENV)/lock-tools
+LOCK_FLAGS ?=
+COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_TOOLS)/bin/pip-compile --quiet \
+	--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_FLAGS)
+
+$(LOCK_TOOLS)/bin/pip-compile:
+	$(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/pip install --quiet --disable-pip-version-check pip-tools==7.7.0
+
+lock: $(LOCK_TOOLS)/bin/pip-compile  ## rewrite the lock files from pyproject.toml
+	$(COMPILE) -o requirements.txt pyproject.toml
+	$(COMPILE) --extra test -c requirements.txt -o requirements-dev.txt pyproject.toml
+	$(COMPILE) --only-build-deps --build-deps-for wheel --build-deps-for editable \
+		-c requirements-dev.txt -o requirements-build.txt pyproject.toml
+
+schema: install  ## rewrite sql/schema.sql from sql/migrations/ (a throwaway PostgreSQL)
+	$(BIN)/python scripts/dump_schema.py sql/schema.sql
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dist build

@@ -36,7 +36,9 @@ from syncd import metrics
 from syncd.config import Config
 from syncd.db import Database
 from syncd.errors import StripeError, StripeNotFound, SyncdError, leaf_errors
+from syncd.quarantine import Quarantine, refusal
 from syncd.registry import BY_OBJECT, BY_TABLE, Child, Resource
+from syncd.storable import storable
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
 
@@ -113,6 +115,7 @@ class Applier:
         self.pinned = cfg.stripe.api_version
         self.tables = {r.table for r in resources}
         self.fetch_limit = anyio.CapacityLimiter(cfg.events.fetch_concurrency)
+        self.quarantine = Quarantine(db)
 
     # ---- planning (network, no transaction) -------------------------------------------------
 
@@ -318,7 +321,7 @@ class Applier:
             metrics.events_refetches.labels(resource.table).inc()
             try:
                 reply = await self.api.request("GET", path, params)
-                obj = orjson.loads(reply.body)
+                obj = reply.object()
                 version = reply.version
                 children = None if obj.get("deleted") else self._inline_children(resource, obj)
                 if children is None and not obj.get("deleted"):
@@ -391,7 +394,7 @@ class Applier:
         after: str | None = None
         for _ in range(_MAX_CHILD_PAGES):
             params = {**base, "limit": 100, **({"starting_after": after} if after else {})}
-            page = await self.api.get(path, params)
+            page = await self.api.get_page(path, params)
             data = [o for o in page.get("data") or [] if isinstance(o, dict) and "id" in o]
             fresh = [o for o in data if o["id"] not in seen]
             if data and not fresh:
@@ -417,6 +420,7 @@ class Applier:
         for table, items in batches.items():
             written = await self.writer.upsert_each(conn, BY_TABLE[table], items)
             changed += len(written.changed)
+            await self.quarantine.resolve_ids(conn, table, [i for i, _ in written.ops])
         for g in groups:
             c = g.change
             if c is None:
@@ -434,8 +438,29 @@ class Applier:
                 changed += len(written.changed)
         rows = [row for g in groups for row in g.ledger_rows()]
         if rows:
-            await conn.execute(self.db.sql("events_ledger_record"), orjson.dumps(rows))
+            await conn.execute(self.db.sql("events_ledger_record"), storable(orjson.dumps(rows)))
         return changed
+
+    async def quarantine_group(
+        self, conn: asyncpg.Connection, group: Group, error: BaseException
+    ) -> None:
+        """The object of `group` cannot be stored: keep it in quarantine with its events'
+        ledger rows marked `quarantined` (in `conn`'s transaction)."""
+        c = group.change
+        raw: Any = c.obj if c is not None and c.obj is not None else None
+        if raw is None and group.events:
+            raw = _object_of(group.events[-1])
+        table = c.resource.table if c is not None and c.resource is not None else None
+        group.outcome, group.change = "quarantined", None
+        group.reason = refusal(error)[:500]
+        await self.quarantine.put(
+            conn,
+            table=table or str(group.object_type or "unknown"),
+            raw=raw,
+            reason=group.reason,
+            source="event " + ",".join(str(e.get("id")) for e in group.events[-3:]),
+        )
+        await self.write(conn, [group])
 
 
 def one_error(errors: BaseExceptionGroup[BaseException]) -> BaseException:

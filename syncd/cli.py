@@ -12,7 +12,7 @@ from pathlib import Path
 
 from syncd import __version__, lifecycle, migrations, resync, resync_schedule, usage_schedule
 from syncd.config import Config, default_config_path, load_config, redacted, to_toml
-from syncd.daemon import run_daemon
+from syncd.daemon import run_daemon, session_settings
 from syncd.db import Database, describe_target
 from syncd.demo import cmd_demo, demo_arguments
 from syncd.emulator import cli as emulator_cli
@@ -20,7 +20,7 @@ from syncd.errors import StripeError, SyncdError
 from syncd.health import cmd_health, health_arguments
 from syncd.logs import configure as configure_logging
 from syncd.redaction import scrub
-from syncd.status import cmd_status, status_arguments
+from syncd.status import cmd_status, live_after, status_arguments
 from syncd.stripe_api import StripeAPI
 
 
@@ -82,15 +82,32 @@ async def cmd_check(cfg: Config, _args: argparse.Namespace) -> int:
 
 
 async def cmd_resync(cfg: Config, args: argparse.Namespace) -> int:
-    """Request a full resync from the running daemon (works from another container)."""
+    """Request a full resync from the running daemon (works from another container), or with
+    `--direct` run it in this process."""
     try:
         resync.resolve_scope(cfg, args.type)
     except SyncdError as exc:
         print(f"syncd: error: {exc}", file=sys.stderr)
         return 2
-    async with Database.connect(cfg.database, min_size=1) as db:
+    if args.direct:
+        cfg.require_api_key()
+        return await resync_schedule.run_direct(
+            cfg,
+            args.type or None,
+            sys.stdout,
+            live_after=live_after(cfg),
+            settings=session_settings(cfg),
+        )
+    # No pool floor to keep: through a database restart the pool would log each failed
+    # reconnect (with its traceback) while `--wait` already says the database is away.
+    async with Database.connect(cfg.database, min_size=0) as db:
         return await resync_schedule.request(
-            db, args.type or None, wait=args.wait, out=sys.stdout, timeout=args.timeout
+            db,
+            args.type or None,
+            wait=args.wait,
+            out=sys.stdout,
+            timeout=args.timeout,
+            live_after=live_after(cfg),
         )
 
 
@@ -101,9 +118,21 @@ def _resync_arguments(p: argparse.ArgumentParser) -> None:
         metavar="TABLE",
         help="re-list only this type (table name, e.g. customers); repeatable; default: all",
     )
-    p.add_argument("--wait", action="store_true", help="follow the resync until it ends")
     p.add_argument(
-        "--timeout", type=float, default=0.0, help="give up waiting after this many seconds"
+        "--wait",
+        action="store_true",
+        help="follow the resync until it ends: failures as they happen; exit 1 unless it is done",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        help="with --wait: give up waiting (exit 1) after this many seconds; 0: never",
+    )
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="run the resync in this process instead of asking the daemon (when none runs)",
     )
 
 
@@ -119,7 +148,8 @@ COMMANDS: dict[str, Command] = {
     "config": Command(cmd_config, "print the effective configuration, secrets redacted"),
     "resync": Command(
         cmd_resync,
-        "ask the running daemon to re-list Stripe into the mirror (--wait: follow it)",
+        "ask the running daemon to re-list Stripe into the mirror (--wait: follow it;"
+        " --direct: run it in this process)",
         _resync_arguments,
     ),
     "check": Command(

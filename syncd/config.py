@@ -9,12 +9,14 @@ top of the repository mirrors these defaults and a test keeps the two in step.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from urllib.parse import urlsplit
 
 from syncd.errors import ConfigError
 from syncd.redaction import redact_dsn, redact_key
+from syncd.registry import BY_TABLE
 
 STRIPE_API_BASE = "https://api.stripe.com"
 STRIPE_METER_EVENTS_BASE = "https://meter-events.stripe.com"
@@ -258,6 +261,27 @@ _FILE_KEYS = {
     ("usage", "api_key"): "api_key_file",
 }
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_ENV_PREFIX = "SYNCD_"
+# SYNCD_* variables that are not SYNCD_<SECTION>_<KEY> settings; any other SYNCD_* variable is a
+# typo or a removed key and stops syncd (exit 2), naming the closest valid one.
+NON_CONFIG_ENV: Mapping[str, str] = types.MappingProxyType(
+    {
+        "SYNCD_CONFIG": "the configuration file to read (like --config)",
+        "SYNCD_TEST_DATABASE_URL": "the PostgreSQL server of the tests and bench/usage_bench.py",
+        "SYNCD_BENCH_DATABASE_URL": "the PostgreSQL server of bench/events_bench.py",
+        "SYNCD_CONVERGENCE_SCENARIOS": "how many scenarios tests/test_convergence.py runs",
+        "SYNCD_CONVERGENCE_SEED": "the first seed of tests/test_convergence.py",
+    }
+)
+
+
+def env_names() -> dict[str, str]:
+    """Every SYNCD_<SECTION>_<KEY> variable, with the key it sets."""
+    return {
+        f"{_ENV_PREFIX}{section.upper()}_{f.name.upper()}": f"{section}.{f.name}"
+        for section, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+    }
 
 
 def default_config_path(env: Mapping[str, str]) -> tuple[Path | None, bool]:
@@ -274,6 +298,7 @@ def load_config(
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
     source = "defaults"
+    _check_env_names(env)
     if path is not None:
         try:
             text = path.read_text(encoding="utf-8")
@@ -299,6 +324,21 @@ def load_config(
     cfg = Config(**sections, source=source)
     _validate(cfg)
     return cfg
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """A SYNCD_* variable that sets nothing is a mistake: name it and the closest valid one."""
+    valid = [*env_names(), *NON_CONFIG_ENV]
+    for name in sorted(env):
+        if not name.upper().startswith(_ENV_PREFIX) or name in valid:
+            continue
+        close = difflib.get_close_matches(name.upper(), valid, n=1, cutoff=0.7)
+        hint = (
+            f"did you mean {close[0]}?"
+            if close
+            else f"settings are {_ENV_PREFIX}<SECTION>_<KEY>, see config.toml"
+        )
+        raise ConfigError(f"{name}: unknown environment variable ({hint})")
 
 
 def _build_section(
@@ -349,9 +389,12 @@ def _parse_env(key: str, env_name: str, text: str, hint: Any) -> Any:
         raise ConfigError(f"{key}: {env_name}={text!r} is not a boolean (true/false)")
     if hint is int or hint is float:
         try:
-            return hint(text)
+            number = hint(text)
         except ValueError:
             raise ConfigError(f"{key}: {env_name}={text!r} is not a number") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: {env_name}={text!r} is not a finite number")
+        return number
     origin = typing.get_origin(hint)
     if origin is list:
         return [part.strip() for part in text.split(",") if part.strip()]
@@ -378,6 +421,9 @@ def _check(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
     if hint is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            # TOML has nan and inf, and every comparison with nan is false: bounds miss it.
+            raise ConfigError(f"{key}: {value} is not a finite number")
     elif hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif origin is list:
@@ -413,6 +459,13 @@ def _validate(cfg: Config) -> None:
     schemas = [cfg.database.mirror_schema, cfg.database.state_schema, cfg.database.app_schema]
     if len(set(schemas)) != 3:
         raise ConfigError("database.mirror_schema, state_schema and app_schema must differ")
+    for key in ("include", "exclude"):
+        unknown = [name for name in getattr(cfg.sync, key) if name not in BY_TABLE]
+        if unknown:
+            raise ConfigError(
+                f"sync.{key}: unknown table(s) {', '.join(map(repr, unknown))}"
+                f"{_suggest(unknown[0], BY_TABLE)} (known: {', '.join(BY_TABLE)})"
+            )
     if cfg.database.pool_min_size > cfg.database.pool_max_size:
         raise ConfigError("database.pool_min_size: larger than database.pool_max_size")
     # Each resync writer holds a pooled connection for the whole listing; the event stream, the
@@ -451,6 +504,11 @@ def _validate(cfg: Config) -> None:
     _host, sep, port = cfg.http.bind.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"http.bind: {cfg.http.bind!r} is not host:port")
+
+
+def _suggest(name: str, valid: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f", did you mean {close[0]!r}?" if close else ""
 
 
 def _validate_cron(expr: str) -> None:
@@ -534,7 +592,8 @@ def example_toml() -> str:
         "# syncd configuration. Every key is shown with its default;",
         "# delete what you do not change.",
         "# Any key can be overridden by SYNCD_<SECTION>_<KEY> (e.g. SYNCD_EVENTS_POLL_INTERVAL=2);",
-        "# DATABASE_URL and STRIPE_API_KEY work too.",
+        "# DATABASE_URL and STRIPE_API_KEY work too. Other SYNCD_* variables are refused, except:",
+        *(f"#   {name}: {doc}" for name, doc in NON_CONFIG_ENV.items()),
         "# Print the effective values with `syncd config`.",
         "",
     ]

@@ -33,6 +33,7 @@ from syncd.errors import SyncdError, leaf_errors
 from syncd.leader import Leadership
 from syncd.lifecycle import Lifecycle
 from syncd.logs import get_logger
+from syncd.problems import Problems
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
 
@@ -62,6 +63,9 @@ class Daemon:
             interval=cfg.daemon.election_interval,
         )
         self.control = ControlLoop(db, lifecycle)
+        # What keeps failing right now: /readyz, the metrics and the heartbeat (status) read it.
+        self.problems = Problems()
+        self.problems.on_change = lambda: self._beat_now.set()
         # The work of the daemon: each feature adds its loops here (see attach_features).
         self.loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         # Steps awaited in order before the loops start (e.g. taking the events cursor before a
@@ -93,6 +97,7 @@ class Daemon:
                     self.role,
                     _last_successes(),
                     self.http_bind,
+                    self.problems.snapshot(),
                 )
                 metrics.heartbeats.labels("ok").inc()
             except SyncdError as exc:
@@ -183,7 +188,7 @@ def _attach_events(daemon: Daemon) -> None:
         return
     from syncd.events import EventStream
 
-    stream = EventStream(daemon.cfg, daemon.db, daemon.api, daemon.writer)
+    stream = EventStream(daemon.cfg, daemon.db, daemon.api, daemon.writer, problems=daemon.problems)
     daemon.startup.append(lambda: stream.take_cursor_at_start(daemon.lifecycle))
     daemon.add_loop("events", lambda: stream.run(daemon.lifecycle))
     daemon.add_loop("events_ledger_pruner", lambda: stream.prune_loop(daemon.lifecycle))

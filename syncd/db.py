@@ -21,8 +21,15 @@ from urllib.parse import urlsplit
 import asyncpg
 import orjson
 
+from syncd import metrics
 from syncd.config import DatabaseConfig
-from syncd.errors import DatabaseConflict, DatabaseError, DatabaseUnavailable
+from syncd.errors import (
+    DatabaseConflict,
+    DatabaseDataError,
+    DatabaseError,
+    DatabaseRefused,
+    DatabaseUnavailable,
+)
 
 T = TypeVar("T")
 _TOKEN = re.compile(r"\{(mirror|state|app)\}")
@@ -80,14 +87,46 @@ class Queries:
 
 
 def describe_target(dsn: str) -> str:
-    """host:port/dbname of a DSN, for messages: never the user's password."""
+    """Where a DSN leads, for messages: `host:port/dbname`, or `<dir>/.s.PGSQL.<port> (database
+    dbname)` for a Unix socket; never the user or the password. Read as asyncpg reads it: the
+    hosts (and ports) of the address, else its `host` and `port` parameters, else PGHOST/PGPORT."""
+    import os
+    from urllib.parse import parse_qs, unquote
+
+    def endpoint(spec: str, default_port: str) -> str:
+        if spec.startswith("/"):  # a Unix socket directory (given as a parameter)
+            host, port = spec, ""
+        elif spec.startswith("["):  # [IPv6]:port
+            host, _, port = spec.partition("]")
+            host, port = f"{host}]", port.removeprefix(":")
+        else:
+            host, _, port = spec.partition(":")
+            host = unquote(host)  # %2Fvar%2Frun%2Fpostgresql in the address is a socket too
+        if port and not port.isdigit():
+            raise ValueError(port)
+        port = port or default_port
+        return f"{host.rstrip('/')}/.s.PGSQL.{port}" if host.startswith("/") else f"{host}:{port}"
+
     try:
         parts = urlsplit(dsn)
-        host = parts.hostname or "localhost"
-        port = parts.port or 5432
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        address = parts.netloc.rpartition("@")[2]
+        if address:  # as asyncpg: the address wins, and then the port parameter is ignored
+            specs, ports = address.split(","), os.environ.get("PGPORT", "")
+        else:
+            specs = (query.get("host") or os.environ.get("PGHOST") or "localhost").split(",")
+            ports = query.get("port") or os.environ.get("PGPORT", "")
+        port_list = (ports or "5432").split(",")
+        targets = [
+            endpoint(spec, port_list[min(n, len(port_list) - 1)]) for n, spec in enumerate(specs)
+        ]
+        database = unquote(parts.path.lstrip("/")) or query.get("dbname") or query.get("database")
     except ValueError:
         return "the database"
-    return f"{host}:{port}{parts.path or ''}"
+    where = ", ".join(targets)
+    if not database:
+        return where
+    return f"{where} (database {database})" if where.startswith("/") else f"{where}/{database}"
 
 
 # deadlock_detected, serialization_failure
@@ -118,9 +157,22 @@ def translate(exc: BaseException, dsn: str) -> DatabaseError:
         # PostgreSQL aborts one transaction whole, and every write is idempotent under the
         # version guard, so trying again later is correct.
         return DatabaseConflict(f"PostgreSQL error {exc.sqlstate}: {exc}")
+    if isinstance(exc, asyncpg.PostgresError) and is_data_error(exc.sqlstate):
+        return DatabaseDataError(f"PostgreSQL error {exc.sqlstate}: {exc}")
     if isinstance(exc, asyncpg.PostgresError):
-        return DatabaseError(f"PostgreSQL error {exc.sqlstate}: {exc}")
+        # Privileges, disk, a read-only server, timeouts, a dropped table: the server's state,
+        # not the data. Retried (the event cursor does not move meanwhile) and shown in health.
+        return DatabaseRefused(f"PostgreSQL error {exc.sqlstate}: {exc}")
     return DatabaseError(f"database error at {target}: {exc}")
+
+
+def is_data_error(sqlstate: str | None) -> bool:
+    """SQLSTATEs that blame the data written, not the server: data exceptions (class 22, e.g. a
+    NUL character jsonb refuses), integrity constraints (class 23, e.g. a user's CHECK), and
+    program limits (54000, e.g. a value too large for an index)."""
+    if not sqlstate:
+        return False
+    return sqlstate[:2] in ("22", "23") or sqlstate == "54000"
 
 
 _TRANSLATED = (
@@ -136,6 +188,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb travels as text; orjson is much faster than the json module both ways.
     await conn.set_type_codec("jsonb", encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
     await conn.set_type_codec("json", encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
+
+
+_UNFIT = "syncd_unfit: "
+
+
+def _count_unfit_values(_conn: Any, message: Any) -> None:
+    """The mirror's typed columns send a notice for each value Stripe sent that does not fit
+    them (stored as NULL, kept in `raw`; migration 0061): counted by the column's kind."""
+    text = getattr(message, "message", "") or ""
+    if text.startswith(_UNFIT):
+        metrics.unfit_values.labels(text[len(_UNFIT) :]).inc()
 
 
 def _dumps(value: Any) -> str:
@@ -236,7 +299,12 @@ class Database:
         """A pooled connection held for many transactions (a resync writer), errors translated."""
         try:
             async with self.pool.acquire() as conn:
-                yield conn
+                # Taken off before the connection goes back (asyncpg warns of listeners left).
+                conn.add_log_listener(_count_unfit_values)
+                try:
+                    yield conn
+                finally:
+                    conn.remove_log_listener(_count_unfit_values)
         except _TRANSLATED as exc:
             raise translate(exc, self.dsn) from exc
 

@@ -37,6 +37,20 @@ class DatabaseConflict(DatabaseError):
     retryable = True
 
 
+class DatabaseRefused(DatabaseError):
+    """PostgreSQL refused a statement for a reason outside the data: missing privileges, a full
+    disk, a read-only server, a lock or statement timeout, a missing table. Fixing the server
+    fixes it, so it is retried with backoff and nothing is recorded as done meanwhile."""
+
+    retryable = True
+
+
+class DatabaseDataError(DatabaseError):
+    """The data of one write cannot be stored as it is (SQLSTATE classes 22 and 23, or a value
+    too large for an index): retrying the same data fails the same way, so the object is
+    quarantined (`{state}.rejected_objects`) and the rest goes on."""
+
+
 class MigrationError(DatabaseError):
     """A migration could not be applied, or an applied one was edited afterwards."""
 
@@ -58,6 +72,11 @@ class StripeRetryable(StripeError):
     """A transient failure: rate limited, 5xx, lock contention or a network error."""
 
     retryable = True
+
+
+class StripeBadAnswer(StripeRetryable):
+    """An answer Stripe never sends: not JSON (a proxy's HTML page), cut short, or not of the
+    expected shape. Something between syncd and Stripe failed; like a 502, it is transient."""
 
 
 class StripeNotFound(StripeError):

@@ -40,9 +40,10 @@ from syncd import metrics
 from syncd.apply import Applier, Event, Group, one_error
 from syncd.config import Config
 from syncd.db import Database
-from syncd.errors import CursorExpired, DatabaseError, SyncdError
+from syncd.errors import CursorExpired, DatabaseDataError, DatabaseError, SyncdError
 from syncd.lifecycle import Lifecycle
 from syncd.logs import get_logger
+from syncd.problems import Problems
 from syncd.registry import Resource, selected
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
@@ -58,6 +59,7 @@ MAX_BATCH = 1000
 APPLY_CONCURRENCY = 2
 PAGE = 100
 DAY = 86400.0
+WRITE_PROBLEM = "events_write"
 
 
 @dataclass
@@ -103,6 +105,7 @@ class EventStream:
         *,
         resources: Sequence[Resource] | None = None,
         batch_size: int = MAX_BATCH,
+        problems: Problems | None = None,
     ):
         self.cfg = cfg
         self.batch_size = batch_size
@@ -113,6 +116,10 @@ class EventStream:
             resources if resources is not None else selected(cfg.sync.include, cfg.sync.exclude)
         )
         self.applier = Applier(cfg, db, api, writer, chosen)
+        # Set while a batch cannot be committed for the server's reasons (privileges, disk, a
+        # read-only server): (since, error). /readyz answers 503 and `syncd status` says so.
+        self.write_failure: tuple[float, str] | None = None
+        self.problems = problems if problems is not None else Problems()
         self._last_age_warning = -math.inf
 
     # ---- cursor ----------------------------------------------------------------------------
@@ -274,7 +281,7 @@ class EventStream:
                     if position is not None and await self._too_old(position, reply.version):
                         result.restarted = True
                         return
-                page = orjson.loads(reply.body)
+                page = reply.page()
                 data = [e for e in page.get("data") or [] if isinstance(e, dict)]
                 result.listed += len(data)
                 pending.extend(data)
@@ -312,10 +319,27 @@ class EventStream:
         groups = await self.applier.prepare(fresh) if fresh else []
         try:
             changed = await self.db.run(lambda conn: self._commit(conn, groups, advance_to))
-        except DatabaseError as exc:
-            if exc.retryable or not groups:
+        except (DatabaseDataError, orjson.JSONEncodeError) as exc:
+            # An object's data was refused: find it, quarantine it, write the rest. Any other
+            # error (privileges, disk, a read-only server, timeouts) is the server's: it goes
+            # up to the loop, which retries the window with the cursor where it was.
+            if not groups:
                 raise
             changed = await self._commit_isolated(groups, advance_to, exc)
+        except DatabaseError as exc:
+            if exc.retryable and groups:
+                since = self.write_failure[0] if self.write_failure else time.time()
+                self.write_failure = (since, str(exc))
+                self.problems.report(
+                    WRITE_PROBLEM,
+                    f"event stream cannot commit (retrying, cursor held): {exc}",
+                    blocking=True,
+                )
+            raise
+        if self.write_failure is not None:
+            log.info("events_writes_recovered", after=round(time.time() - self.write_failure[0]))
+            self.problems.clear(WRITE_PROBLEM)
+        self.write_failure = None
         self._account(groups, fresh, changed, out)
 
     async def _commit(
@@ -327,10 +351,11 @@ class EventStream:
         return changed
 
     async def _commit_isolated(
-        self, groups: list[Group], advance_to: float | None, error: DatabaseError
+        self, groups: list[Group], advance_to: float | None, error: BaseException
     ) -> int:
-        """A batch the database refused: apply object by object, recording the bad ones."""
-        log.error("events_batch_refused", error=str(error), objects=len(groups))
+        """A batch whose data the database refused: apply object by object; an object that
+        cannot be stored is quarantined (its events recorded as `quarantined`), never dropped."""
+        log.warning("events_batch_refused", error=str(error), objects=len(groups))
         changed = 0
         for group in groups:
 
@@ -339,13 +364,14 @@ class EventStream:
 
             try:
                 changed += await self.db.run(one)
-            except DatabaseError as exc:
-                if exc.retryable:
-                    raise
-                group.outcome, group.change = "ignored", None
-                group.reason = f"write_failed: {exc}"[:500]
-                await self.db.run(one)
-                log.error("event_write_failed", object_id=group.object_id, error=str(exc))
+            except (DatabaseDataError, orjson.JSONEncodeError) as exc:
+
+                async def keep(
+                    conn: asyncpg.Connection, group: Group = group, exc: BaseException = exc
+                ) -> None:
+                    await self.applier.quarantine_group(conn, group, exc)
+
+                await self.db.run(keep)
         await self.db.run(lambda conn: self._commit(conn, [], advance_to))
         return changed
 

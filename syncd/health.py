@@ -23,7 +23,7 @@ from aiohttp import web
 from anyio.abc import TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from syncd import metrics, migrations
+from syncd import metrics, migrations, quarantine
 from syncd.config import Config
 from syncd.errors import ConfigError, SyncdError
 from syncd.logs import get_logger
@@ -75,6 +75,9 @@ class Health:
         checks["role"] = d.role if d.role in ("leader", "standby") else f"not ready ({d.role})"
         if d.role == "leader":
             checks["poll"] = self._poll_check()
+            # A loop that cannot do its job (the event stream unable to commit): not ready.
+            for key, problem in d.problems.blocking().items():
+                checks[key] = problem.message
         ok = all(
             v == "ok" or (k == "role" and v in ("leader", "standby")) for k, v in checks.items()
         )
@@ -113,6 +116,10 @@ class Health:
                     row = await db.fetchrow("metrics_usage_backlog")
                     for status in ("pending", "sending", "failed"):
                         metrics.usage_backlog.labels(status).set(row[status] if row else 0)
+                if await db.fetchval("relation_exists", f'"{db.schemas.state}".rejected_objects'):
+                    metrics.quarantine_open.clear()
+                    for q in await quarantine.summary(db):
+                        metrics.quarantine_open.labels(q["table"], q["reason"]).set(q["objects"])
         except (SyncdError, TimeoutError) as exc:
             # Stale gauges beat a failed scrape: the database being down shows in /readyz.
             log.debug("metrics_refresh_failed", error=str(exc))

@@ -4,6 +4,11 @@ SIGTERM/SIGINT ask for a graceful stop: `stopping` is set, loops finish the batc
 return; if they are not done within `shutdown_grace`, their scope is cancelled (an open
 transaction rolls back, so the cursor stays consistent). A second SIGTERM/SIGINT cancels at once.
 Other signals (SIGHUP: full resync, SIGUSR1: flush usage) call the handlers registered for them.
+
+Waits that only pass time end at once on a stop: a loop's own sleep (`Lifecycle.sleep`) and,
+deeper down, a Stripe request's backoff between retries (`pause`, which needs no Lifecycle
+passed down: it follows the one watching this process's signals). An idle or backing-off
+daemon so stops within moments, gracefully.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ _STOP = (signal.SIGTERM, signal.SIGINT)
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+# The Lifecycle watching this process's signals (while its `watch_signals` runs).
+_watching: list[Lifecycle] = []
 
 
 def run(fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
@@ -73,12 +81,26 @@ class Lifecycle:
     ) -> None:
         watched = [*_STOP, signal.SIGHUP, signal.SIGUSR1]
         with anyio.open_signal_receiver(*watched) as received:
-            task_status.started()
-            async for sig in received:
-                if sig in _STOP:
-                    self.request_stop(signal.Signals(sig).name)
-                elif sig in self._handlers:
-                    log.info("signal_received", signal=signal.Signals(sig).name)
-                    self._handlers[signal.Signals(sig)]()
-                else:
-                    log.info("signal_ignored", signal=signal.Signals(sig).name)
+            _watching.append(self)
+            try:
+                task_status.started()
+                async for sig in received:
+                    if sig in _STOP:
+                        self.request_stop(signal.Signals(sig).name)
+                    elif sig in self._handlers:
+                        log.info("signal_received", signal=signal.Signals(sig).name)
+                        self._handlers[signal.Signals(sig)]()
+                    else:
+                        log.info("signal_ignored", signal=signal.Signals(sig).name)
+            finally:
+                _watching.remove(self)
+
+
+async def pause(seconds: float) -> bool:
+    """Wait `seconds`, or less when this process is asked to stop (SIGTERM/SIGINT while a
+    Lifecycle watches its signals): for waits deep inside a batch that only pass time, such as
+    a Stripe request's backoff. False when stopping (the caller gives up), True otherwise."""
+    if not _watching:
+        await anyio.sleep(seconds)
+        return True
+    return await _watching[-1].sleep(seconds)

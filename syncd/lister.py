@@ -29,7 +29,7 @@ import orjson
 
 from syncd.errors import StripeError, StripeNotFound
 from syncd.registry import Child, Resource
-from syncd.stripe_api import Reply
+from syncd.stripe_api import Reply, parse_page
 
 PAGE_LIMIT = 100
 # A child pager that has not ended after this many pages is looping (SYNC_PITFALLS 5).
@@ -130,16 +130,9 @@ def list_params(resource: Resource, variant: int, s: Slice) -> dict[str, Any]:
 
 
 def parse_list(body: bytes, what: str) -> tuple[list[Any], bool]:
-    """`data` and `has_more` of a list body; a body of another shape is Stripe's error."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise StripeError(f"{what}: list answer is not JSON ({exc})") from None
-    data = doc.get("data") if isinstance(doc, dict) else None
-    has_more = doc.get("has_more") if isinstance(doc, dict) else None
-    if not isinstance(data, list) or not isinstance(has_more, bool):
-        raise StripeError(f"{what}: list answer without data/has_more")
-    return data, has_more
+    """`data` and `has_more` of a list body; any other body is a bad answer (retryable)."""
+    doc = parse_page(body, what)
+    return doc["data"], doc["has_more"]
 
 
 class _Entry(msgspec.Struct):
@@ -222,6 +215,24 @@ async def fetch_all(
     raise StripeError(f"{path}: child list longer than {MAX_CHILD_PAGES} pages")
 
 
+def dump_objects(objects: list[dict[str, Any]]) -> tuple[bytes, list[Rejected]]:
+    """`objects` as one JSON array; the ones JSON cannot carry (strings with lone surrogates,
+    which Stripe's answer held as invalid escapes) are left out and returned as rejected."""
+    try:
+        return orjson.dumps(objects), []
+    except orjson.JSONEncodeError:
+        good: list[dict[str, Any]] = []
+        bad: list[Rejected] = []
+        for o in objects:
+            try:
+                orjson.dumps(o)
+            except orjson.JSONEncodeError as exc:
+                bad.append(Rejected(_id_of(o), f"invalid JSON string: {exc}", o))
+            else:
+                good.append(o)
+        return orjson.dumps(good), bad
+
+
 def _id_of(o: Any) -> str | None:
     if isinstance(o, dict) and isinstance(o.get("id"), str):
         return str(o["id"])
@@ -243,6 +254,9 @@ class PageReader:
         self.fetch = fetch
         # Child tables the key may not read (403): skipped for the rest of the run.
         self.disabled_children = disabled_children
+        # Per-parent lists that answered 404 for a parent just listed, by child table: a
+        # parent that exists has a list, so this is a problem to report, never a silent skip.
+        self.missing_children: dict[tuple[str, str], int] = {}
 
     async def read(self, s: Slice, reply: Reply) -> Page:
         if not self.children:
@@ -293,10 +307,14 @@ class PageReader:
             cursor = (last["id"], created if isinstance(created, int) else None)
         elif data:
             raise StripeError(f"{self.resource.table}: last entry of a page has no id to page on")
+        data_bytes, unstorable = dump_objects(kept)
+        if unstorable:
+            rejected.extend(unstorable)
+            kept = [o for o in kept if not any(o is b.raw for b in unstorable)]
         return self._page(
             s,
             reply,
-            orjson.dumps(kept),
+            data_bytes,
             len(kept),
             cursor,
             done=passed_lo or not has_more or not data,
@@ -392,7 +410,11 @@ class PageReader:
             try:
                 kids, bad, child_version = await fetch_all(self.fetch, path, params, res)
             except StripeNotFound:
-                return  # the parent went away since its page was listed
+                # The parent may have gone since its page was listed; more often the endpoint
+                # is missing for this account. Counted, reported with the run (resync.py).
+                key = (self.resource.table, res.table)
+                self.missing_children[key] = self.missing_children.get(key, 0) + 1
+                return
             except StripeError as exc:
                 if exc.status in (401, 403):
                     self.disabled_children.add(res.table)

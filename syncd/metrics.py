@@ -15,6 +15,12 @@ api_requests = Counter(
 api_retries = Counter(
     "syncd_stripe_retries", "Stripe API requests retried, by reason", ["reason"], registry=REGISTRY
 )
+stripe_bad_answers = Counter(
+    "syncd_stripe_bad_answers",
+    "Answers Stripe never sends (not JSON, cut short, not of the expected shape), by endpoint",
+    ["endpoint"],
+    registry=REGISTRY,
+)
 rate_limit_wait_seconds = Counter(
     "syncd_rate_limit_wait_seconds",
     "Seconds spent waiting for the shared rate limiter",
@@ -75,6 +81,37 @@ resync_rejected = Counter(
     "syncd_resync_rejected",
     "Listed objects that could not be mirrored (recorded in rejected_objects)",
     ["table"],
+    registry=REGISTRY,
+)
+problems = Gauge(
+    "syncd_problem",
+    "1 while a loop keeps failing, by problem (events_write, resync_failing, resync_stalled)",
+    ["problem"],
+    registry=REGISTRY,
+)
+quarantined = Counter(
+    "syncd_quarantined_objects_total",
+    "Objects that could not be stored, kept in rejected_objects, by table and source"
+    " (resync, event)",
+    ["table", "source"],
+    registry=REGISTRY,
+)
+quarantine_open = Gauge(
+    "syncd_quarantine_open",
+    "Objects in quarantine now (rejected_objects not resolved), by table and reason",
+    ["table", "reason"],
+    registry=REGISTRY,
+)
+unfit_values = Counter(
+    "syncd_typed_values_unfit_total",
+    "Values Stripe sent that did not fit their typed column (stored as NULL; raw keeps them),"
+    " by the column's kind (bigint, integer, numeric, boolean, time)",
+    ["kind"],
+    registry=REGISTRY,
+)
+nul_escaped = Counter(
+    "syncd_nul_escaped_objects_total",
+    "Objects whose strings held a NUL character, stored with syncd's escaping (docs/schema.md)",
     registry=REGISTRY,
 )
 resync_insert_pages = Counter(

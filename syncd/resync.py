@@ -30,12 +30,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from syncd import metrics
 from syncd.config import Config
-from syncd.db import Database
-from syncd.errors import StripeError, StripeNotFound, SyncdError, leaf_errors
+from syncd.db import Database, is_data_error
+from syncd.errors import DatabaseDataError, StripeError, StripeNotFound, SyncdError, leaf_errors
 from syncd.lifecycle import Lifecycle
-from syncd.lister import Page, PageReader, Slice, list_params
+from syncd.lister import Page, PageReader, Slice, check_object, list_params
 from syncd.logs import bind_context, get_logger
+from syncd.problems import Problems
+from syncd.quarantine import Quarantine, object_id, refusal
 from syncd.registry import BY_TABLE, Child, Resource, selected
+from syncd.storable import loads_lax, storable
 from syncd.stripe_api import Reply, StripeAPI
 from syncd.writer import Writer
 
@@ -48,6 +51,10 @@ SWEEP_MARGIN = 2.0
 # A running slice is split only when it probably holds more than this many objects.
 SPLIT_MIN_OBJECTS = 300
 PROGRESS_INTERVAL = 5.0
+# A listing that wrote nothing for this long is reported (status, metrics), not stopped: a
+# Stripe that answers 429 for minutes, a writer waiting on a lock.
+STALL_AFTER = 600.0
+STALL_PROBLEM = "resync_stalled"
 SWEEP_BATCH = 100
 
 
@@ -119,12 +126,15 @@ class Resync:
         api: StripeAPI,
         writer: Writer,
         lifecycle: Lifecycle | None = None,
+        problems: Problems | None = None,
     ):
         self.cfg = cfg
         self.db = db
         self.api = api
         self.writer = writer
         self.lifecycle = lifecycle
+        self.problems = problems if problems is not None else Problems()
+        self.quarantine = Quarantine(db)
         self._lock = anyio.Lock()
 
     # ---- scope and runs ---------------------------------------------------------------------
@@ -166,6 +176,7 @@ class Resync:
         row = await self.db.fetchrow("resync_start_run", run_id, self.api.clock.now())
         assert row is not None
         version = float(row["started_version"])
+        run_started_at = row["started_at"]
         reason = row["reason"] or reason
         if not resumed:
             await self.db.execute("resync_supersede", run_id, scope)
@@ -182,6 +193,8 @@ class Resync:
             listing = _Listing(self, run_id, version, resources, state)
             await listing.list_all()
             await _Sweep(self, run_id, version, resources, state).sweep_all()
+            await self._retry_quarantine(run_id, run_started_at, version, resources, state)
+            problems = await self._report_problems(run_id, state)
         except BaseExceptionGroup as group:
             # Task groups wrap errors; callers decide on syncd's classes (retryable or not).
             inner = _first_error(group)
@@ -190,11 +203,13 @@ class Resync:
             raise inner from group
         finally:
             metrics.resync_running.set(0)
-        await self.db.execute("resync_finish_run", run_id, "done", None)
+            self.problems.clear(STALL_PROBLEM)
+        status = "done_with_problems" if problems else "done"
+        await self.db.execute("resync_finish_run", run_id, status, "; ".join(problems) or None)
         result = await self.result(run_id)
         result.duration = time.monotonic() - started
         result.resumed = resumed
-        metrics.resync_runs.labels("done").inc()
+        metrics.resync_runs.labels(status).inc()
         log.info(
             "resync_finished",
             objects=result.objects,
@@ -202,8 +217,74 @@ class Resync:
             seconds=round(result.duration, 2),
             rate=round(result.objects / result.duration) if result.duration else None,
             unavailable=result.summary()["unavailable"],
+            problems=problems or None,
         )
         return result
+
+    async def _report_problems(self, run_id: int, state: _RunState) -> list[str]:
+        """What this run could not mirror: types unavailable, per-parent lists answering 404
+        for parents it had just listed. Recorded on the tables; the run ends with problems."""
+        problems = [f"{t}: {e}" for t, e in sorted(state.errors.items())]
+        for (parent, child), count in sorted(state.missing_children.items()):
+            error = f"{child}: per-parent list answered 404 for {count} listed {parent}"
+            problems.append(f"{parent}: {error}")
+            await self.db.execute("resync_table_problem", run_id, parent, error)
+        return problems
+
+    async def _retry_quarantine(
+        self,
+        run_id: int,
+        run_started_at: Any,
+        version: float,
+        resources: list[Resource],
+        state: _RunState,
+    ) -> None:
+        """Quarantined objects of the listed types: those the run stored leave quarantine; the
+        rest (not met in a list, e.g. quarantined from an event) are retrieved and written."""
+        for res in resources:
+            if state.status.get(res.table) not in ("listed", "swept"):
+                continue
+            await self.quarantine.resolve_listed(res.table, run_started_at, version)
+            if res.retrieve_path is None:
+                continue
+            for oid in await self.quarantine.open_ids(res.table, run_started_at):
+                await self._retry_one(run_id, res, oid)
+
+    async def _retry_one(self, run_id: int, res: Resource, oid: str) -> None:
+        assert res.retrieve_path is not None
+        try:
+            reply = await self.fetch(res.retrieve_path.replace("{id}", oid), {})
+        except StripeNotFound:
+            return  # gone from Stripe: the sweep tombstones its row; the entry stays as history
+        except StripeError as exc:
+            if exc.retryable:
+                raise
+            return
+        obj = reply.json()
+        source = f"resync run {run_id} (retry)"
+        reason = check_object(res, obj)
+        if reason is None and obj.get("id") != oid:
+            reason = f"retrieved as {obj.get('id')!r}"
+
+        async def go(conn: asyncpg.Connection) -> None:
+            if reason is not None:
+                await self.quarantine.put(
+                    conn, table=res.table, raw=obj, reason=reason, source=source, run_id=run_id
+                )
+                return
+            await write_or_quarantine(
+                conn,
+                self.writer,
+                self.quarantine,
+                res,
+                [obj],
+                version=reply.version,
+                api_version=self.cfg.stripe.api_version,
+                source=source,
+                run_id=run_id,
+            )
+
+        await self.db.run(go)
 
     async def result(self, run_id: int) -> ResyncResult:
         run = await self.db.fetchrow("resync_get_run", run_id)
@@ -309,6 +390,8 @@ class _RunState:
     status: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     disabled_children: set[str] = field(default_factory=set)
+    # Per-parent lists that answered 404 for listed parents, by child table (lister).
+    missing_children: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class _Listing:
@@ -334,6 +417,8 @@ class _Listing:
             )
             for res in resources
         }
+        for reader in self.readers.values():
+            reader.missing_children = state.missing_children  # one count for the run
         self.changed = anyio.Event()
         self.split_lock = anyio.Lock()
         self.next_no: dict[tuple[str, int], int] = {}
@@ -506,14 +591,69 @@ class _Listing:
         # reset round trip per page (and the wake-ups of both processes).
         async with receive, self.db.connection() as conn:
             async for page in receive:
-                if page.children or page.rejected:
-                    async with conn.transaction():
-                        await self._write_page(conn, page)
-                        await self._write_extras(conn, page)
-                else:
-                    await self._write_page(conn, page, alone=True)  # atomic by itself
+                try:
+                    if page.children or page.rejected:
+                        async with conn.transaction():
+                            await self._write_page(conn, page)
+                            await self._write_extras(conn, page)
+                    else:
+                        await self._write_page(conn, page, alone=True)  # atomic by itself
+                except (asyncpg.PostgresError, orjson.JSONEncodeError) as exc:
+                    if not object_fault(exc):
+                        raise
+                    await self._write_split(conn, page, exc)
                 metrics.resync_objects.labels(page.resource.table).inc(page.count)
                 page.committed.set()
+
+    async def _write_split(
+        self, conn: asyncpg.Connection, page: Page, error: BaseException
+    ) -> None:
+        """A page PostgreSQL refused for its data: its objects are written in halves down to the
+        ones that fail, which are quarantined; the rest of the page, its children and the
+        slice's checkpoint are written as usual, in one transaction."""
+        res = page.resource
+        log.warning("resync_page_refused", table=res.table, objects=page.count, error=str(error))
+        objects = loads_lax(page.data)
+        source = f"resync run {self.run_id}"
+        w, q = self.r.writer, self.r.quarantine
+        async with conn.transaction():
+            bad = await write_or_quarantine(
+                conn,
+                w,
+                q,
+                res,
+                objects,
+                version=page.version,
+                api_version=self.api_version,
+                source=source,
+                run_id=self.run_id,
+            )
+            for c in page.children:
+                if c.parent_id is not None and c.parent_id in bad:
+                    continue  # comes with its parent once the parent can be stored
+                await write_or_quarantine(
+                    conn,
+                    w,
+                    q,
+                    c.resource,
+                    c.objects,
+                    version=c.version,
+                    api_version=self.api_version,
+                    source=source,
+                    run_id=self.run_id,
+                    parent_id=c.parent_id if c.resource.owned else None,
+                )
+            await self._quarantine_rejected(conn, page)
+            s = page.slice
+            await conn.execute(
+                self.db.sql("resync_checkpoint"),
+                res.table,
+                self.run_id,
+                s.variant,
+                s.no,
+                *page.checkpoint,
+            )
+        s.fresh = False
 
     async def _write_page(
         self, conn: asyncpg.Connection, page: Page, *, alone: bool = False
@@ -530,7 +670,7 @@ class _Listing:
         res = page.resource
         s = page.slice
         args = (
-            page.data,
+            storable(page.data),
             w.account_id,
             self.api_version,
             page.version,
@@ -565,7 +705,6 @@ class _Listing:
     async def _write_extras(self, conn: asyncpg.Connection, page: Page) -> None:
         """Children and rejected objects of a page, in the page's transaction."""
         w = self.r.writer
-        res = page.resource
         # Children with the same table and version (the page's inline lists share its version)
         # are written together: two statements per child table, not two per parent.
         owned: dict[tuple[str, float], dict[str, list[dict[str, Any]]]] = {}
@@ -584,37 +723,44 @@ class _Listing:
             await w.upsert(
                 conn, BY_TABLE[table], objects, version=version, api_version=self.api_version
             )
+        await self._quarantine_rejected(conn, page)
+
+    async def _quarantine_rejected(self, conn: asyncpg.Connection, page: Page) -> None:
+        """Objects the lister could not accept (not of the type, no id), kept with the reason."""
+        res = page.resource
         for bad in page.rejected:
-            await conn.execute(
-                self.db.sql("resync_reject"),
-                self.run_id,
-                res.table,
-                bad.object_id,
-                bad.reason,
-                orjson.dumps(bad.raw),
+            await self.r.quarantine.put(
+                conn,
+                table=res.table,
+                raw=bad.raw,
+                reason=bad.reason,
+                source=f"resync run {self.run_id}",
+                run_id=self.run_id,
             )
         if page.rejected:
             metrics.resync_rejected.labels(res.table).inc(len(page.rejected))
-            log.warning(
-                "resync_objects_rejected",
-                table=res.table,
-                count=len(page.rejected),
-                reasons=sorted({b.reason for b in page.rejected}),
-            )
 
     async def _progress(self) -> None:
         """One line per type every few seconds: objects, pages, rate and a rough ETA."""
         last: dict[str, int] = {}
-        stamp = time.monotonic()
+        stamp = moved = time.monotonic()
         while True:
             await anyio.sleep(PROGRESS_INTERVAL)
             now, clock = time.monotonic(), self.r.api.clock.now()
             elapsed, stamp = now - stamp, now
+            if now - moved > STALL_AFTER:
+                self.r.problems.report(
+                    STALL_PROBLEM,
+                    f"resync run {self.run_id} has listed nothing for {(now - moved) / 60:.0f} min",
+                    blocking=False,
+                )
             for table in self.resources:
                 mine = [s for s in self.state.slices if s.table == table]
                 objects = sum(s.objects for s in mine)
                 if objects == last.get(table, 0):
                     continue
+                moved = now
+                self.r.problems.clear(STALL_PROBLEM)
                 rate = (objects - last.get(table, 0)) / elapsed
                 left = sum(s.remaining_estimate(clock) for s in mine)
                 last[table] = objects
@@ -696,7 +842,7 @@ class _Sweep:
                     raise
                 denied.append(exc)
                 return
-            obj = orjson.loads(reply.body)
+            obj = reply.object()
             if isinstance(obj, dict) and obj.get("deleted") is True:
                 gone.append((oid, reply.version))
             elif isinstance(obj, dict) and obj.get("id") == oid:
@@ -781,6 +927,66 @@ class _Sweep:
                     )
 
             await self.db.run(go)
+
+
+def object_fault(exc: BaseException) -> bool:
+    """Whether a failed write blames the data written (quarantine it) rather than the server."""
+    if isinstance(exc, orjson.JSONEncodeError | DatabaseDataError):
+        return True
+    return isinstance(exc, asyncpg.PostgresError) and is_data_error(exc.sqlstate)
+
+
+async def write_or_quarantine(
+    conn: asyncpg.Connection,
+    writer: Writer,
+    quarantine: Quarantine,
+    res: Resource,
+    objects: list[Any],
+    *,
+    version: float,
+    api_version: str | None,
+    source: str,
+    run_id: int | None = None,
+    parent_id: str | None = None,
+) -> set[str]:
+    """Write `objects` (children of `parent_id` when owned) in halves down to the ones the
+    database refuses for their data, each in a savepoint; quarantine those. Returns their ids.
+    An owned child set keeps its refused members' rows (never tombstoned for failing)."""
+    bad: set[str] = set()
+
+    async def attempt(batch: list[Any]) -> None:
+        if not batch:
+            return
+        try:
+            async with conn.transaction():
+                await writer.upsert(
+                    conn, res, batch, version=version, api_version=api_version, parent_id=parent_id
+                )
+        except (asyncpg.PostgresError, orjson.JSONEncodeError) as exc:
+            if not object_fault(exc):
+                raise
+            if len(batch) > 1:
+                mid = len(batch) // 2
+                await attempt(batch[:mid])
+                await attempt(batch[mid:])
+                return
+            await quarantine.put(
+                conn,
+                table=res.table,
+                raw=batch[0],
+                reason=refusal(exc),
+                source=source,
+                run_id=run_id,
+            )
+            oid = object_id(batch[0])
+            if oid is not None:
+                bad.add(oid)
+
+    await attempt(list(objects))
+    if res.owned and parent_id is not None:
+        keep = [oid for o in objects if (oid := object_id(o)) is not None]
+        await writer.tombstone_missing_children(conn, res, parent_id, keep, version=version)
+    return bad
 
 
 def _first_error(group: BaseExceptionGroup[Any]) -> BaseException | None:

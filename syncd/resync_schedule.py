@@ -2,31 +2,45 @@
 
 The loop runs a resync on first start (no completed resync yet), resumes an interrupted run,
 serves `resync` requests (from `syncd resync`, SIGHUP or the event stream's expired cursor) and
-re-lists every `sync.reconcile_interval` for changes Stripe emits no event for. The command files
-a request through the database, so it works from any container, and with `--wait` follows it.
+re-lists every `sync.reconcile_interval` for changes Stripe emits no event for. A failed run is
+retried with backoff (5 s to 10 min); each failure is recorded on the run (attempts, last error,
+next try).
+
+The command files a request through the database, so it works from any container, and with
+`--wait` follows it and never hangs silently: it says within seconds that no daemon is there to
+run it (no live leader heartbeat), prints each failed attempt as it happens, exits non-zero when
+the run ends with problems or fails, or when `--timeout` passes, and waits out a database
+restart. `--direct` runs the resync in the calling process instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import random
 import signal
 import time
-from collections.abc import Sequence
-from typing import Any, TextIO
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TextIO, TypeVar
 
 import anyio
+import asyncpg
 
-from syncd import control, metrics
+from syncd import control, metrics, migrations
 from syncd.config import Config
 from syncd.db import Database
-from syncd.errors import SyncdError
+from syncd.errors import ConfigError, DatabaseUnavailable, SyncdError
 from syncd.lifecycle import Lifecycle
 from syncd.logs import get_logger
+from syncd.problems import Problems
+from syncd.redaction import scrub
 from syncd.resync import PROGRESS_INTERVAL, Resync, has_completed_resync
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
 
 log = get_logger(__name__)
+T = TypeVar("T")
+FAILING_PROBLEM = "resync_failing"
 
 
 # ---- the daemon's resync loop --------------------------------------------------------------
@@ -36,14 +50,22 @@ class ResyncLoop:
     """Runs resyncs in the daemon: first start, interrupted runs, requests, SIGHUP, reconcile."""
 
     def __init__(
-        self, cfg: Config, db: Database, api: StripeAPI, writer: Writer, lifecycle: Lifecycle
+        self,
+        cfg: Config,
+        db: Database,
+        api: StripeAPI,
+        writer: Writer,
+        lifecycle: Lifecycle,
+        problems: Problems | None = None,
     ):
         self.cfg = cfg
         self.db = db
         self.lifecycle = lifecycle
-        self.resync = Resync(cfg, db, api, writer, lifecycle)
+        self.problems = problems if problems is not None else Problems()
+        self.resync = Resync(cfg, db, api, writer, lifecycle, self.problems)
         self._wake = anyio.Event()
         self._sighup = False
+        self._current: int | None = None  # the run being tried (its failures are recorded)
 
     def on_sighup(self) -> None:
         self._sighup = True
@@ -61,6 +83,7 @@ class ResyncLoop:
         backoff = 5.0
         while not self.lifecycle.stopping.is_set():
             self._wake = anyio.Event()
+            self._current = None
             try:
                 if self._sighup:
                     self._sighup = False
@@ -68,22 +91,51 @@ class ResyncLoop:
                 ran = await self._run_unfinished()
                 empty = first and not ran and self.cfg.sync.resync_on_empty
                 if empty and not await has_completed_resync(self.db):
-                    await self.resync.run(None, reason="first_start")
+                    await self._run(None, "first_start")
                 first = False
                 wait = await self._reconcile_due()
                 if wait is not None and wait <= 0:
-                    await self.resync.run(None, reason="reconcile")
+                    await self._run(None, "reconcile")
                     continue
                 backoff = 5.0
+                self.problems.clear(FAILING_PROBLEM)
             except SyncdError as exc:
-                log.error("resync_failed", error=str(exc), retry_in=round(backoff))
+                if self.lifecycle.stopping.is_set():
+                    # A stop cut the run short (a Stripe backoff ended): not a failed attempt.
+                    log.info("resync_stopped", run_id=self._current, error=str(exc))
+                    return
+                delay = backoff * random.uniform(0.8, 1.2)
+                log.error(
+                    "resync_failed", run_id=self._current, error=str(exc), retry_in=round(delay)
+                )
                 metrics.resync_runs.labels("failed").inc()
-                if not await self.lifecycle.sleep(backoff * random.uniform(0.8, 1.2), self._wake):
+                await self._record_failure(exc, delay)
+                if backoff > 5.0:  # failed again: not a one-off
+                    self.problems.report(
+                        FAILING_PROBLEM,
+                        f"resync run {self._current} keeps failing (next try in {delay:.0f}s): "
+                        f"{exc}",
+                        blocking=False,
+                    )
+                if not await self.lifecycle.sleep(delay, self._wake):
                     return
                 backoff = min(600.0, backoff * 2)
                 continue
             if not await self.lifecycle.sleep(wait if wait is not None else 3600.0, self._wake):
                 return
+
+    async def _run(self, tables: Sequence[str] | None, reason: str) -> None:
+        """Run (or resume) the run of this scope, known by id first so a failure is recorded."""
+        self._current = await self.resync.enqueue(tables, reason)
+        await self.resync.run(tables, reason=reason)
+
+    async def _record_failure(self, exc: SyncdError, retry_in: float) -> None:
+        if self._current is None:
+            return  # no run was being tried (the database failed before one started)
+        try:
+            await self.db.execute("resync_record_failure", self._current, str(exc), retry_in)
+        except SyncdError as err:
+            log.warning("resync_failure_not_recorded", run_id=self._current, error=str(err))
 
     async def _run_unfinished(self) -> bool:
         ran = False
@@ -92,6 +144,7 @@ class ResyncLoop:
             if not rows:
                 return ran
             row = rows[0]
+            self._current = int(row["run_id"])
             await self.resync.run(row["tables"], reason=row["reason"])
             ran = True
 
@@ -108,13 +161,19 @@ class ResyncLoop:
 
 def attach(daemon: Any) -> None:
     """Wire the resync into the daemon: its loop, the `resync` request and SIGHUP."""
-    loop = ResyncLoop(daemon.cfg, daemon.db, daemon.api, daemon.writer, daemon.lifecycle)
+    loop = ResyncLoop(
+        daemon.cfg, daemon.db, daemon.api, daemon.writer, daemon.lifecycle, daemon.problems
+    )
     daemon.add_loop("resync", loop.run)
     daemon.control.register("resync", loop.handle_request)
     daemon.lifecycle.on_signal(signal.SIGHUP, loop.on_sighup)
 
 
 # ---- `syncd resync` ------------------------------------------------------------------------
+
+# `--wait` gives up on a daemon after this long without a live leader heartbeat.
+NO_DAEMON_GRACE = 5.0
+_UNFINISHED = ("pending", "running")
 
 
 async def request(
@@ -123,67 +182,256 @@ async def request(
     *,
     wait: bool,
     out: TextIO,
-    timeout: float = 0.0,  # noqa: ASYNC109 (a CLI option, applied with fail_after below)
+    timeout: float = 0.0,  # noqa: ASYNC109 (a CLI option, applied with move_on_after below)
     poll: float = 0.5,
+    live_after: float = 15.0,
 ) -> int:
-    """Ask the running daemon for a resync (from anywhere); with `wait`, follow it to the end."""
+    """Ask the running daemon for a resync (from anywhere); with `wait`, follow it to the end.
+
+    `live_after`: seconds without a heartbeat after which a replica counts as gone."""
     request_id = await control.submit(
         db, "resync", {"tables": list(tables) if tables else None, "reason": "cli"}
     )
+    follow = _Follow(db, out, live_after=live_after, poll=poll)
     if not wait:
         print(f"resync requested (request {request_id})", file=out)
+        if not await follow.leader():
+            print(
+                "note: no syncd daemon is running (no live leader heartbeat); the resync starts "
+                "when `syncd run` does. `syncd resync --direct` runs it in this process.",
+                file=out,
+            )
         return 0
-    with anyio.fail_after(timeout or None):
-        row = await control.wait(db, request_id, poll=poll)
+    with anyio.move_on_after(timeout or math.inf):
+        row = await follow.taken(request_id)
+        if row is None:
+            return 1
         if row["status"] != "done":
-            print(f"resync request {request_id} failed: {row['error']}", file=out)
+            follow.say(f"resync request {request_id} failed: {row['error']}")
             return 1
-        run_id = int(row["result"]["run_id"])
-        return await watch(db, run_id, out, poll=poll)
+        return await follow.watch(int(row["result"]["run_id"]))
+    follow.say(f"gave up waiting after {timeout:g}s (--timeout): {follow.where}")
+    return 1
 
 
-async def watch(db: Database, run_id: int, out: TextIO, *, poll: float = 0.5) -> int:
-    """A progress bar on a terminal, a plain line every few seconds otherwise; 0 when done."""
-    tty = out.isatty()
-    started = time.monotonic()
-    last_line = 0.0
-    while True:
-        run = await db.fetchrow("resync_get_run", run_id)
-        if run is None:
-            print(f"resync run {run_id} not found", file=out)
-            return 1
-        rows = await db.fetch("resync_progress", run_id)
-        total = len(rows)
-        finished = sum(1 for r in rows if r["status"] in ("swept", "unavailable"))
-        objects = sum(r["objects"] for r in rows)
-        elapsed = max(1e-6, time.monotonic() - started)
-        status = run["status"]
-        line = (
-            f"resync {run_id}: {finished}/{total or '?'} types, {objects:,} objects, "
-            f"{objects / elapsed:,.0f}/s, {status}"
-        )
-        if tty:
-            width = 30
-            filled = int(width * finished / total) if total else 0
-            print(f"\r[{'#' * filled}{'-' * (width - filled)}] {line}   ", end="", file=out)
-            out.flush()
-        elif time.monotonic() - last_line >= PROGRESS_INTERVAL or status not in (
-            "pending",
-            "running",
-        ):
-            print(line, file=out, flush=True)
-            last_line = time.monotonic()
-        if status not in ("pending", "running"):
-            if tty:
-                print(file=out)
-            for r in rows:
-                note = f" ({r['error']})" if r["error"] else ""
-                print(
-                    f"  {r['table_name']:<28} {r['objects']:>10,} objects "
-                    f"{r['tombstoned']:>6,} tombstoned  {r['status']}{note}",
-                    file=out,
+class _Follow:
+    """`syncd resync --wait`: a request, then its run, through database restarts; never
+    silent when no daemon is there to do the work."""
+
+    def __init__(self, db: Database, out: TextIO, *, live_after: float, poll: float):
+        self.db = db
+        self.out = out
+        self.live_after = live_after
+        self.poll = poll
+        self.tty = out.isatty()
+        self.where = "the request was not taken"
+        self._bar = False  # a progress bar holds the current terminal line
+        self._down: float | None = None  # monotonic time the database went away
+        self._alone: float | None = None  # since when no live leader was seen
+        self._patience = NO_DAEMON_GRACE
+
+    def say(self, line: str) -> None:
+        self._end_bar()
+        print(line, file=self.out, flush=True)
+
+    def _end_bar(self) -> None:
+        if self._bar:
+            print(file=self.out)
+            self._bar = False
+
+    async def _db(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """`fn`, tried again while the database is unreachable (a restart), with a message."""
+        delay = 0.5
+        while True:
+            try:
+                result = await fn()
+            except DatabaseUnavailable as exc:
+                if self._down is None:
+                    self._down = time.monotonic()
+                    self.say(f"database unavailable, still waiting: {scrub(str(exc))}")
+                self._alone = None  # heartbeats cannot be read meanwhile
+                await anyio.sleep(delay)
+                delay = min(5.0, delay * 2)
+                continue
+            if self._down is not None:
+                self.say(f"database back after {time.monotonic() - self._down:.0f}s")
+                self._down = None
+                # The daemon lost the database too: give its heartbeat time to come back.
+                self._patience = max(NO_DAEMON_GRACE, self.live_after)
+            return result
+
+    async def leader(self) -> str | None:
+        """The live leader's instance id, if any."""
+        rows = await self._db(lambda: self.db.fetch("status_instances", self.live_after))
+        return next((r["instance_id"] for r in rows if r["alive"] and r["role"] == "leader"), None)
+
+    async def _no_daemon(self) -> bool:
+        """True once no live leader has been seen for a while (`NO_DAEMON_GRACE`)."""
+        if await self.leader() is not None:
+            self._alone = None
+            self._patience = NO_DAEMON_GRACE
+            return False
+        now = time.monotonic()
+        if self._alone is None:
+            self._alone = now
+        return now - self._alone >= self._patience
+
+    async def taken(self, request_id: int) -> asyncpg.Record | None:
+        """The request once a daemon answered it; None when no daemon is there (said so)."""
+        while True:
+            row = await self._db(lambda: self.db.fetchrow("get_request", request_id))
+            if row is None:
+                raise SyncdError(f"request {request_id} not found")
+            if row["status"] in ("done", "failed"):
+                return row
+            self.where = f"resync request {request_id} is still {row['status']}"
+            if row["status"] == "pending" and await self._no_daemon():
+                withdrawn = await self._db(
+                    lambda: self.db.fetchval("resync_withdraw_request", request_id)
                 )
-            if status != "done":
-                print(f"resync {run_id} {status}: {run['error'] or ''}", file=out)
-            return 0 if status == "done" else 1
-        await anyio.sleep(poll)
+                if withdrawn is not None:
+                    self.say(
+                        f"no syncd daemon is running (no live leader heartbeat for "
+                        f"{self._patience:g}s): nobody took resync request {request_id}, so it "
+                        "was withdrawn. Start `syncd run`, or run the resync in this process "
+                        "with `syncd resync --direct`."
+                    )
+                    return None
+                continue  # a daemon took it just now
+            await anyio.sleep(self.poll)
+
+    async def watch(self, run_id: int) -> int:
+        """Progress (a bar on a terminal, a line every few seconds otherwise) and each failed
+        attempt as it happens; 0 when the run is done, 1 otherwise."""
+        started = time.monotonic()
+        last_line = 0.0
+        attempts = 0
+        while True:
+            run = await self._db(lambda: self.db.fetchrow("resync_watch_run", run_id))
+            if run is None:
+                self.say(f"resync run {run_id} not found")
+                return 1
+            rows = await self._db(lambda: self.db.fetch("resync_progress", run_id))
+            status = run["status"]
+            self.where = f"resync {run_id} is still {status} (see `syncd status`)"
+            if run["attempts"] > attempts and status in _UNFINISHED:
+                attempts = run["attempts"]
+                self.say(_failure_line(run_id, run))
+            total = len(rows)
+            finished = sum(1 for r in rows if r["status"] in ("swept", "unavailable"))
+            objects = sum(r["objects"] for r in rows)
+            elapsed = max(1e-6, time.monotonic() - started)
+            line = (
+                f"resync {run_id}: {finished}/{total or '?'} types, {objects:,} objects, "
+                f"{objects / elapsed:,.0f}/s, {status}"
+            )
+            if self.tty:
+                width = 30
+                filled = int(width * finished / total) if total else 0
+                bar = f"[{'#' * filled}{'-' * (width - filled)}]"
+                print(f"\r{bar} {line}   ", end="", file=self.out, flush=True)
+                self._bar = True
+            elif time.monotonic() - last_line >= PROGRESS_INTERVAL or status not in _UNFINISHED:
+                self.say(line)
+                last_line = time.monotonic()
+            if status not in _UNFINISHED:
+                self._end_bar()
+                return report(self.out, run_id, status, run["error"], rows)
+            if await self._no_daemon():
+                self.say(
+                    f"no syncd daemon is running (no live leader heartbeat for "
+                    f"{self._patience:g}s): resync {run_id} is {status} and goes on when "
+                    "`syncd run` starts again; `syncd resync --direct` runs it in this process."
+                )
+                return 1
+            await anyio.sleep(self.poll)
+
+
+def _failure_line(run_id: int, run: asyncpg.Record) -> str:
+    again = ""
+    if run["next_try_in"] is not None:
+        again = f" (the daemon tries again in {max(0.0, run['next_try_in']):.0f}s)"
+    return f"resync {run_id}: attempt {run['attempts']} failed{again}: {run['error']}"
+
+
+def report(
+    out: TextIO, run_id: int, status: str, error: str | None, rows: Sequence[asyncpg.Record]
+) -> int:
+    """A finished run, table by table; 0 when it is done, 1 otherwise (naming the problems)."""
+    for r in rows:
+        note = f" ({r['error']})" if r["error"] else ""
+        print(
+            f"  {r['table_name']:<28} {r['objects']:>10,} objects "
+            f"{r['tombstoned']:>6,} tombstoned  {r['status']}{note}",
+            file=out,
+        )
+    if status == "done":
+        return 0
+    if status == "done_with_problems":
+        problems = [(r["table_name"], r["error"]) for r in rows if r["error"]]
+        print(f"resync {run_id} done with problems: not everything was mirrored", file=out)
+        for table, problem in problems:
+            print(f"  {table}: {problem}", file=out)
+        if not problems and error:
+            print(f"  {error}", file=out)
+    else:
+        print(f"resync {run_id} {status}: {error or ''}", file=out)
+    out.flush()
+    return 1
+
+
+async def run_direct(
+    cfg: Config,
+    tables: Sequence[str] | None,
+    out: TextIO,
+    *,
+    live_after: float,
+    settings: Mapping[str, str],
+) -> int:
+    """`syncd resync --direct`: the resync in this process (when no daemon runs); 0 when done.
+
+    `settings`: the daemon's session settings (the customers' user id trigger reads one)."""
+    async with (
+        Database.connect(cfg.database, min_size=1, settings=settings) as db,
+        StripeAPI(cfg) as api,
+    ):
+        if await migrations.pending(db):
+            raise ConfigError("database: migrations pending: run `syncd migrate` first")
+        rows = await db.fetch("status_instances", live_after)
+        leader = next(
+            (r["instance_id"] for r in rows if r["alive"] and r["role"] == "leader"), None
+        )
+        if leader is not None:
+            print(
+                f"a syncd daemon is running ({leader}) and runs resyncs itself: ask it with "
+                "`syncd resync --wait` (--direct is for when no daemon runs)",
+                file=out,
+            )
+            return 1
+        writer = Writer(db, account_id=cfg.stripe.account, notify_channel=cfg.events.notify_channel)
+        if cfg.events.enabled:
+            # As the daemon does first: the events cursor is taken before the resync lists, so
+            # a daemon started later streams every change made since (invariant 7).
+            from syncd.events import EventStream
+
+            await EventStream(cfg, db, api, writer).take_cursor()
+        resync = Resync(cfg, db, api, writer)
+        run_id = await resync.enqueue(tables, "cli_direct")
+        print(f"resync {run_id} running in this process", file=out, flush=True)
+        try:
+            await resync.run(tables, reason="cli_direct")
+        except SyncdError as exc:
+            # When the database is what failed, the message below says what matters.
+            with anyio.CancelScope(shield=True), contextlib.suppress(SyncdError):
+                await db.execute("resync_record_failure", run_id, str(exc), 0.0)
+            print(
+                f"resync {run_id} failed: {scrub(str(exc))}\n"
+                "it resumes where it stopped: run `syncd resync --direct` again, or start "
+                "`syncd run`",
+                file=out,
+            )
+            return 1
+        run = await db.fetchrow("resync_watch_run", run_id)
+        progress = await db.fetch("resync_progress", run_id)
+    assert run is not None
+    return report(out, run_id, run["status"], run["error"], progress)

@@ -16,13 +16,15 @@ from typing import Any
 
 import orjson
 
-from syncd import migrations
+from syncd import migrations, quarantine
 from syncd.config import Config
 from syncd.db import Database, describe_target
 from syncd.health import POLL_LOOP
 from syncd.registry import RESOURCES
 
 Report = dict[str, Any]
+# Problems the database tells in more detail (the resync run's attempts and next try).
+_SHOWN_FROM_DATABASE = {"resync_failing"}
 
 
 def live_after(cfg: Config) -> float:
@@ -36,8 +38,13 @@ async def _exists(db: Database, table: str) -> bool:
 
 async def gather(db: Database, cfg: Config) -> Report:
     """Everything `syncd status` shows, as plain JSON-able data, plus the problems found."""
-    report: Report = {"database": describe_target(cfg.database.url), "problems": []}
+    report: Report = {
+        "database": describe_target(cfg.database.url),
+        "problems": [],
+        "warnings": [],
+    }
     problems: list[str] = report["problems"]
+    warnings: list[str] = report["warnings"]
     pending = await migrations.pending(db)
     state = db.schemas.state
     version = 0
@@ -89,6 +96,13 @@ async def gather(db: Database, cfg: Config) -> Report:
         limit = cfg.http.ready_max_poll_age
         if cfg.events.enabled and poll_age is not None and poll_age > limit:
             problems.append(f"last successful poll {poll_age:.0f}s ago (> {limit:.0f}s)")
+        # What the leader's loops keep failing at (syncd/problems.py), as of its last beat.
+        now = time.time()
+        for key, p in sorted((leaders[0].get("problems") or {}).items()):
+            if key in _SHOWN_FROM_DATABASE:
+                continue
+            line = f"{key}: {p['message']} (for {_age(now - p['since']).removesuffix(' ago')})"
+            (problems if p.get("blocking") else warnings).append(line)
 
     report["requests"] = [
         {
@@ -125,6 +139,14 @@ async def gather(db: Database, cfg: Config) -> Report:
         report["events"] = await _events(db, cfg, problems)
     if await _exists(db, f'"{state}".resync_runs'):
         report["resync"] = await _resync(db)
+        _resync_problems(report["resync"], problems, warnings)
+    if version >= 61:
+        report["quarantine"] = await quarantine.summary(db)
+        for q in report["quarantine"]:
+            warnings.append(
+                f"{q['objects']} {q['table']} object(s) quarantined ({q['reason']}),"
+                f" e.g. {q['example']}: see {state}.rejected_objects"
+            )
     if await _exists(db, f'"{db.schemas.app}".usage_records'):
         report["usage"] = await _usage(db)
     return report
@@ -162,9 +184,30 @@ async def _resync(db: Database) -> list[dict[str, Any]]:
             "seconds": None if r["seconds"] is None else round(r["seconds"], 1),
             "objects": r["objects"],
             "error": r["error"],
+            "attempts": r["attempts"],
+            "next_try_at": _iso(r["next_try_at"]),
         }
         for r in await db.fetch("status_resync", 3)
     ]
+
+
+def _resync_problems(runs: list[dict[str, Any]], problems: list[str], warnings: list[str]) -> None:
+    """The newest run says how resyncs go: failing again and again is a problem (status exits
+    1); done, but with types skipped or lists answering 404, is a warning naming them."""
+    if not runs:
+        return
+    run = runs[0]
+    if run["status"] == "failed":
+        problems.append(f"resync #{run['run']} failed: {run['error']}")
+    elif run["status"] in ("pending", "running") and run["error"]:
+        # One failure may be a blip the next try absorbs; failing again is a problem.
+        line = (
+            f"resync #{run['run']} failing ({run['attempts']} attempt(s), next try "
+            f"{run['next_try_at']}): {run['error']}"
+        )
+        (problems if run["attempts"] >= 2 else warnings).append(line)
+    elif run["status"] == "done_with_problems":
+        warnings.append(f"resync #{run['run']} done with problems: {run['error']}")
 
 
 async def _usage(db: Database) -> dict[str, Any]:
@@ -201,8 +244,11 @@ def render(report: Report) -> str:
     """The human summary: one screen, the problems first."""
     lines: list[str] = []
     problems = report["problems"]
-    lines.append(f"syncd status for {report['database']}: " + ("UNHEALTHY" if problems else "ok"))
+    warnings = report.get("warnings", [])
+    state = "UNHEALTHY" if problems else f"ok, {len(warnings)} warning(s)" if warnings else "ok"
+    lines.append(f"syncd status for {report['database']}: {state}")
     lines.extend(f"  ! {p}" for p in problems)
+    lines.extend(f"  ~ {w}" for w in warnings)
     schema = report["schema"]
     pending = ", ".join(schema["pending"]) or "none pending"
     lines.append(f"schema      version {schema['version']} ({pending})")

@@ -6,6 +6,16 @@ are parsed with orjson, about 50x faster than the SDK's objects. Rate limiting a
 ours and live here only: one token bucket shared by every loop, and jittered exponential backoff
 for 429, 5xx and network errors that honours `Stripe-Should-Retry` (the SDK retries no 429).
 Errors are translated into syncd's tree once, here.
+
+Bad answers: Stripe answers JSON objects, errors included. Anything else (a proxy's or load
+balancer's HTML page, a body cut short, an object of the wrong shape) came from something in
+between and is retried like a 502 (`StripeBadAnswer`): `request` checks that a body is framed as
+an object (its ends only: free), and callers parse bodies with `Reply.json`, `Reply.page` or
+`Reply.object`, which check the rest. Bad answers are counted per endpoint
+(`syncd_stripe_bad_answers_total`) and logged once per burst, not once per answer.
+
+A stop (SIGTERM) ends a backoff at once (`lifecycle.pause`): the request gives up with the error
+it had, and the loop that sent it stops between batches as usual.
 """
 
 from __future__ import annotations
@@ -25,16 +35,18 @@ import stripe
 import stripe._api_requestor as _sdk_requestor
 import stripe._util as _sdk_util
 
-from syncd import metrics
+from syncd import lifecycle, metrics
 from syncd.config import Config
 from syncd.errors import (
     CursorExpired,
+    StripeBadAnswer,
     StripeError,
     StripeNotFound,
     StripePermissionDenied,
     StripeRetryable,
 )
 from syncd.logs import get_logger
+from syncd.storable import loads_lax
 
 log = get_logger(__name__)
 
@@ -109,6 +121,108 @@ class Reply:
     body: bytes
     # Stripe time at which the answer was complete: the version of the content it carries.
     version: float
+    # The request's path (for bad-answer errors and their metric).
+    path: str = ""
+
+    def json(self) -> dict[str, Any]:
+        """The body as the JSON object Stripe sends; StripeBadAnswer when it is not one."""
+        return parse_json(self.body, self.path)
+
+    def page(self) -> dict[str, Any]:
+        """A list answer: `data` a list and `has_more` a boolean, or StripeBadAnswer."""
+        return parse_page(self.body, self.path)
+
+    def object(self) -> dict[str, Any]:
+        """A retrieved object: `id` and `object` strings, or StripeBadAnswer."""
+        obj = parse_json(self.body, self.path)
+        if not isinstance(obj.get("id"), str) or not isinstance(obj.get("object"), str):
+            raise bad_answer(self.path, "an object without id/object", self.body)
+        return obj
+
+
+class _BadAnswers:
+    """Bad answers come in bursts (a proxy failing over, a load balancer's error page): one
+    warning when a burst starts, a reminder each minute while it lasts, one line when a good
+    answer ends it. Process-wide, like the metrics."""
+
+    REMIND_EVERY = 60.0
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._reminded = 0.0
+
+    def seen(self, endpoint: str, why: str, status: int, body: bytes) -> None:
+        metrics.stripe_bad_answers.labels(endpoint).inc()
+        self.count += 1
+        now = time.monotonic()
+        if self.count == 1 or now - self._reminded >= self.REMIND_EVERY:
+            self._reminded = now
+            log.warning(
+                "stripe_bad_answers" if self.count == 1 else "stripe_bad_answers_continue",
+                endpoint=endpoint,
+                status=status,
+                reason=why,
+                answers=self.count,
+                body=_excerpt(body),
+            )
+
+    def good(self) -> None:
+        if self.count:
+            log.info("stripe_bad_answers_ended", answers=self.count)
+            self.count = 0
+
+
+_bad_answers = _BadAnswers()
+
+
+def _excerpt(body: bytes, size: int = 120) -> str:
+    text = body[:size].decode(errors="replace")
+    return " ".join(text.split()) + (" ..." if len(body) > size else "")
+
+
+def bad_answer(path: str, why: str, body: bytes, status: int = 200) -> StripeBadAnswer:
+    """Count and log (once per burst) a bad answer; the error to raise for it."""
+    endpoint = endpoint_label(path)
+    _bad_answers.seen(endpoint, why, status, body)
+    return StripeBadAnswer(
+        f"bad answer on {endpoint} (HTTP {status}): {why}: {_excerpt(body, 80)!r}", status=status
+    )
+
+
+def parse_json(body: bytes, path: str) -> dict[str, Any]:
+    """The one place a Stripe body is parsed: a JSON object, or StripeBadAnswer (retryable).
+    Parsed as `storable.loads_lax` does: a lone surrogate escape (`\\ud800`) is the object's
+    own oddity (it is stored or quarantined), not a bad answer."""
+    try:
+        doc = loads_lax(body)
+    except ValueError as exc:  # orjson's, json's and UnicodeDecodeError alike
+        raise bad_answer(path, f"not JSON ({exc})", body) from None
+    if not isinstance(doc, dict):
+        raise bad_answer(path, f"JSON {type(doc).__name__}, not an object", body)
+    return doc
+
+
+def parse_page(body: bytes, path: str) -> dict[str, Any]:
+    """A list answer with `data` (a list) and `has_more` (a boolean), or StripeBadAnswer."""
+    doc = parse_json(body, path)
+    if not isinstance(doc.get("data"), list) or not isinstance(doc.get("has_more"), bool):
+        raise bad_answer(path, "a list answer without data/has_more", body)
+    return doc
+
+
+_SPACE = b" \t\r\n"
+
+
+def _framed(body: bytes) -> bool:
+    """Whether a body is framed as a JSON object (`{` ... `}`), as every Stripe answer is. Reads
+    its ends only (a list page is parsed later, or not at all: see lister); catches HTML pages,
+    empty bodies and most bodies cut short. The parse (`parse_json`) catches the rest."""
+    start, end = 0, len(body) - 1
+    while start <= end and body[start] in _SPACE:
+        start += 1
+    while end > start and body[end] in _SPACE:
+        end -= 1
+    return start < end and body[start] == 0x7B and body[end] == 0x7D
 
 
 class RateLimiter:
@@ -183,7 +297,11 @@ class StripeAPI:
         base: str = "api",
         retry: bool = True,
     ) -> Reply:
-        """Send one request (retried as policy allows); the 2xx answer's raw body and version."""
+        """Send one request (retried as policy allows); the 2xx answer's raw body and version.
+
+        A body that is not framed as a JSON object, whatever the status, is a bad answer
+        (retried). A stop (SIGTERM) ends a backoff at once: the last error is raised.
+        """
         attempt = 0
         label = endpoint_label(path)
         while True:
@@ -191,24 +309,34 @@ class StripeAPI:
             status, body, headers = await self._send(method, path, params, idempotency_key, base)
             metrics.api_requests.labels(label, str(status)).inc()
             self.clock.observe(_header(headers, "date"))
-            if 200 <= status < 300:
-                return Reply(body, self.clock.now())
-            err = _translate(status, body, headers, path)
+            framed = _framed(body)
+            if 200 <= status < 300 and framed:
+                _bad_answers.good()
+                return Reply(body, self.clock.now(), path)
+            if status and not framed:
+                kind = _header(headers, "content-type") or "no content type"
+                err: StripeError = bad_answer(path, f"not a JSON object ({kind})", body, status)
+            else:
+                err = _translate(status, body, headers, path)
             if not (retry and err.retryable and attempt < self.max_retries):
                 raise err
             if status == 429:
                 self.limiter.penalize(0.5)
             delay = min(20.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
-            metrics.api_retries.labels(str(status or "network")).inc()
-            log.info(
-                "stripe_retry",
-                endpoint=label,
-                status=status,
-                attempt=attempt + 1,
-                delay=round(delay, 2),
-                error=str(err),
-            )
-            await anyio.sleep(delay)
+            bad = isinstance(err, StripeBadAnswer)
+            metrics.api_retries.labels("bad_answer" if bad else str(status or "network")).inc()
+            if not bad:  # bad answers are logged once per burst (`_BadAnswers`)
+                log.info(
+                    "stripe_retry",
+                    endpoint=label,
+                    status=status,
+                    attempt=attempt + 1,
+                    delay=round(delay, 2),
+                    error=str(err),
+                )
+            if not await lifecycle.pause(delay):
+                log.info("stripe_retry_abandoned", endpoint=label, reason="stopping")
+                raise err
             attempt += 1
 
     async def _send(
@@ -241,8 +369,11 @@ class StripeAPI:
         return int(status), cast(bytes, content), headers
 
     async def get(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = orjson.loads((await self.request("GET", path, params)).body)
-        return result
+        return (await self.request("GET", path, params)).json()
+
+    async def get_page(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A list page: `data` (a list) and `has_more` (a boolean) checked."""
+        return (await self.request("GET", path, params)).page()
 
     async def post(
         self,
@@ -253,8 +384,7 @@ class StripeAPI:
         base: str = "api",
     ) -> dict[str, Any]:
         reply = await self.request("POST", path, params, idempotency_key=idempotency_key, base=base)
-        result: dict[str, Any] = orjson.loads(reply.body)
-        return result
+        return reply.json()
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

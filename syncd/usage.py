@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, localcontext
 from typing import Any
 
 import anyio
@@ -43,6 +43,13 @@ FUTURE_LIMIT = 300
 FUTURE_REJECT = 3600
 # Answers recorded per transaction while sending goes on.
 _MARK_CHUNK = 250
+# Stripe keeps meter event values as doubles: it refuses (API 2026-04-22 and later) or rounds
+# (earlier versions) a value with more significant digits than this.
+METER_VALUE_DIGITS = 15
+# Sums of quantities are exact: Python's default decimal context rounds to 28 significant digits
+# without a word. This one never rounds (additions of numerics PostgreSQL can hold fit many times
+# over), and would raise rather than round if it ever had to.
+EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact])
 
 
 @dataclass(frozen=True)
@@ -122,9 +129,26 @@ class _Stop(Exception):
 
 
 def value_text(value: Decimal) -> str:
-    """A decimal as Stripe wants it in a meter payload: plain digits, no exponent."""
-    text = format(value.normalize(), "f")
+    """A decimal as Stripe wants it in a meter payload: plain digits, no exponent, exact."""
+    text = format(value.normalize(EXACT), "f")
     return text if text != "-0" else "0"
+
+
+def meter_value_problem(value: Decimal) -> str | None:
+    """Why Stripe cannot take this meter value exactly, or None when it can."""
+    if not value.is_finite():
+        return "is not a finite number"
+    shape = value.as_tuple()
+    if len(shape.digits) <= METER_VALUE_DIGITS and -290 < int(shape.exponent) < 290:
+        # The common case, without arithmetic: 15 digits well inside a double's normal range
+        # come back from a double unchanged.
+        return None
+    digits = len(value.normalize(EXACT).as_tuple().digits)
+    if digits > METER_VALUE_DIGITS:
+        return f"has {digits} significant digits, Stripe meter values at most {METER_VALUE_DIGITS}"
+    if value and Decimal(repr(float(value))) != value:
+        return "is out of the range of Stripe meter values (double precision)"
+    return None
 
 
 class UsageFlusher:
@@ -298,12 +322,34 @@ class UsageFlusher:
         meters: Mapping[str, Meter],
         items: Mapping[str, list[tuple[str, str | None]]],
     ) -> tuple[list[_Event], list[tuple[int, str]], int]:
-        """Group good rows into events; bad ones get a reason; others wait for a later flush."""
+        """Group good rows into events; bad ones get a reason; others wait for a later flush.
+        Totals are exact; an event whose total Stripe cannot take exactly fails its rows."""
+        events: dict[tuple[str, str, int], _Event] = {}
+        rejected: list[tuple[int, str]] = []
+        with localcontext(EXACT):
+            waiting = self._group(rows, meters, items, events, rejected)
+        good: list[_Event] = []
+        for event in events.values():
+            reason = self._unsendable(event)
+            if reason is not None:
+                rejected.extend((row_id, reason) for row_id in event.row_ids)
+            else:
+                good.append(event)
+        return good, rejected, waiting
+
+    def _group(
+        self,
+        rows: Sequence[asyncpg.Record],
+        meters: Mapping[str, Meter],
+        items: Mapping[str, list[tuple[str, str | None]]],
+        events: dict[tuple[str, str, int], _Event],
+        rejected: list[tuple[int, str]],
+    ) -> int:
+        """Add the rows to their events (exactly: run in the EXACT context); returns how many
+        rows wait for a later flush."""
         bucket = self.usage.bucket_seconds
         legacy = self.usage.target == "legacy"
         grace = self.usage.unresolved_grace
-        events: dict[tuple[str, str, int], _Event] = {}
-        rejected: list[tuple[int, str]] = []
         waiting = 0
         for r in rows:
             row_id, metric, ts, now = r["id"], r["metric"], r["ts"], r["now"]
@@ -321,6 +367,10 @@ class UsageFlusher:
                 continue
             if not legacy and metric not in meters:
                 waiting += 1  # the meter is missing in Stripe: see usage_meters / syncd status
+                continue
+            problem = None if legacy else meter_value_problem(r["quantity"])
+            if problem is not None:
+                rejected.append((row_id, f"rejected: quantity {r['quantity']} {problem}"))
                 continue
             if customer is None:
                 if r["age"] < grace:
@@ -346,14 +396,22 @@ class UsageFlusher:
                 event = events[key] = _Event(customer, metric, event_name, item, start)
             event.value += r["quantity"]
             event.row_ids.append(row_id)
-        good: list[_Event] = []
-        for event in events.values():
-            if legacy and event.value != event.value.to_integral_value():
-                reason = f"rejected: legacy usage records take whole quantities, got {event.value}"
-                rejected.extend((row_id, reason) for row_id in event.row_ids)
-            else:
-                good.append(event)
-        return good, rejected, waiting
+        return waiting
+
+    def _unsendable(self, event: _Event) -> str | None:
+        """Why an event's exact total cannot be sent to Stripe (its rows then fail), or None."""
+        if self.usage.target == "legacy":
+            if event.value != event.value.to_integral_value():
+                return f"rejected: legacy usage records take whole quantities, got {event.value}"
+            return None
+        problem = meter_value_problem(event.value)
+        if problem is None:
+            return None
+        return (
+            f"rejected: the total {value_text(event.value)} of {len(event.row_ids)} rows"
+            f" (customer {event.customer_id}, {event.metric}, bucket {event.ts}) {problem};"
+            " it cannot be sent exactly"
+        )
 
     async def _write_batch(
         self, conn: asyncpg.Connection, lock_conn: asyncpg.Connection, events: list[_Event]

@@ -19,6 +19,7 @@ import orjson
 from syncd import metrics
 from syncd.db import Database
 from syncd.registry import Resource
+from syncd.storable import storable
 
 # NOTIFY payloads are limited to 8000 bytes; stay well below with room for the envelope.
 _NOTIFY_BUDGET = 7000
@@ -59,7 +60,9 @@ class Writer:
         parent_id: str | None = None,
     ) -> Written:
         """Upsert a batch (a JSON array, as bytes/str or parsed) stamped with `version`."""
-        payload = objects if isinstance(objects, (bytes, str)) else orjson.dumps(list(objects))
+        if isinstance(objects, str):
+            objects = objects.encode()
+        payload = storable(objects if isinstance(objects, bytes) else orjson.dumps(list(objects)))
         if resource.owned:
             if parent_id is None:
                 raise ValueError(f"{resource.table} rows need their parent's id")
@@ -93,7 +96,7 @@ class Writer:
         each stamped with its own event's `created` (not for owned children)."""
         if resource.owned:
             raise ValueError(f"{resource.table} rows need their parent's id: use upsert")
-        payload = orjson.dumps([{"o": o, "v": v, "a": a} for o, v, a in items])
+        payload = storable(orjson.dumps([{"o": o, "v": v, "a": a} for o, v, a in items]))
         rows = await conn.fetch(
             self.upsert_sql("upsert_objects_each", resource), payload, self.account_id
         )
@@ -129,16 +132,30 @@ class Writer:
             conn, resource, objects, version=version, api_version=api_version, parent_id=parent_id
         )
         keep = [o["id"] for o in objects if "id" in o]
+        written += await self.tombstone_missing_children(
+            conn, resource, parent_id, keep, version=version
+        )
+        return written
+
+    async def tombstone_missing_children(
+        self,
+        conn: asyncpg.Connection,
+        resource: Resource,
+        parent_id: str,
+        keep: Sequence[str],
+        *,
+        version: float,
+    ) -> Written:
+        """Tombstone the children of `parent_id` other than `keep` (its complete list's ids)."""
         rows = await conn.fetch(
             self.db.table_sql("tombstone_missing_children", resource.table),
             parent_id,
-            keep,
+            list(keep),
             version,
         )
         gone = Written([(r["id"], "delete") for r in rows])
         await self._announce(conn, resource, gone.ops)
-        written += gone
-        return written
+        return gone
 
     async def replace_children_of_many(
         self,
@@ -159,7 +176,7 @@ class Writer:
         if objects:
             rows = await conn.fetch(
                 self.db.table_sql("upsert_children_of_many", resource.table),
-                orjson.dumps(objects),
+                storable(orjson.dumps(objects)),
                 self.account_id,
                 api_version,
                 version,

@@ -62,6 +62,7 @@ class User:
 
     def __init__(self, emu: Emulator, api: Any, rng: random.Random):
         self.emu, self.api, self.rng = emu, api, rng
+        self.poisoned: set[str] = set()
 
     async def act(self) -> None:
         rng = self.rng
@@ -73,7 +74,7 @@ class User:
         choices: list[tuple[int, Any]] = [(3, self.new_customer), (2, self.new_product)]
         if customers:
             choices += [(4, self.update_customer), (1, self.delete_customer)]
-            choices += [(1, self.add_tax_id)]
+            choices += [(1, self.add_tax_id), (1, self.poison_customer)]
         if products:
             choices += [(2, self.new_price), (2, self.update_product)]
         if prices:
@@ -94,7 +95,24 @@ class User:
 
     async def new_customer(self) -> None:
         n = self.rng.randrange(10**6)
-        await self.api.post("/v1/customers", {"email": f"u{n}@example.com", "metadata": {"n": n}})
+        # Some names carry a NUL character (jsonb refuses it; syncd stores it escaped).
+        name = f"n\0{n}" if self.rng.random() < 0.2 else f"n{n}"
+        await self.api.post(
+            "/v1/customers", {"email": f"u{n}@example.com", "name": name, "metadata": {"n": n}}
+        )
+
+    async def poison_customer(self) -> None:
+        """A version PostgreSQL cannot store (an email too large for its index): quarantined,
+        until the scenario's end gives the customer a good version again (`mend`)."""
+        c = self.pick("customer")
+        email = self.rng.randbytes(3000).hex() + "@example.com"
+        await self.api.post(f"/v1/customers/{c['id']}", {"email": email})
+        self.poisoned.add(c["id"])
+
+    async def mend(self) -> None:
+        for cid in sorted(self.poisoned):
+            if any(c["id"] == cid for c in live(self.emu, "customer")):
+                await self.api.post(f"/v1/customers/{cid}", {"email": "mended@example.com"})
 
     async def update_customer(self) -> None:
         c = self.pick("customer")
@@ -187,9 +205,41 @@ async def reset_database(db: Database) -> None:
     await db.run(
         lambda c: c.execute(
             f"TRUNCATE {tables}, syncd.events_ledger, syncd.events_cursor, syncd.requests,"
-            " syncd.resync_runs CASCADE"
+            " syncd.resync_runs, syncd.rejected_objects CASCADE"
         )
     )
+    await db.run(lambda c: c.execute(REFUSALS))
+
+
+# A transient refusal, as PostgreSQL gives it when a role loses a privilege (42501): a trigger
+# on the mirror tables refuses writes to the table named in test_refused_writes.
+REFUSALS = """
+CREATE TABLE IF NOT EXISTS public.test_refused_writes (table_name text PRIMARY KEY);
+TRUNCATE public.test_refused_writes;
+CREATE OR REPLACE FUNCTION public.test_refuse_writes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM public.test_refused_writes WHERE table_name = TG_TABLE_NAME) THEN
+        RAISE EXCEPTION 'permission denied for table %', TG_TABLE_NAME
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER test_refuse_writes BEFORE INSERT OR UPDATE ON stripe.customers
+    FOR EACH ROW EXECUTE FUNCTION public.test_refuse_writes();
+CREATE OR REPLACE TRIGGER test_refuse_writes BEFORE INSERT OR UPDATE ON stripe.products
+    FOR EACH ROW EXECUTE FUNCTION public.test_refuse_writes();
+CREATE OR REPLACE TRIGGER test_refuse_writes BEFORE INSERT OR UPDATE ON stripe.prices
+    FOR EACH ROW EXECUTE FUNCTION public.test_refuse_writes();
+"""
+
+
+async def refuse_writes(db: Database, table: str | None) -> None:
+    """Refuse writes to `table` from now on (None: allow every table again)."""
+    await db.run(lambda c: c.execute("TRUNCATE public.test_refused_writes"))
+    if table is not None:
+        await db.run(
+            lambda c: c.execute("INSERT INTO public.test_refused_writes VALUES ($1)", table)
+        )
 
 
 async def run_scenario(db_url: str, emu: Emulator, seed: int) -> None:
@@ -217,8 +267,12 @@ async def run_scenario(db_url: str, emu: Emulator, seed: int) -> None:
             if with_resync:
                 tg.start_soon(resync_until_done, h)
             frozen = await random_steps(h, emu, user, rng, mode)
-        # Quiesce: faults gone, every event visible, time moving; then the stream catches up.
+            await refuse_writes(h.db, None)  # the resync alongside can finish now
+        # Quiesce: faults gone, writes allowed, every event visible, time moving, poisoned
+        # objects given a good version; then the stream catches up.
         emu.faults.clear()
+        await refuse_writes(h.db, None)
+        await user.mend()
         if frozen:
             emu.clock.advance(1)
             emu.clock.unfreeze()
@@ -235,6 +289,7 @@ async def run_scenario(db_url: str, emu: Emulator, seed: int) -> None:
         problems = await differences(emu, h.db, COMPARED, skip)
         assert problems == [], f"seed {seed} ({mode}, resync {with_resync}): {problems}"
         await assert_ledger_complete(h.db, emu, seed)
+        await assert_quarantine_resolved(h.db, emu, seed)
 
 
 async def resync_until_done(h: Harness) -> None:
@@ -245,7 +300,7 @@ async def resync_until_done(h: Harness) -> None:
             return
         except SyncdError as exc:
             assert exc.retryable, exc  # a fault: the daemon's resync loop runs it again
-            await anyio.sleep(0.01)
+            await anyio.sleep(0.05)
 
 
 async def random_steps(
@@ -255,8 +310,8 @@ async def random_steps(
     frozen = False
     for _ in range(rng.randrange(8, 20)):
         step = rng.choices(
-            ["mutate", "poll", "sweep", "crash", "restart", "burst", "late", "fault"],
-            [6, 4, 1, 2, 1, 1, 1, 1],
+            ["mutate", "poll", "sweep", "crash", "restart", "burst", "late", "fault", "refuse"],
+            [6, 4, 1, 2, 1, 1, 1, 1, 1],
         )[0]
         if frozen and mode == "snapshot" and step in ("poll", "sweep", "crash"):
             # A real burst ends within its second: Stripe's clock never stands still while we
@@ -294,6 +349,10 @@ async def random_steps(
                 emu.set_late_visibility(0, 150)
             else:
                 emu.clear_late_visibility()
+        elif step == "refuse":
+            # The server refuses writes to one mirror table for a while (as after a privilege
+            # change): polls fail and retry, nothing is recorded as done meanwhile.
+            await refuse_writes(h.db, rng.choice(["customers", "products", "prices", None]))
         elif step == "fault":
             emu.faults.set(
                 pattern="GET /v1/*",
@@ -320,7 +379,17 @@ async def assert_ledger_complete(db: Database, emu: Emulator, seed: int) -> None
     events = {e["id"] for e in emu.events()}
     # Every event once (the primary key makes twice impossible), none lost, none invented.
     assert recorded == events, f"seed {seed}: ledger differs from the events"
-    assert {r["outcome"] for r in rows} <= {"applied"}, f"seed {seed}"
+    assert {r["outcome"] for r in rows} <= {"applied", "quarantined"}, f"seed {seed}"
+
+
+async def assert_quarantine_resolved(db: Database, emu: Emulator, seed: int) -> None:
+    """Every quarantined object got a good version stored, or no longer exists in Stripe."""
+    rows = await db.run(
+        lambda c: c.fetch("SELECT object_id FROM syncd.rejected_objects WHERE resolved_at IS NULL"),
+        transaction=False,
+    )
+    alive = {c["id"] for c in live(emu, "customer")}
+    assert {r["object_id"] for r in rows} & alive == set(), f"seed {seed}: left in quarantine"
 
 
 @pytest.mark.parametrize("chunk", range(CHUNKS))
@@ -377,6 +446,7 @@ async def test_daemon_killed_with_sigkill_converges(
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 proc = start_daemon(env)
+            await user.mend()  # poisoned versions get a good one: then the mirror can converge
             deadline = time.monotonic() + 60
             problems: list[str] = ["not checked"]
             while problems and time.monotonic() < deadline:

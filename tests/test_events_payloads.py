@@ -1,4 +1,4 @@
-"""All 71 real event payloads (`../shared/stripe/events/`) through the pipeline in snapshot
+"""All 71 real event payloads (`tests/data/stripe/events/`) through the pipeline in snapshot
 mode: each one applied, or recorded as ignored with a reason, and never an error."""
 
 from __future__ import annotations
@@ -7,22 +7,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from syncd.apply import is_deletion
 from syncd.emulator import Emulator
 from syncd.registry import BY_OBJECT
-from tests.conftest import ROOT
 from tests.test_events import ledger
 from tests.test_events_support import harness, mirror
 
-EVENTS_DIR = ROOT.parent / "shared" / "stripe" / "events"
+EVENTS_DIR = Path(__file__).resolve().parent / "data" / "stripe" / "events"
 
 
 def payloads() -> list[dict[str, Any]]:
-    files = sorted(EVENTS_DIR.glob("*.json")) if EVENTS_DIR.is_dir() else []
-    if not files:
-        pytest.skip(f"real payloads not found in {EVENTS_DIR}")
+    files = sorted(EVENTS_DIR.glob("*.json"))
+    assert files, f"real payloads not found in {EVENTS_DIR}"
     return [json.loads(Path(f).read_text()) for f in files]
 
 

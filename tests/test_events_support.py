@@ -15,6 +15,7 @@ from syncd.db import Database
 from syncd.emulator import Emulator
 from syncd.events import EventStream
 from syncd.registry import BY_OBJECT
+from syncd.storable import unescape
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
 from tests.conftest import emulator_config
@@ -107,7 +108,8 @@ async def differences(
         table = BY_OBJECT[object_type].table
         rows = await mirror(db, table)
         expected = {o["id"]: _embedded_ids(object_type, o) for o in emu.objects(object_type)}
-        rows = {i: (_embedded_ids(object_type, r[0]), r[1]) for i, r in rows.items()}
+        # NUL characters are stored escaped (syncd.storable): compare what Stripe sent.
+        rows = {i: (_embedded_ids(object_type, unescape(r[0])), r[1]) for i, r in rows.items()}
         for oid, obj in expected.items():
             row = rows.get(oid)
             if obj.get("deleted"):

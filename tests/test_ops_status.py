@@ -8,6 +8,7 @@ import signal
 from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio
 import asyncpg
 
 from tests.conftest import syncd_cli
@@ -64,9 +65,14 @@ async def test_status_with_a_live_leader(tmp_path: Path, db_url: str) -> None:
     try:
         d.wait_for("batch_committed")
         d.wait_for('"role":"leader"')
-        result = syncd_cli("status", "--json", env={"DATABASE_URL": db_url})
+        # The leader's next heartbeat (every 0.5 s) carries the loop's first success.
+        for _ in range(20):
+            result = syncd_cli("status", "--json", env={"DATABASE_URL": db_url})
+            report = json.loads(result.stdout)
+            if "events" in report.get("last_success", {}):
+                break
+            await anyio.sleep(0.25)
         assert result.returncode == 0, result.stdout + result.stderr
-        report = json.loads(result.stdout)
         assert report["problems"] == []
         assert report["leader"] and report["leader"] == report["instances"][0]["id"]
         assert report["instances"][0]["http"].endswith(f":{d.port}")

@@ -11,7 +11,7 @@ from syncd.db import Database
 from syncd.errors import ConfigError
 from syncd.registry import BY_OBJECT, BY_TABLE, RESOURCES, selected
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "stripe" / "openapi" / "fixtures3.json"
+FIXTURES = Path(__file__).resolve().parent / "data" / "stripe" / "openapi" / "fixtures3.json"
 
 
 async def test_every_resource_has_a_table_and_owned_children_a_parent_id(db: Database) -> None:

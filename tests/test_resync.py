@@ -26,7 +26,7 @@ from syncd.writer import Writer
 from tests.conftest import emulator_config, make_config
 
 # Types the emulator does not serve (404): reported as unavailable, the others go on.
-NOT_EMULATED = {"tax_rates", "early_fraud_warnings"}
+NOT_EMULATED: set[str] = set()
 
 
 @asynccontextmanager

@@ -17,7 +17,7 @@ from syncd.db import Database
 from syncd.registry import BY_TABLE
 from syncd.writer import Writer
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "stripe"
+STRIPE_DATA = Path(__file__).resolve().parent / "data" / "stripe"
 CUSTOMERS = BY_TABLE["customers"]
 SUBSCRIPTIONS = BY_TABLE["subscriptions"]
 ITEMS = BY_TABLE["subscription_items"]
@@ -264,7 +264,7 @@ async def test_user_id_follows_configured_metadata_key(cfg: Config) -> None:
 
 
 async def test_every_fixture_type_in_the_registry_round_trips(db: Database) -> None:
-    fixtures = json.loads((SHARED / "openapi" / "fixtures3.json").read_text())["resources"]
+    fixtures = json.loads((STRIPE_DATA / "openapi" / "fixtures3.json").read_text())["resources"]
     writer = Writer(db)
     for resource in BY_TABLE.values():
         obj = fixtures[resource.object]

@@ -3,14 +3,16 @@
 -- name: leader_heartbeat
 -- The heartbeat of one replica with its role; leader_since is kept while the role stays leader.
 INSERT INTO {state}.instances
-       (instance_id, hostname, pid, version, role, leader_since, last_success, http_bind)
-VALUES ($1, $2, $3, $4, $5, CASE WHEN $5 = 'leader' THEN now() END, $6, $7)
+       (instance_id, hostname, pid, version, role, leader_since, last_success, http_bind,
+        problems)
+VALUES ($1, $2, $3, $4, $5, CASE WHEN $5 = 'leader' THEN now() END, $6, $7, $8)
 ON CONFLICT (instance_id) DO UPDATE
    SET beat_at = now(),
        role = EXCLUDED.role,
        stopped_at = NULL,
        last_success = EXCLUDED.last_success,
        http_bind = EXCLUDED.http_bind,
+       problems = EXCLUDED.problems,
        leader_since = CASE
            WHEN EXCLUDED.role <> 'leader' THEN NULL
            WHEN {state}.instances.role = 'leader' THEN {state}.instances.leader_since
@@ -28,7 +30,7 @@ SELECT to_regclass($1) IS NOT NULL;
 -- name: status_instances
 -- Replicas seen in the last day, newest beat first; `alive` means a beat within $1 seconds.
 SELECT instance_id, hostname, pid, version, role, started_at, beat_at, stopped_at, leader_since,
-       last_success, http_bind,
+       last_success, http_bind, problems,
        (stopped_at IS NULL AND beat_at > now() - make_interval(secs => $1)) AS alive,
        extract(epoch FROM now() - beat_at)::float8 AS beat_age
   FROM {state}.instances
@@ -91,7 +93,8 @@ SELECT c.account_id, c.position, c.reason, c.advanced_at,
 -- name: status_resync
 -- The latest resync runs, with objects listed and how long each took.
 SELECT r.run_id, r.tables, r.reason, r.status, r.requested_at, r.started_at, r.finished_at,
-       r.error, extract(epoch FROM r.finished_at - r.started_at)::float8 AS seconds,
+       r.error, r.attempts, r.next_try_at,
+       extract(epoch FROM r.finished_at - r.started_at)::float8 AS seconds,
        (SELECT COALESCE(sum(objects), 0)::bigint FROM {state}.resync_slices s
          WHERE s.run_id = r.run_id) AS objects
   FROM {state}.resync_runs r

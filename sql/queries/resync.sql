@@ -20,7 +20,7 @@ UPDATE {state}.resync_runs
    SET status = 'running', started_version = COALESCE(started_version, $2),
        started_at = COALESCE(started_at, now())
  WHERE run_id = $1
-RETURNING started_version, reason;
+RETURNING started_version, reason, started_at;
 
 -- name: resync_supersede
 -- Unfinished runs whose scope the new run $1 (scope $2, NULL: everything) covers.
@@ -38,18 +38,20 @@ SELECT run_id, tables, reason, status, started_version, requested_at, started_at
   FROM {state}.resync_runs WHERE run_id = $1;
 
 -- name: resync_has_completed
-SELECT EXISTS (SELECT 1 FROM {state}.resync_runs WHERE status = 'done' AND tables IS NULL);
+SELECT EXISTS (SELECT 1 FROM {state}.resync_runs
+                WHERE status IN ('done', 'done_with_problems') AND tables IS NULL);
 
 -- name: resync_last_completed
 -- Unix time the last complete (every type) resync finished; NULL: never.
 SELECT extract(epoch FROM max(finished_at))::double precision
-  FROM {state}.resync_runs WHERE status = 'done' AND tables IS NULL;
+  FROM {state}.resync_runs WHERE status IN ('done', 'done_with_problems') AND tables IS NULL;
 
 -- name: resync_previous_objects
 -- Objects per table in the last finished run: the biggest types start first.
 SELECT s.table_name, sum(s.objects)::bigint AS objects
   FROM {state}.resync_slices s
- WHERE s.run_id = (SELECT max(run_id) FROM {state}.resync_runs WHERE status = 'done')
+ WHERE s.run_id = (SELECT max(run_id) FROM {state}.resync_runs
+                    WHERE status IN ('done', 'done_with_problems'))
  GROUP BY s.table_name;
 
 -- name: resync_init_table
@@ -123,9 +125,18 @@ SELECT op, count(*)::int AS n FROM written GROUP BY op
 UNION ALL
 SELECT 'notifications', count(*)::int FROM announced;
 
--- name: resync_reject
-INSERT INTO {state}.rejected_objects (run_id, table_name, object_id, reason, raw)
-VALUES ($1, $2, $3, $4, $5::jsonb);
+-- name: resync_checkpoint
+-- The slice's checkpoint alone ($1 table, $2 run, $3-$4 the slice, $5-$11 its progress): for a
+-- page written object by object after PostgreSQL refused it whole (resync.write_or_quarantine).
+UPDATE {state}.resync_slices
+   SET cursor = $5, cursor_created = $6, objects = $7, pages = $8, rejected = $9,
+       children = $10, done = $11
+ WHERE run_id = $2 AND table_name = $1 AND variant = $3 AND slice_no = $4;
+
+-- name: resync_table_problem
+-- A problem the run met on a type it otherwise listed (a per-parent list answering 404).
+INSERT INTO {state}.resync_tables (run_id, table_name, error) VALUES ($1, $2, $3)
+ON CONFLICT (run_id, table_name) DO UPDATE SET error = EXCLUDED.error;
 
 -- name: resync_progress
 -- What `syncd resync --wait` shows: per table, objects and pages so far and whether it is done.
@@ -153,3 +164,23 @@ SELECT id FROM {mirror}.{table}
 SELECT id, parent_id FROM {mirror}.{table}
  WHERE deleted_at IS NULL AND fetched_at < to_timestamp($1) AND id > $2
  ORDER BY id LIMIT $3;
+
+-- name: resync_record_failure
+-- A failed attempt of unfinished run $1: its error ($2) and when the daemon tries again ($3
+-- seconds from now). `syncd resync --wait` prints each one.
+UPDATE {state}.resync_runs
+   SET attempts = attempts + 1, error = $2, next_try_at = now() + make_interval(secs => $3)
+ WHERE run_id = $1 AND status IN ('pending', 'running');
+
+-- name: resync_watch_run
+-- What `syncd resync --wait` follows: status, failed attempts, the last error, the next try.
+SELECT run_id, status, error, attempts,
+       extract(epoch FROM next_try_at - now())::float8 AS next_try_in
+  FROM {state}.resync_runs WHERE run_id = $1;
+
+-- name: resync_withdraw_request
+-- `syncd resync --wait` found no daemon: take its request back unless a daemon took it meanwhile.
+UPDATE {state}.requests
+   SET status = 'failed', finished_at = now(), error = 'no daemon took the request'
+ WHERE id = $1 AND status = 'pending'
+RETURNING id;

@@ -1035,3 +1035,82 @@ def list_active_entitlements(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
     return Resp(
         list_body([r.to_bytes() for r in page], more, "/v1/entitlements/active_entitlements")
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Tax rates, and Radar's early fraud warnings (read-only: Stripe creates them; the emulator's
+# list is empty unless a test imports some). Both are mirrored types: a default resync lists them.
+
+TAX_RATE_FIELDS = frozenset(
+    {"active", "country", "description", "display_name", "jurisdiction", "metadata", "state"}
+)
+
+
+@route("POST", "/v1/tax_rates")
+def create_tax_rate(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
+    name = need(params, "display_name")
+    pct = need(params, "percentage")
+    # Built here rather than from templates.json: Stripe's shape at the pinned version.
+    obj: JSON = {
+        "id": ctx.state.new_id("txr_"),
+        "object": "tax_rate",
+        "created": ctx.now,
+        "livemode": False,
+        "metadata": {},
+    }
+    obj.update(
+        active=to_bool(params.get("active", True), "active"),
+        country=params.get("country") or None,
+        description=params.get("description") or None,
+        display_name=str(name),
+        effective_percentage=float(pct),
+        flat_amount=None,
+        inclusive=to_bool(need(params, "inclusive"), "inclusive"),
+        jurisdiction=params.get("jurisdiction") or None,
+        jurisdiction_level=None,
+        percentage=float(pct),
+        rate_type="percentage",
+        state=params.get("state") or None,
+        tax_type=params.get("tax_type") or None,
+    )
+    merge_metadata(obj, params.get("metadata") or {})
+    rec = ctx.state.insert(obj)
+    ctx.emit("tax_rate.created", rec)
+    return ctx.ok(rec)
+
+
+@route("GET", "/v1/tax_rates/{id}")
+def get_tax_rate(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
+    return ctx.ok(get_or_404(ctx, "tax_rate", m["id"]))
+
+
+@route("POST", "/v1/tax_rates/{id}")
+def update_tax_rate(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
+    rec = get_or_404(ctx, "tax_rate", m["id"])
+    return ctx.ok(
+        update_record(
+            ctx, rec, lambda o: apply_params(o, params, TAX_RATE_FIELDS), "tax_rate.updated"
+        )
+    )
+
+
+@route("GET", "/v1/tax_rates")
+def list_tax_rates(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
+    preds = filters(params, {"active": "active", "inclusive": "inclusive"})
+    return list_response(ctx, "tax_rate", "/v1/tax_rates", params, all_of(preds))
+
+
+@route("GET", "/v1/radar/early_fraud_warnings/{id}")
+def get_early_fraud_warning(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
+    return ctx.ok(get_or_404(ctx, "radar.early_fraud_warning", m["id"]))
+
+
+@route("GET", "/v1/radar/early_fraud_warnings")
+def list_early_fraud_warnings(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
+    return list_response(
+        ctx,
+        "radar.early_fraud_warning",
+        "/v1/radar/early_fraud_warnings",
+        params,
+        all_of(filters(params, {"charge": "charge", "payment_intent": "payment_intent"})),
+    )

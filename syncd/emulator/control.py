@@ -75,7 +75,7 @@ def add_control_routes(app: web.Application, emu: Emulator) -> None:
         try:
             for rule in rules:
                 emu.faults.set(**rule)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             return _json({"error": str(e)}, 400)
         return _json(emu.faults.as_json())
 

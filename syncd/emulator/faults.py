@@ -10,6 +10,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+BAD_BODIES = (None, "html", "truncated")
+
 
 @dataclass
 class FaultRule:
@@ -21,6 +23,11 @@ class FaultRule:
     whose path or parameters mention that id fail with 429 ``lock_timeout``. ``after_ms`` delays
     the answer AFTER the request took effect (a client killed meanwhile never learns that it
     succeeded). ``times`` limits how many requests the rule affects (None: unlimited).
+
+    ``bad_body`` turns the ``error_rate`` answers into ones Stripe never sends: ``"html"``, an
+    HTML error page with ``status`` (a proxy or load balancer answering: 200, 502...; the request
+    never reaches the API), or ``"truncated"``, the API's own answer (it took effect) with its
+    status and only the first half of its body.
     """
 
     pattern: str = "*"
@@ -32,7 +39,12 @@ class FaultRule:
     lock_object_id: str | None = None
     times: int | None = None
     after_ms: float = 0.0
+    bad_body: str | None = None
     hits: int = 0
+
+    def __post_init__(self) -> None:
+        if self.bad_body not in BAD_BODIES:
+            raise ValueError(f"bad_body must be one of {BAD_BODIES}, not {self.bad_body!r}")
 
     def matches(self, method: str, path: str) -> bool:
         return fnmatch.fnmatchcase(f"{method} {path}", self.pattern) or fnmatch.fnmatchcase(
@@ -50,6 +62,7 @@ class FaultDecision:
     status: int | None = None
     lock: bool = False
     after: float = 0.0
+    bad_body: str | None = None  # "html" (answered with `status`) or "truncated"
 
 
 class Faults:
@@ -95,8 +108,18 @@ class Faults:
                 if r.drop_rate and self.rng.random() < r.drop_rate:
                     d.drop = True
                     hit = True
-                elif r.error_rate and d.status is None and self.rng.random() < r.error_rate:
-                    d.status = r.status
+                elif (
+                    r.error_rate
+                    and d.status is None
+                    and d.bad_body is None
+                    and self.rng.random() < r.error_rate
+                ):
+                    if r.bad_body == "html":
+                        d.bad_body, d.status = r.bad_body, r.status
+                    elif r.bad_body == "truncated":
+                        d.bad_body = r.bad_body
+                    else:
+                        d.status = r.status
                     hit = True
                 if hit:
                     r.hits += 1

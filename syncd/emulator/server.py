@@ -7,6 +7,7 @@ import base64
 import hashlib
 from dataclasses import dataclass
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -38,6 +39,16 @@ def _error_response(err: StripeError, extra_headers: dict[str, str] | None = Non
     if extra_headers:
         headers.update(extra_headers)
     return web.Response(body=err.body(), status=err.status, content_type=JSON_CT, headers=headers)
+
+
+def _html_page(status: int) -> bytes:
+    """What a proxy or load balancer answers instead of the API (the emulator's `bad_body`)."""
+    title = f"{status} {HTTPStatus(status).phrase}"
+    return (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    ).encode()
 
 
 class ApiServer:
@@ -114,6 +125,11 @@ class ApiServer:
                 return None
             if d.lock:
                 raise lock_timeout()
+            if d.bad_body == "html" and d.status is not None:
+                # A proxy or load balancer answered instead of the API.
+                return web.Response(
+                    body=_html_page(d.status), status=d.status, content_type="text/html"
+                )
             if d.status is not None:
                 raise StripeError(
                     d.status,
@@ -183,6 +199,8 @@ class ApiServer:
             base_headers["Request-Id"] = request_id
             if d.after > 0:
                 await asyncio.sleep(d.after)  # the request took effect; the answer is late
+            if d.bad_body == "truncated":
+                out = out[: len(out) // 2]  # the answer cut short on its way
             return web.Response(
                 body=out, status=status, content_type=JSON_CT, headers={**base_headers, **headers}
             )

@@ -19,6 +19,7 @@ import stripe
 from syncd.emulator import Emulator
 
 ROOT = Path(__file__).resolve().parents[2]
+EVENTS_DIR = Path(__file__).resolve().parents[1] / "data" / "stripe" / "events"
 
 
 async def test_seed_python_api(emu: Emulator, aclient: stripe.StripeClient) -> None:
@@ -85,11 +86,8 @@ async def test_control_api(emu: Emulator) -> None:
 
 
 async def test_import_real_objects(emu: Emulator, aclient: stripe.StripeClient) -> None:
-    events_dir = Path("/work/shared/stripe/events")
-    sub_evt = events_dir / "subscription_created.json"
-    objs: list[Any] = []
-    if sub_evt.exists():
-        objs.append(orjson.loads(sub_evt.read_bytes())["data"]["object"])
+    sub_evt = EVENTS_DIR / "subscription_created.json"
+    objs: list[Any] = [orjson.loads(sub_evt.read_bytes())["data"]["object"]]
     objs.append(
         {
             "id": "cus_imported",
@@ -107,12 +105,12 @@ async def test_import_real_objects(emu: Emulator, aclient: stripe.StripeClient) 
         assert (await r.json())["imported"] >= 2
     c = await aclient.v1.customers.retrieve_async("cus_imported")
     assert c.email == "imp@example.com"
-    if objs[0]["object"] == "subscription":
-        sid = objs[0]["id"]
-        items = await aclient.v1.subscription_items.list_async({"subscription": sid})
-        assert len(items.data) == len(objs[0]["items"]["data"])
-        lst = await aclient.v1.subscriptions.list_async({"status": "all"})
-        assert sid in [x.id for x in lst.data]
+    assert objs[0]["object"] == "subscription"
+    sid = objs[0]["id"]
+    items = await aclient.v1.subscription_items.list_async({"subscription": sid})
+    assert len(items.data) == len(objs[0]["items"]["data"])
+    lst = await aclient.v1.subscriptions.list_async({"status": "all"})
+    assert sid in [x.id for x in lst.data]
 
 
 async def test_objects_include_deleted(emu: Emulator, aclient: stripe.StripeClient) -> None:

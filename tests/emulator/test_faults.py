@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import stripe
 
@@ -119,3 +120,45 @@ async def test_control_endpoints_for_faults(emu: Emulator) -> None:
         async with s.get("/_emulator/stats") as r:
             stats = await r.json()
             assert stats["endpoints"]["GET /v1/prices"]["503"] == 1
+
+
+@pytest.mark.parametrize("status", [200, 502])
+async def test_html_instead_of_the_api(emu: Emulator, raw: Any, status: int) -> None:
+    """A proxy or load balancer answering: an HTML page with the rule's status, not JSON."""
+    emu.faults.set(
+        pattern="GET /v1/customers", bad_body="html", status=status, error_rate=1.0, times=1
+    )
+    async with raw.get("/v1/customers") as r:
+        assert r.status == status
+        assert r.headers["Content-Type"].startswith("text/html")
+        body = await r.read()
+    assert body.startswith(b"<html>")
+    with pytest.raises(ValueError):
+        orjson.loads(body)
+    async with raw.get("/v1/customers") as r:  # `times` ran out
+        assert r.status == 200 and (await r.json())["object"] == "list"
+
+
+async def test_truncated_answer_took_effect(emu: Emulator, raw: Any) -> None:
+    emu.faults.set(pattern="POST /v1/customers", bad_body="truncated", error_rate=1.0, times=1)
+    async with raw.post("/v1/customers", data={"email": "cut@example.com"}) as r:
+        assert r.status == 200
+        body = await r.read()
+    with pytest.raises(ValueError):
+        orjson.loads(body)
+    [customer] = emu.objects("customer")  # the request took effect; its answer was cut short
+    assert customer["email"] == "cut@example.com"
+    assert orjson.dumps(customer).startswith(body[:20])
+    async with raw.get(f"/v1/customers/{customer['id']}") as r:
+        assert (await r.json())["id"] == customer["id"]
+
+
+async def test_bad_body_through_the_control_api(emu: Emulator, raw: Any) -> None:
+    async with aiohttp.ClientSession(base_url=emu.url) as s:
+        rule = {"pattern": "GET /v1/prices", "bad_body": "html", "status": 502, "error_rate": 1}
+        async with s.post("/_emulator/faults", json=rule) as r:
+            assert r.status == 200
+        async with s.post("/_emulator/faults", json={**rule, "bad_body": "xml"}) as r:
+            assert r.status == 400 and "bad_body" in (await r.json())["error"]
+    async with raw.get("/v1/prices") as r:
+        assert r.status == 502 and (await r.read()).startswith(b"<html>")
