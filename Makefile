@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint format lock schema bench bench-compare run migrate clean
+.PHONY: install demo test test-unit lint format lock schema bench bench-compare run migrate clean
 
 # Exact versions with hashes (`make lock` writes them from pyproject.toml's ranges):
 # requirements.txt the runtime (the Docker image), requirements-dev.txt runtime + `.[test]`
@@ -25,6 +25,9 @@ demo: install  ## try it: throwaway PostgreSQL + Stripe emulator + the daemon, ~
 
 test: install  ## the whole suite against a throwaway PostgreSQL (no Docker needed)
 	$(BIN)/pytest
+
+test-unit: install  ## the fast layer, ~20 s: the tests that need no PostgreSQL (marked `unit` in tests/conftest.py)
+	$(BIN)/pytest -m 'unit and not bench'
 
 lint: install
 	$(BIN)/ruff check .

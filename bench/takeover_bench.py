@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/takeover_bench.py --rounds 5
 
-Two replicas (`syncd run` plus the test feature loop of tests/test_ops_helpers.py, which commits
+Two replicas (`syncd run` plus the test feature loop of tests/support/ops.py, which commits
 small batches continuously) share a throwaway PostgreSQL. Each round kills the leader with
 SIGKILL and measures the time until the other replica's first committed batch; the killed
 replica is restarted and becomes the standby of the next round. Figures go to
@@ -23,7 +23,7 @@ import asyncpg
 
 from syncd import lifecycle
 from syncd.pgserver import throwaway_postgres
-from tests.test_ops_helpers import DaemonProcess, consistency, prepare
+from tests.support.ops import DaemonProcess, consistency, prepare
 
 
 async def _leader(dsn: str) -> str | None:

@@ -35,7 +35,7 @@ import orjson
 from syncd import metrics
 from syncd.config import Config
 from syncd.db import Database
-from syncd.errors import StripeError, StripeNotFound, SyncdError, leaf_errors
+from syncd.errors import StripeError, StripeNotFound, one_error
 from syncd.quarantine import Quarantine, refusal
 from syncd.registry import BY_OBJECT, BY_TABLE, Child, Resource
 from syncd.storable import storable
@@ -326,6 +326,11 @@ class Applier:
                 children = None if obj.get("deleted") else self._inline_children(resource, obj)
                 if children is None and not obj.get("deleted"):
                     children = await self._fetch_children(resource, obj)
+                # What was expanded only to reach the children is not part of the object as
+                # Stripe serves it (nor as a resync stores it): `raw` leaves it out.
+                for child in resource.children:
+                    if child.parent_expand and child.inline_field:
+                        obj.pop(child.inline_field, None)
             except StripeNotFound:
                 obj = {"id": object_id, "object": resource.object, "deleted": True}
                 version = self.api.clock.now()
@@ -461,14 +466,6 @@ class Applier:
             source="event " + ",".join(str(e.get("id")) for e in group.events[-3:]),
         )
         await self.write(conn, [group])
-
-
-def one_error(errors: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error callers decide on: a non-retryable one wins; anything foreign stays grouped."""
-    leaves = leaf_errors(errors)
-    if not all(isinstance(e, SyncdError) for e in leaves):
-        return errors
-    return next((e for e in leaves if not getattr(e, "retryable", False)), leaves[0])
 
 
 def _str(value: Any) -> str | None:

@@ -1,5 +1,7 @@
 """The `syncd` command line. Every command loads the configuration once and passes it down;
-a `SyncdError` that reaches here is printed as one line (secrets scrubbed) with its exit code."""
+a `SyncdError` that reaches here is printed as one line (secrets scrubbed) with its exit code.
+
+The demo and the emulator are imported only by their own commands: `syncd run` loads neither."""
 
 from __future__ import annotations
 
@@ -14,8 +16,6 @@ from syncd import __version__, lifecycle, migrations, resync, resync_schedule, u
 from syncd.config import Config, default_config_path, load_config, redacted, to_toml
 from syncd.daemon import run_daemon, session_settings
 from syncd.db import Database, describe_target
-from syncd.demo import cmd_demo, demo_arguments
-from syncd.emulator import cli as emulator_cli
 from syncd.errors import StripeError, SyncdError
 from syncd.health import cmd_health, health_arguments
 from syncd.logs import configure as configure_logging
@@ -140,6 +140,24 @@ def _migrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", type=int, default=None, help="stop after this migration version")
 
 
+async def cmd_demo(cfg: Config, args: argparse.Namespace) -> int:
+    from syncd import demo
+
+    return await demo.cmd_demo(cfg, args)
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    from syncd import demo
+
+    demo.demo_arguments(p)
+
+
+def _emulator_arguments(p: argparse.ArgumentParser) -> None:
+    from syncd.emulator import cli as emulator_cli
+
+    emulator_cli.configure_parser(p)
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command(cmd_run, "run the daemon (migrates first; stops cleanly on SIGTERM)"),
     "migrate": Command(
@@ -163,7 +181,7 @@ COMMANDS: dict[str, Command] = {
     "demo": Command(
         cmd_demo,
         "try syncd offline: throwaway PostgreSQL, the emulator, the daemon and live changes",
-        demo_arguments,
+        _demo_arguments,
     ),
     "health": Command(
         cmd_health,
@@ -178,7 +196,9 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `syncd` parser. With `command`, only that command's own arguments are added (`main`
+    passes the one on the command line, "" for none), so a command imports only what it needs."""
     parser = argparse.ArgumentParser(
         prog="syncd", description="Mirror Stripe into PostgreSQL without webhooks."
     )
@@ -189,23 +209,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="configuration file (default: $SYNCD_CONFIG, else ./config.toml when present)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, command in COMMANDS.items():
-        p = sub.add_parser(name, help=command.help, description=command.help)
-        if command.arguments is not None:
-            command.arguments(p)
+    for name, entry in COMMANDS.items():
+        p = sub.add_parser(name, help=entry.help, description=entry.help)
+        if entry.arguments is not None and command in (None, name):
+            entry.arguments(p)
     emulator = sub.add_parser(
         "emulator",
         help="run the Stripe emulator (offline testing; see docs/emulator.md)",
         description="A stateful Stripe API emulator on loopback, for tests, benchmarks and demos.",
     )
-    emulator_cli.configure_parser(emulator)
+    if command in (None, "emulator"):
+        _emulator_arguments(emulator)
     return parser
 
 
+def _command_in(argv: Sequence[str]) -> str:
+    """The command named on the command line ("" when none is)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)  # its value
+        elif not word.startswith("-"):
+            return word
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_in(argv)).parse_args(argv)
     if args.command == "emulator":
         # The emulator stands apart from the daemon: it needs no syncd configuration.
+        from syncd.emulator import cli as emulator_cli
+
         return emulator_cli.run(args)
     try:
         if args.config:

@@ -2,8 +2,8 @@
 
 Loaded once at start into frozen dataclasses and passed down; nothing reads configuration at
 import time. Every problem raises `ConfigError` with one line naming the key (exit code 2).
-Each field's metadata carries its one-line documentation and its bounds; `config.toml` at the
-top of the repository mirrors these defaults and a test keeps the two in step.
+The sections themselves (dataclasses, defaults, documentation, bounds) are in `config_sections`
+and importable from here; this module reads, checks and prints them.
 """
 
 from __future__ import annotations
@@ -17,241 +17,53 @@ import tomllib
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from syncd.config_sections import (
+    PINNED_API_VERSION,
+    SECTIONS,
+    STRIPE_API_BASE,
+    STRIPE_METER_EVENTS_BASE,
+    AppConfig,
+    Config,
+    DaemonConfig,
+    DatabaseConfig,
+    EventsConfig,
+    HttpConfig,
+    LogConfig,
+    StripeConfig,
+    SyncConfig,
+    UsageConfig,
+)
 from syncd.errors import ConfigError
 from syncd.redaction import redact_dsn, redact_key
 from syncd.registry import BY_TABLE
 
-STRIPE_API_BASE = "https://api.stripe.com"
-STRIPE_METER_EVENTS_BASE = "https://meter-events.stripe.com"
-PINNED_API_VERSION = "2025-03-31.basil"
-
-
-def _opt(
-    default: Any,
-    doc: str,
-    *,
-    lo: float | None = None,
-    hi: float | None = None,
-    choices: tuple[str, ...] = (),
-    secret: bool = False,
-) -> Any:
-    meta = {"doc": doc, "min": lo, "max": hi, "choices": choices, "secret": secret}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-@dataclass(frozen=True)
-class DatabaseConfig:
-    url: str = _opt(
-        "postgresql://postgres@localhost:5432/postgres",
-        "PostgreSQL DSN; also DATABASE_URL. TLS: add ?sslmode=verify-full&sslrootcert=/ca.pem",
-        secret=True,
-    )
-    url_file: str = _opt("", "read the DSN from this file instead (Docker/Kubernetes secrets)")
-    mirror_schema: str = _opt("stripe", "schema of the mirrored Stripe tables")
-    state_schema: str = _opt("syncd", "schema of the daemon's own state (cursors, ledger, jobs)")
-    app_schema: str = _opt("billing", "schema of the application views and usage_records")
-    pool_min_size: int = _opt(2, "connections kept open", lo=1, hi=100)
-    pool_max_size: int = _opt(8, "most connections the daemon opens", lo=2, hi=100)
-    connect_timeout: float = _opt(10.0, "seconds to wait for a connection", lo=0.1, hi=300)
-
-
-@dataclass(frozen=True)
-class StripeConfig:
-    api_key: str = _opt("", "secret or restricted key; also STRIPE_API_KEY", secret=True)
-    api_key_file: str = _opt("", "read the API key from this file instead")
-    mode: str = _opt(
-        "test", "test or live: a key of the other mode is refused", choices=("test", "live")
-    )
-    api_base: str = _opt(STRIPE_API_BASE, "Stripe API address (point it at the emulator offline)")
-    meter_events_base: str = _opt(
-        "", "address for meter events; empty: Stripe's own, or api_base when that is not Stripe"
-    )
-    api_version: str = _opt(PINNED_API_VERSION, "Stripe-Version pinned on every request")
-    account: str = _opt("", "connected account id (Stripe-Account header); empty: the key's own")
-    rate_limit: float = _opt(
-        0.0, "requests per second shared by all loops; 0: 25 in test mode, 100 live", lo=0, hi=10000
-    )
-    max_retries: int = _opt(
-        6, "retries of a 429, 5xx or network error before giving up", lo=0, hi=50
-    )
-    request_timeout: float = _opt(30.0, "seconds per HTTP request", lo=0.5, hi=600)
-
-
-@dataclass(frozen=True)
-class SyncConfig:
-    include: list[str] = _opt([], "tables to mirror (e.g. customers); empty: every type")
-    exclude: list[str] = _opt([], "tables not to mirror")
-    slices: int = _opt(
-        16, "most created-time slices one type is split into during a resync", lo=1, hi=256
-    )
-    concurrency: int = _opt(16, "list requests in flight at once during a resync", lo=1, hi=64)
-    writers: int = _opt(
-        3, "database connections writing resync pages (each held for the listing)", lo=1, hi=16
-    )
-    per_parent_lists: bool = _opt(
-        True,
-        "resync lists only Stripe lists per parent (customer tax ids, payment methods,"
-        " entitlements; product features): one request per parent; false: events only",
-    )
-    resync_on_empty: bool = _opt(True, "run a full resync on first start with an empty mirror")
-    reconcile_interval: float = _opt(
-        86400.0, "seconds between full re-lists (changes Stripe emits no event for); 0: never", lo=0
-    )
-
-
-@dataclass(frozen=True)
-class EventsConfig:
-    enabled: bool = _opt(True, "stream changes from the Events API")
-    poll_interval: float = _opt(1.0, "seconds between polls of the newest events", lo=0.05, hi=3600)
-    overlap: float = _opt(
-        300.0, "seconds re-listed by the overlap sweep (late events)", lo=0, hi=86400
-    )
-    overlap_interval: float = _opt(30.0, "seconds between overlap sweeps", lo=1, hi=86400)
-    apply_mode: str = _opt(
-        "refetch",
-        "refetch objects at the pinned version, or apply snapshots",
-        choices=("refetch", "snapshot"),
-    )
-    max_cursor_age_days: float = _opt(29.0, "older cursor: automatic full resync", lo=1, hi=30)
-    warn_cursor_age_days: float = _opt(25.0, "cursor age that logs a warning", lo=0, hi=30)
-    ledger_retention_days: float = _opt(
-        35.0, "days the events ledger keeps an event", lo=1, hi=3650
-    )
-    notify_channel: str = _opt("syncd_changes", "NOTIFY channel for changed rows; empty: off")
-    fetch_concurrency: int = _opt(
-        8, "objects refetched at once for a batch of events (shared rate limit)", lo=1, hi=64
-    )
-
-
-@dataclass(frozen=True)
-class UsageConfig:
-    enabled: bool = _opt(True, "report rows of usage_records to Stripe")
-    interval: float = _opt(
-        60.0, "seconds between flushes (ignored when cron is set)", lo=1, hi=86400
-    )
-    cron: str = _opt("", "crontab expression for flushes instead of interval, e.g. '*/5 * * * *'")
-    bucket_seconds: int = _opt(
-        60, "rows of one customer and metric in this window become one event", lo=1, hi=86400
-    )
-    target: str = _opt(
-        "meters",
-        "meters (Billing Meters) or legacy (usage records API)",
-        choices=("meters", "legacy"),
-    )
-    api_key: str = _opt(
-        "", "separate key for usage (meter-event write); empty: stripe.api_key", secret=True
-    )
-    api_key_file: str = _opt("", "read the usage API key from this file instead")
-    batch_size: int = _opt(
-        100_000, "rows claimed per flush round (bigger rounds aggregate better)", lo=1, hi=1_000_000
-    )
-    concurrency: int = _opt(32, "usage requests in flight at once", lo=1, hi=256)
-    unresolved_grace: float = _opt(
-        600.0,
-        "seconds a row whose customer is not (yet) in the mirror waits before it fails",
-        lo=0,
-        hi=30 * 86400,
-    )
-    retention_days: float = _opt(
-        35.0, "days the outbox keeps finished batches (rows are kept)", lo=1, hi=3650
-    )
-    meters: dict[str, str] = _opt(
-        {}, 'metric name -> meter event_name, e.g. api_calls = "api_calls"'
-    )
-
-
-@dataclass(frozen=True)
-class AppConfig:
-    user_id_metadata_key: str = _opt(
-        "supabase_user_id", "customer metadata key holding the app's user id"
-    )
-    row_level_security: bool = _opt(
-        True,
-        "install row-level policies when auth.uid() exists (Supabase); false removes them "
-        "and the anon/authenticated privileges",
-    )
-
-
-@dataclass(frozen=True)
-class DaemonConfig:
-    shutdown_grace: float = _opt(
-        10.0, "seconds to finish the batch in hand on SIGTERM", lo=0, hi=600
-    )
-    heartbeat_interval: float = _opt(5.0, "seconds between heartbeat writes", lo=0.1, hi=3600)
-    leader_election: bool = _opt(True, "one replica leads (advisory lock), others stand by")
-    election_interval: float = _opt(
-        1.0, "seconds between a standby's lock attempts and the leader's lock checks", lo=0.1, hi=60
-    )
-
-
-@dataclass(frozen=True)
-class HttpConfig:
-    enabled: bool = _opt(True, "serve /healthz, /readyz and /metrics")
-    bind: str = _opt("0.0.0.0:9090", "host:port of the health and metrics server")
-    ready_max_poll_age: float = _opt(
-        60.0, "seconds since the last good poll before /readyz fails", lo=1
-    )
-
-
-@dataclass(frozen=True)
-class LogConfig:
-    level: str = _opt(
-        "info", "debug, info, warning or error", choices=("debug", "info", "warning", "error")
-    )
-    format: str = _opt(
-        "auto", "auto (JSON off a terminal), json or console", choices=("auto", "json", "console")
-    )
-
-
-@dataclass(frozen=True)
-class Config:
-    database: DatabaseConfig = field(default_factory=DatabaseConfig)
-    stripe: StripeConfig = field(default_factory=StripeConfig)
-    sync: SyncConfig = field(default_factory=SyncConfig)
-    events: EventsConfig = field(default_factory=EventsConfig)
-    usage: UsageConfig = field(default_factory=UsageConfig)
-    app: AppConfig = field(default_factory=AppConfig)
-    daemon: DaemonConfig = field(default_factory=DaemonConfig)
-    http: HttpConfig = field(default_factory=HttpConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    source: str = field(default="defaults", compare=False)
-
-    def require_api_key(self) -> str:
-        if not self.stripe.api_key:
-            raise ConfigError("stripe.api_key: not set (set STRIPE_API_KEY or stripe.api_key)")
-        return self.stripe.api_key
-
-    @property
-    def usage_api_key(self) -> str:
-        return self.usage.api_key or self.stripe.api_key
-
-    @property
-    def meter_events_base(self) -> str:
-        if self.stripe.meter_events_base:
-            return self.stripe.meter_events_base
-        if self.stripe.api_base.rstrip("/") == STRIPE_API_BASE:
-            return STRIPE_METER_EVENTS_BASE
-        return self.stripe.api_base
-
-    @property
-    def rate_limit(self) -> float:
-        if self.stripe.rate_limit > 0:
-            return self.stripe.rate_limit
-        return 100.0 if self.stripe.mode == "live" else 25.0
-
-
-SECTIONS: dict[str, type[Any]] = {
-    f.name: f.type if isinstance(f.type, type) else typing.get_type_hints(Config)[f.name]
-    for f in dataclasses.fields(Config)
-    if f.name != "source"
-}
+__all__ = [
+    "NON_CONFIG_ENV",
+    "PINNED_API_VERSION",
+    "SECTIONS",
+    "STRIPE_API_BASE",
+    "STRIPE_METER_EVENTS_BASE",
+    "AppConfig",
+    "Config",
+    "DaemonConfig",
+    "DatabaseConfig",
+    "EventsConfig",
+    "HttpConfig",
+    "LogConfig",
+    "StripeConfig",
+    "SyncConfig",
+    "UsageConfig",
+    "default_config_path",
+    "env_names",
+    "example_toml",
+    "load_config",
+    "redacted",
+    "to_toml",
+]
 
 # Conventional variables honoured besides SYNCD_<SECTION>_<KEY> (which wins over them).
 _CONVENTIONAL_ENV = {("database", "url"): "DATABASE_URL", ("stripe", "api_key"): "STRIPE_API_KEY"}

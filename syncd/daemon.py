@@ -4,7 +4,10 @@ Every replica runs the heartbeat (its row in `{state}.instances`) and the HTTP s
 leader (see `syncd.leader`) runs the startup steps, the control loop and the feature loops; they
 are siblings in one task group, cancelled together when leadership is lost. A retryable error
 (the database went away) sends the replica back to standby; any other error in a loop ends the
-daemon loudly (exit 1) so the orchestrator restarts it."""
+daemon loudly (exit 1) so the orchestrator restarts it.
+
+This module is the composition root: it builds the `Runtime` (`syncd.runtime`) and hands it to
+each feature's `attach`; no feature imports it."""
 
 from __future__ import annotations
 
@@ -12,14 +15,14 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import anyio
 
 from syncd import (
     __version__,
     appschema,
+    events,
     health,
     metrics,
     migrations,
@@ -29,11 +32,11 @@ from syncd import (
 from syncd.config import Config, redacted
 from syncd.control import ControlLoop
 from syncd.db import Database
-from syncd.errors import SyncdError, leaf_errors
+from syncd.errors import SyncdError, one_error
 from syncd.leader import Leadership
 from syncd.lifecycle import Lifecycle
 from syncd.logs import get_logger
-from syncd.problems import Problems
+from syncd.runtime import Runtime, State
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
 
@@ -45,16 +48,24 @@ class Daemon:
         self.cfg = cfg
         self.db = db
         self.lifecycle = lifecycle
-        # One Stripe client (and so one rate limiter) and one writer shared by every feature.
-        self.api = api
-        self.writer = Writer(
-            db, account_id=cfg.stripe.account, notify_channel=cfg.events.notify_channel
+        # What this replica is doing: /healthz, /readyz and the heartbeat read it.
+        self.state = State(last_beat=anyio.current_time())
+        # What keeps failing right now: the heartbeat writes it at once (status sees it).
+        self.state.problems.on_change = lambda: self._beat_now.set()
+        # The features' parts (see attach_features): one Stripe client (and so one rate
+        # limiter) and one writer shared by every feature.
+        self.runtime = Runtime(
+            cfg=cfg,
+            db=db,
+            api=api,
+            writer=Writer(
+                db, account_id=cfg.stripe.account, notify_channel=cfg.events.notify_channel
+            ),
+            lifecycle=lifecycle,
+            control=ControlLoop(db, lifecycle),
+            state=self.state,
+            instance_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         )
-        self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.role = "starting"
-        self.http_bind = ""
-        self.leader_since = 0.0
-        self.last_beat = anyio.current_time()
         self._beat_now = anyio.Event()
         self.leadership = Leadership(
             db,
@@ -62,42 +73,32 @@ class Daemon:
             enabled=cfg.daemon.leader_election,
             interval=cfg.daemon.election_interval,
         )
-        self.control = ControlLoop(db, lifecycle)
-        # What keeps failing right now: /readyz, the metrics and the heartbeat (status) read it.
-        self.problems = Problems()
-        self.problems.on_change = lambda: self._beat_now.set()
-        # The work of the daemon: each feature adds its loops here (see attach_features).
-        self.loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
-        # Steps awaited in order before the loops start (e.g. taking the events cursor before a
-        # first full resync can begin listing).
-        self.startup: list[Callable[[], Coroutine[Any, Any, None]]] = []
-
-    def add_loop(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        self.loops.append((name, loop))
 
     def set_role(self, role: str) -> None:
         """`standby`, `leader`, `stopped`: written at once (the heartbeat wakes) and logged."""
-        if role != self.role:
-            log.info("role_changed", role=role, previous=self.role)
-            self.role = role
-            self.leader_since = time.time() if role == "leader" else 0.0
+        state = self.state
+        if role != state.role:
+            log.info("role_changed", role=role, previous=state.role)
+            state.role = role
+            state.leader_since = time.time() if role == "leader" else 0.0
             self._beat_now.set()
 
     async def heartbeat_loop(self) -> None:
         """Keep this instance's row fresh; failures are logged and retried, never fatal."""
         while True:
-            self.last_beat = anyio.current_time()
+            state = self.state
+            state.last_beat = anyio.current_time()
             try:
                 await self.db.execute(
                     "leader_heartbeat",
-                    self.instance_id,
+                    self.runtime.instance_id,
                     socket.gethostname(),
                     os.getpid(),
                     __version__,
-                    self.role,
-                    _last_successes(),
-                    self.http_bind,
-                    self.problems.snapshot(),
+                    state.role,
+                    dict(state.last_success),
+                    state.http_bind,
+                    state.problems.snapshot(),
                 )
                 metrics.heartbeats.labels("ok").inc()
             except SyncdError as exc:
@@ -122,9 +123,10 @@ class Daemon:
             except Exception as exc:
                 # Losing the database mid-work is an election matter, not a crash: stand by and
                 # try again. Anything else ends the daemon (the orchestrator restarts it).
-                if not all(isinstance(e, SyncdError) and e.retryable for e in leaf_errors(exc)):
+                error = one_error(exc)
+                if not (isinstance(error, SyncdError) and error.retryable):
                     raise
-                log.warning("leader_work_interrupted", error=str(leaf_errors(exc)[0]))
+                log.warning("leader_work_interrupted", error=str(error))
                 lost = True
             finally:
                 await self.leadership.release()
@@ -145,11 +147,11 @@ class Daemon:
         async with anyio.create_task_group() as tg:
 
             async def work() -> None:
-                for step in self.startup:
+                for step in self.runtime.startup:
                     await step()
                 async with anyio.create_task_group() as loops:
-                    loops.start_soon(self.control.run, name="control")
-                    for name, loop in self.loops:
+                    loops.start_soon(self.runtime.control.run, name="control")
+                    for name, loop in self.runtime.loops:
                         loops.start_soon(loop, name=name)
                 tg.cancel_scope.cancel()  # stopping: the loops are done, stop watching
 
@@ -161,40 +163,21 @@ class Daemon:
         return lost
 
 
-def _last_successes() -> dict[str, float]:
-    out: dict[str, float] = {}
-    for family in metrics.last_success.collect():
-        for sample in family.samples:
-            out[sample.labels["loop"]] = sample.value
-    return out
-
-
 def session_settings(cfg: Config) -> dict[str, str]:
     """Session settings the SQL side reads (the customers.user_id trigger)."""
     return {"syncd.user_id_key": cfg.app.user_id_metadata_key}
 
 
-def attach_features(daemon: Daemon) -> None:
-    """Give each feature its loops and request handlers (one call per feature)."""
-    _attach_events(daemon)
-    resync_schedule.attach(daemon)
-    daemon.startup.append(lambda: appschema.startup_step(daemon.db, daemon.cfg))
-    usage_schedule.attach(daemon)
+def attach_features(runtime: Runtime) -> None:
+    """Give each feature its loops and request handlers (one call per feature). The event
+    stream comes first: its cursor is taken before a first full resync can start listing."""
+    events.attach(runtime)
+    resync_schedule.attach(runtime)
+    runtime.startup.append(lambda: appschema.startup_step(runtime.db, runtime.cfg))
+    usage_schedule.attach(runtime)
 
 
-def _attach_events(daemon: Daemon) -> None:
-    # The cursor is taken as a startup step: before a first full resync can start listing.
-    if not daemon.cfg.events.enabled:
-        return
-    from syncd.events import EventStream
-
-    stream = EventStream(daemon.cfg, daemon.db, daemon.api, daemon.writer, problems=daemon.problems)
-    daemon.startup.append(lambda: stream.take_cursor_at_start(daemon.lifecycle))
-    daemon.add_loop("events", lambda: stream.run(daemon.lifecycle))
-    daemon.add_loop("events_ledger_pruner", lambda: stream.prune_loop(daemon.lifecycle))
-
-
-async def run_daemon(cfg: Config, features: Callable[[Daemon], None] = attach_features) -> int:
+async def run_daemon(cfg: Config, features: Callable[[Runtime], None] = attach_features) -> int:
     """Every replica runs the heartbeat and the HTTP server; only the leader does the work."""
     lifecycle = Lifecycle(cfg.daemon.shutdown_grace)
     try:
@@ -212,23 +195,23 @@ async def run_daemon(cfg: Config, features: Callable[[Daemon], None] = attach_fe
                     config=redacted(cfg),
                 )
                 daemon = Daemon(cfg, db, lifecycle, api)
-                features(daemon)
+                features(daemon.runtime)
                 with lifecycle.work_scope:
                     async with anyio.create_task_group() as tg:
                         if cfg.http.enabled:
-                            await tg.start(health.serve, daemon, name="http")
+                            await tg.start(health.serve, daemon.runtime, name="http")
                         tg.start_soon(daemon.heartbeat_loop, name="heartbeat")
                         await daemon.lead_when_elected()
                 daemon.set_role("stopped")
-                await _mark_stopped(db, daemon.instance_id)
+                await _mark_stopped(db, daemon.runtime.instance_id)
             log.info("daemon_stopped", graceful=not lifecycle.work_scope.cancelled_caught)
             outer.cancel_scope.cancel()
     except Exception as exc:
-        # A task group wraps errors; the CLI prints the first syncd error as one line.
-        first = next((e for e in leaf_errors(exc) if isinstance(e, SyncdError)), None)
-        if first is None:
+        # A task group wraps errors; the CLI prints the deciding syncd error as one line.
+        error = one_error(exc)
+        if not isinstance(error, SyncdError):
             raise
-        raise first from exc
+        raise error from exc
     return 0
 
 

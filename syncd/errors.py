@@ -7,6 +7,8 @@ later can help, `exit_code` is what the CLI exits with when the error reaches it
 
 from __future__ import annotations
 
+import anyio
+
 
 class SyncdError(Exception):
     """Root of every error syncd raises on purpose."""
@@ -100,3 +102,15 @@ def leaf_errors(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for inner in exc.exceptions for leaf in leaf_errors(inner)]
     return [exc]
+
+
+def one_error(exc: BaseException) -> BaseException:
+    """The error inside (nested) task-group errors that callers decide on: when every leaf is a
+    syncd error, the first non-retryable one (else the first); otherwise `exc` itself, so a
+    foreign error (a bug) keeps its whole group and traceback."""
+    # Cancellations of a group's other tasks say nothing about why it failed.
+    cancelled = anyio.get_cancelled_exc_class()
+    leaves = [e for e in leaf_errors(exc) if not isinstance(e, cancelled)] or [exc]
+    if not all(isinstance(e, SyncdError) for e in leaves):
+        return exc
+    return next((e for e in leaves if not getattr(e, "retryable", False)), leaves[0])

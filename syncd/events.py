@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import anyio
@@ -37,14 +35,14 @@ import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
 from syncd import metrics
-from syncd.apply import Applier, Event, Group, one_error
+from syncd.apply import Applier, Event, Group
 from syncd.config import Config
 from syncd.db import Database
-from syncd.errors import CursorExpired, DatabaseDataError, DatabaseError, SyncdError
-from syncd.lifecycle import Lifecycle
+from syncd.errors import CursorExpired, DatabaseDataError, DatabaseError, SyncdError, one_error
+from syncd.lifecycle import Backoff, Lifecycle
 from syncd.logs import get_logger
-from syncd.problems import Problems
 from syncd.registry import Resource, selected
+from syncd.runtime import Runtime, State
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
 
@@ -60,6 +58,7 @@ APPLY_CONCURRENCY = 2
 PAGE = 100
 DAY = 86400.0
 WRITE_PROBLEM = "events_write"
+PRUNE_EVERY = 3600.0
 
 
 @dataclass
@@ -80,21 +79,6 @@ def _second_boundary(events: list[Event]) -> int:
     return 0
 
 
-class Backoff:
-    """Bounded, jittered exponential backoff for retryable errors inside a loop."""
-
-    def __init__(self, base: float = 0.5, cap: float = 30.0):
-        self.base, self.cap, self.attempt = base, cap, 0
-
-    def next(self) -> float:
-        delay: float = min(self.cap, self.base * 2**self.attempt) * random.uniform(0.5, 1.0)
-        self.attempt += 1
-        return delay
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 class EventStream:
     def __init__(
         self,
@@ -105,7 +89,7 @@ class EventStream:
         *,
         resources: Sequence[Resource] | None = None,
         batch_size: int = MAX_BATCH,
-        problems: Problems | None = None,
+        state: State | None = None,
     ):
         self.cfg = cfg
         self.batch_size = batch_size
@@ -119,7 +103,9 @@ class EventStream:
         # Set while a batch cannot be committed for the server's reasons (privileges, disk, a
         # read-only server): (since, error). /readyz answers 503 and `syncd status` says so.
         self.write_failure: tuple[float, str] | None = None
-        self.problems = problems if problems is not None else Problems()
+        # The daemon's state (problems, last successful poll); a stream of its own otherwise.
+        self.state = state if state is not None else State()
+        self.problems = self.state.problems
         self._last_age_warning = -math.inf
 
     # ---- cursor ----------------------------------------------------------------------------
@@ -150,11 +136,7 @@ class EventStream:
                 await self.take_cursor()
                 return
             except SyncdError as exc:
-                if not exc.retryable:
-                    raise
-                delay = backoff.next()
-                log.warning("events_cursor_not_taken", error=str(exc), retry_in=round(delay, 2))
-                await lifecycle.sleep(delay)
+                await lifecycle.sleep(backoff.retry_in(exc, "events_cursor_not_taken"))
 
     async def restart_cursor(self, reason: str) -> None:
         """Start the cursor again at now and ask for a full resync, in one transaction."""
@@ -418,45 +400,40 @@ class EventStream:
                     last_sweep = started
                 await self.poll_head(lifecycle.stopping)
             except SyncdError as exc:
-                if not exc.retryable:
-                    raise
-                delay = backoff.next()
-                log.warning("events_poll_failed", error=str(exc), retry_in=round(delay, 2))
+                delay = backoff.retry_in(exc, "events_poll_failed")
             else:
                 backoff.reset()
-                metrics.last_success.labels("events").set(time.time())
+                self.state.succeeded("events")
                 delay = max(0.0, events.poll_interval - (time.monotonic() - started))
             if not await lifecycle.sleep(delay):
                 return
 
     async def prune_ledger(self) -> None:
-        try:
-            status = await self.db.execute(
-                "events_ledger_prune", self.cfg.events.ledger_retention_days
-            )
-        except SyncdError as exc:
-            if not exc.retryable:
-                raise
-            log.warning("events_ledger_prune_failed", error=str(exc))
-            return
+        status = await self.db.execute("events_ledger_prune", self.cfg.events.ledger_retention_days)
         log.info("events_ledger_pruned", rows=int(status.split()[-1]))
 
     async def prune_loop(self, lifecycle: Lifecycle) -> None:
-        """Prune the ledger hourly with an apscheduler job, until stopping."""
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+        """Prune the ledger now and then hourly, until stopping; retryable errors (PostgreSQL
+        unavailable) are retried with backoff, anything else ends the daemon loudly."""
+        backoff = Backoff()
+        while True:
+            try:
+                await self.prune_ledger()
+            except SyncdError as exc:
+                delay = backoff.retry_in(exc, "events_ledger_prune_failed")
+            else:
+                backoff.reset()
+                delay = PRUNE_EVERY
+            if not await lifecycle.sleep(delay):
+                return
 
-        scheduler = AsyncIOScheduler()
-        scheduler.add_job(
-            self.prune_ledger,
-            "interval",
-            hours=1,
-            next_run_time=datetime.now(),
-            id="events_ledger_prune",
-            max_instances=1,
-            coalesce=True,
-        )
-        scheduler.start()
-        try:
-            await lifecycle.stopping.wait()
-        finally:
-            scheduler.shutdown(wait=False)
+
+def attach(runtime: Runtime) -> None:
+    """Give the daemon the event stream: taking the cursor as a startup step (before a first
+    full resync can start listing), the stream's loop and the ledger pruner."""
+    if not runtime.cfg.events.enabled:
+        return
+    stream = EventStream(runtime.cfg, runtime.db, runtime.api, runtime.writer, state=runtime.state)
+    runtime.startup.append(lambda: stream.take_cursor_at_start(runtime.lifecycle))
+    runtime.add_loop("events", lambda: stream.run(runtime.lifecycle))
+    runtime.add_loop("events_ledger_pruner", lambda: stream.prune_loop(runtime.lifecycle))

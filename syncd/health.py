@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import anyio
@@ -27,9 +27,7 @@ from syncd import metrics, migrations, quarantine
 from syncd.config import Config
 from syncd.errors import ConfigError, SyncdError
 from syncd.logs import get_logger
-
-if TYPE_CHECKING:
-    from syncd.daemon import Daemon
+from syncd.runtime import Runtime
 
 log = get_logger(__name__)
 # The loop whose last success tells whether the mirror is current (the event stream's poll).
@@ -50,33 +48,40 @@ def _json(status: int, body: dict[str, Any]) -> web.Response:
 
 
 class Health:
-    def __init__(self, daemon: Daemon):
-        self.daemon = daemon
+    """The rules behind the endpoints, read from the runtime's `State` (never from the
+    Prometheus gauges, which are outputs only)."""
+
+    def __init__(self, runtime: Runtime):
+        self.cfg = runtime.cfg
+        self.db = runtime.db
+        self.state = runtime.state
+        self.runtime = runtime
         self._refreshed = -DB_GAUGES_EVERY
 
     def alive(self) -> dict[str, Any]:
-        d = self.daemon
+        cfg, state = self.cfg, self.state
         # The heartbeat loop stamps every round, even when the database is down; a round may
         # spend up to connect_timeout reaching an unreachable host.
-        limit = max(3 * d.cfg.daemon.heartbeat_interval, 10.0) + d.cfg.database.connect_timeout
-        age = anyio.current_time() - d.last_beat
-        return {"ok": age <= limit, "heartbeat_loop_age": round(age, 3), "role": d.role}
+        limit = max(3 * cfg.daemon.heartbeat_interval, 10.0) + cfg.database.connect_timeout
+        age = anyio.current_time() - state.last_beat
+        return {"ok": age <= limit, "heartbeat_loop_age": round(age, 3), "role": state.role}
 
     async def ready(self) -> dict[str, Any]:
-        d = self.daemon
+        state = self.state
+        role = state.role
         checks: dict[str, str] = {}
         try:
             with anyio.fail_after(CHECK_TIMEOUT):
-                pending = await migrations.pending(d.db)
+                pending = await migrations.pending(self.db)
             checks["database"] = "ok"
             checks["migrations"] = f"{len(pending)} pending" if pending else "ok"
         except (SyncdError, TimeoutError):
             checks["database"] = "unreachable"
-        checks["role"] = d.role if d.role in ("leader", "standby") else f"not ready ({d.role})"
-        if d.role == "leader":
+        checks["role"] = role if role in ("leader", "standby") else f"not ready ({role})"
+        if role == "leader":
             checks["poll"] = self._poll_check()
             # A loop that cannot do its job (the event stream unable to commit): not ready.
-            for key, problem in d.problems.blocking().items():
+            for key, problem in state.problems.blocking().items():
                 checks[key] = problem.message
         ok = all(
             v == "ok" or (k == "role" and v in ("leader", "standby")) for k, v in checks.items()
@@ -84,12 +89,11 @@ class Health:
         return {"ok": ok, "checks": checks}
 
     def _poll_check(self) -> str:
-        d = self.daemon
-        if not d.cfg.events.enabled or POLL_LOOP not in {name for name, _ in d.loops}:
+        if not self.cfg.events.enabled or POLL_LOOP not in {n for n, _ in self.runtime.loops}:
             return "ok"
-        limit = d.cfg.http.ready_max_poll_age
-        last = _last_success(POLL_LOOP)
-        since = d.leader_since
+        limit = self.cfg.http.ready_max_poll_age
+        last = self.state.last_success.get(POLL_LOOP)
+        since = self.state.leader_since
         # A new leader gets one allowance to make its first poll.
         newest = max(last or 0.0, since)
         age = time.time() - newest
@@ -109,7 +113,7 @@ class Health:
         if now - self._refreshed < DB_GAUGES_EVERY:
             return
         self._refreshed = now
-        db = self.daemon.db
+        db = self.db
         try:
             with anyio.fail_after(CHECK_TIMEOUT):
                 if await db.fetchval("relation_exists", f'"{db.schemas.app}".usage_records'):
@@ -131,20 +135,12 @@ class Health:
         )
 
 
-def _last_success(loop: str) -> float | None:
-    for family in metrics.last_success.collect():
-        for sample in family.samples:
-            if sample.labels.get("loop") == loop:
-                return sample.value
-    return None
-
-
 async def serve(
-    daemon: Daemon, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    runtime: Runtime, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve until a stop is requested; `daemon.http_bind` gets the bound address."""
-    host, port = parse_bind(daemon.cfg.http.bind)
-    health = Health(daemon)
+    """Serve until a stop is requested; `runtime.state.http_bind` gets the bound address."""
+    host, port = parse_bind(runtime.cfg.http.bind)
+    health = Health(runtime)
     app = web.Application()
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
@@ -156,15 +152,15 @@ async def serve(
         try:
             await site.start()
         except OSError as exc:
-            raise SyncdError(f"http.bind {daemon.cfg.http.bind}: {exc.strerror or exc}") from None
+            raise SyncdError(f"http.bind {runtime.cfg.http.bind}: {exc.strerror or exc}") from None
         # Port 0 asks for any free port (tests): report the one the server got.
         server: Any = site._server
         sockets = server.sockets if server is not None else ()
         bound = sockets[0].getsockname() if sockets else (host, port)
-        daemon.http_bind = f"{host}:{bound[1]}"
-        log.info("http_listening", bind=daemon.http_bind)
+        runtime.state.http_bind = f"{host}:{bound[1]}"
+        log.info("http_listening", bind=runtime.state.http_bind)
         task_status.started()
-        await daemon.lifecycle.stopping.wait()
+        await runtime.lifecycle.stopping.wait()
     finally:
         with anyio.CancelScope(shield=True):
             await runner.cleanup()

@@ -8,19 +8,22 @@ Other signals (SIGHUP: full resync, SIGUSR1: flush usage) call the handlers regi
 Waits that only pass time end at once on a stop: a loop's own sleep (`Lifecycle.sleep`) and,
 deeper down, a Stripe request's backoff between retries (`pause`, which needs no Lifecycle
 passed down: it follows the one watching this process's signals). An idle or backing-off
-daemon so stops within moments, gracefully.
+daemon so stops within moments, gracefully. How long a retrying loop waits comes from one
+place too: `Backoff`.
 """
 
 from __future__ import annotations
 
+import random
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, TypeVarTuple
+from typing import Any, TypeVar, TypeVarTuple
 
 import anyio
 from anyio.abc import TaskStatus
 
+from syncd.errors import SyncdError
 from syncd.logs import get_logger
 
 log = get_logger(__name__)
@@ -94,6 +97,33 @@ class Lifecycle:
                         log.info("signal_ignored", signal=signal.Signals(sig).name)
             finally:
                 _watching.remove(self)
+
+
+class Backoff:
+    """Bounded, jittered exponential backoff for retryable errors inside a loop: the n-th
+    delay (from 0) is `min(cap, base * 2**n)` times a random factor within `jitter`."""
+
+    def __init__(
+        self, base: float = 0.5, cap: float = 30.0, jitter: tuple[float, float] = (0.5, 1.0)
+    ):
+        self.base, self.cap, self.jitter, self.attempt = base, cap, jitter, 0
+
+    def next(self) -> float:
+        delay: float = min(self.cap, self.base * 2**self.attempt) * random.uniform(*self.jitter)
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    def retry_in(self, exc: SyncdError, event: str, **context: Any) -> float:
+        """The wait before trying again after `exc`, logged as `event`; an error that is not
+        retryable is raised again (it ends the loop, and so the daemon, loudly)."""
+        if not exc.retryable:
+            raise exc
+        delay = self.next()
+        log.warning(event, error=str(exc), retry_in=round(delay, 2), **context)
+        return delay
 
 
 async def pause(seconds: float) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -30,11 +29,12 @@ from syncd import control, metrics, migrations
 from syncd.config import Config
 from syncd.db import Database
 from syncd.errors import ConfigError, DatabaseUnavailable, SyncdError
-from syncd.lifecycle import Lifecycle
+from syncd.lifecycle import Backoff, Lifecycle
 from syncd.logs import get_logger
 from syncd.problems import Problems
 from syncd.redaction import scrub
 from syncd.resync import PROGRESS_INTERVAL, Resync, has_completed_resync
+from syncd.runtime import Runtime
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
 
@@ -80,7 +80,7 @@ class ResyncLoop:
 
     async def run(self) -> None:
         first = True
-        backoff = 5.0
+        backoff = Backoff(5.0, 600.0, jitter=(0.8, 1.2))
         while not self.lifecycle.stopping.is_set():
             self._wake = anyio.Event()
             self._current = None
@@ -97,20 +97,21 @@ class ResyncLoop:
                 if wait is not None and wait <= 0:
                     await self._run(None, "reconcile")
                     continue
-                backoff = 5.0
+                backoff.reset()
                 self.problems.clear(FAILING_PROBLEM)
             except SyncdError as exc:
                 if self.lifecycle.stopping.is_set():
                     # A stop cut the run short (a Stripe backoff ended): not a failed attempt.
                     log.info("resync_stopped", run_id=self._current, error=str(exc))
                     return
-                delay = backoff * random.uniform(0.8, 1.2)
+                again = backoff.attempt > 0  # failed again: not a one-off
+                delay = backoff.next()
                 log.error(
                     "resync_failed", run_id=self._current, error=str(exc), retry_in=round(delay)
                 )
                 metrics.resync_runs.labels("failed").inc()
                 await self._record_failure(exc, delay)
-                if backoff > 5.0:  # failed again: not a one-off
+                if again:
                     self.problems.report(
                         FAILING_PROBLEM,
                         f"resync run {self._current} keeps failing (next try in {delay:.0f}s): "
@@ -119,7 +120,6 @@ class ResyncLoop:
                     )
                 if not await self.lifecycle.sleep(delay, self._wake):
                     return
-                backoff = min(600.0, backoff * 2)
                 continue
             if not await self.lifecycle.sleep(wait if wait is not None else 3600.0, self._wake):
                 return
@@ -159,14 +159,14 @@ class ResyncLoop:
         return float(last) + interval - time.time()
 
 
-def attach(daemon: Any) -> None:
+def attach(runtime: Runtime) -> None:
     """Wire the resync into the daemon: its loop, the `resync` request and SIGHUP."""
     loop = ResyncLoop(
-        daemon.cfg, daemon.db, daemon.api, daemon.writer, daemon.lifecycle, daemon.problems
+        runtime.cfg, runtime.db, runtime.api, runtime.writer, runtime.lifecycle, runtime.problems
     )
-    daemon.add_loop("resync", loop.run)
-    daemon.control.register("resync", loop.handle_request)
-    daemon.lifecycle.on_signal(signal.SIGHUP, loop.on_sighup)
+    runtime.add_loop("resync", loop.run)
+    runtime.control.register("resync", loop.handle_request)
+    runtime.lifecycle.on_signal(signal.SIGHUP, loop.on_sighup)
 
 
 # ---- `syncd resync` ------------------------------------------------------------------------

@@ -10,7 +10,8 @@ A flush, in order (docs/usage.md explains why each step is safe to interrupt):
    it will send; commit; send with bounded concurrency; record Stripe's answers and the rows'
    outcome in one transaction.
 Counting once does not depend on the locks (identifiers do that); the locks only keep two
-flushes from sending the same request twice.
+flushes from sending the same request twice. What each row becomes (checked, grouped, its
+request) is decided in `usage_grouping`; this module does the flush's database and Stripe work.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, localcontext
 from typing import Any
 
 import anyio
@@ -33,31 +33,22 @@ from syncd.db import Database, translate
 from syncd.errors import StripeError, StripePermissionDenied
 from syncd.logs import get_logger
 from syncd.stripe_api import StripeAPI
+from syncd.usage_grouping import (
+    Event,
+    Meter,
+    classify,
+    event_request,
+    meter_value_problem,
+    value_text,
+)
 
 log = get_logger(__name__)
 
-METER_EVENTS_PATH = "/v1/billing/meter_events"
-# Stripe accepts meter events at most this far in the future; rows further ahead are bad input
-# beyond FUTURE_REJECT, and wait until they are due in between.
-FUTURE_LIMIT = 300
-FUTURE_REJECT = 3600
+# The names other modules import from here (what rows become lives in usage_grouping).
+__all__ = ["FlushResult", "Meter", "UsageFlusher", "meter_value_problem", "summary", "value_text"]
+
 # Answers recorded per transaction while sending goes on.
 _MARK_CHUNK = 250
-# Stripe keeps meter event values as doubles: it refuses (API 2026-04-22 and later) or rounds
-# (earlier versions) a value with more significant digits than this.
-METER_VALUE_DIGITS = 15
-# Sums of quantities are exact: Python's default decimal context rounds to 28 significant digits
-# without a word. This one never rounds (additions of numerics PostgreSQL can hold fit many times
-# over), and would raise rather than round if it ever had to.
-EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact])
-
-
-@dataclass(frozen=True)
-class Meter:
-    id: str
-    event_name: str
-    customer_key: str
-    value_key: str
 
 
 @dataclass
@@ -96,19 +87,6 @@ class FlushResult:
 
 
 @dataclass
-class _Event:
-    """One request to Stripe, being assembled from rows."""
-
-    customer_id: str
-    metric: str
-    event_name: str | None
-    item: str | None
-    ts: int
-    value: Decimal = Decimal(0)
-    row_ids: list[int] = field(default_factory=list)
-
-
-@dataclass
 class _Outbound:
     id: int
     identifier: str
@@ -126,29 +104,6 @@ class _Answer:
 
 class _Stop(Exception):
     """Sending must stop (retries ran out, or the key was refused); unsent events stay."""
-
-
-def value_text(value: Decimal) -> str:
-    """A decimal as Stripe wants it in a meter payload: plain digits, no exponent, exact."""
-    text = format(value.normalize(EXACT), "f")
-    return text if text != "-0" else "0"
-
-
-def meter_value_problem(value: Decimal) -> str | None:
-    """Why Stripe cannot take this meter value exactly, or None when it can."""
-    if not value.is_finite():
-        return "is not a finite number"
-    shape = value.as_tuple()
-    if len(shape.digits) <= METER_VALUE_DIGITS and -290 < int(shape.exponent) < 290:
-        # The common case, without arithmetic: 15 digits well inside a double's normal range
-        # come back from a double unchanged.
-        return None
-    digits = len(value.normalize(EXACT).as_tuple().digits)
-    if digits > METER_VALUE_DIGITS:
-        return f"has {digits} significant digits, Stripe meter values at most {METER_VALUE_DIGITS}"
-    if value and Decimal(repr(float(value))) != value:
-        return "is out of the range of Stripe meter values (double precision)"
-    return None
 
 
 class UsageFlusher:
@@ -287,7 +242,7 @@ class UsageFlusher:
             if not rows:
                 return 0, last_id, None
             items = await self._metered_items(conn, rows)
-            events, rejected, waiting = self._classify(rows, meters, items)
+            events, rejected, waiting = classify(self.cfg, rows, meters, items)
             result.rows_waiting += waiting
             if rejected:
                 await conn.execute(
@@ -316,105 +271,8 @@ class UsageFlusher:
             items.setdefault(r["subscription_id"], []).append((r["id"], r["lookup_key"]))
         return items
 
-    def _classify(
-        self,
-        rows: Sequence[asyncpg.Record],
-        meters: Mapping[str, Meter],
-        items: Mapping[str, list[tuple[str, str | None]]],
-    ) -> tuple[list[_Event], list[tuple[int, str]], int]:
-        """Group good rows into events; bad ones get a reason; others wait for a later flush.
-        Totals are exact; an event whose total Stripe cannot take exactly fails its rows."""
-        events: dict[tuple[str, str, int], _Event] = {}
-        rejected: list[tuple[int, str]] = []
-        with localcontext(EXACT):
-            waiting = self._group(rows, meters, items, events, rejected)
-        good: list[_Event] = []
-        for event in events.values():
-            reason = self._unsendable(event)
-            if reason is not None:
-                rejected.extend((row_id, reason) for row_id in event.row_ids)
-            else:
-                good.append(event)
-        return good, rejected, waiting
-
-    def _group(
-        self,
-        rows: Sequence[asyncpg.Record],
-        meters: Mapping[str, Meter],
-        items: Mapping[str, list[tuple[str, str | None]]],
-        events: dict[tuple[str, str, int], _Event],
-        rejected: list[tuple[int, str]],
-    ) -> int:
-        """Add the rows to their events (exactly: run in the EXACT context); returns how many
-        rows wait for a later flush."""
-        bucket = self.usage.bucket_seconds
-        legacy = self.usage.target == "legacy"
-        grace = self.usage.unresolved_grace
-        waiting = 0
-        for r in rows:
-            row_id, metric, ts, now = r["id"], r["metric"], r["ts"], r["now"]
-            customer = r["customer_id"]
-            if not legacy and metric not in self.usage.meters:
-                rejected.append(
-                    (row_id, f"rejected: unknown metric {metric!r} (not in usage.meters)")
-                )
-                continue
-            if ts > now + FUTURE_REJECT:
-                rejected.append((row_id, "rejected: timestamp more than an hour in the future"))
-                continue
-            if ts > now + FUTURE_LIMIT:
-                waiting += 1  # due soon: Stripe takes it once it is within 5 minutes
-                continue
-            if not legacy and metric not in meters:
-                waiting += 1  # the meter is missing in Stripe: see usage_meters / syncd status
-                continue
-            problem = None if legacy else meter_value_problem(r["quantity"])
-            if problem is not None:
-                rejected.append((row_id, f"rejected: quantity {r['quantity']} {problem}"))
-                continue
-            if customer is None:
-                if r["age"] < grace:
-                    waiting += 1  # the mirror may not have the subscription or customer yet
-                else:
-                    rejected.append((row_id, _unresolved_reason(r, self.cfg)))
-                continue
-            item = None
-            if legacy:
-                item, reason = _legacy_item(r["subscription_id"], metric, items)
-                if item is None:
-                    # No item yet may be mirror lag: wait out the grace, unless it cannot help.
-                    if r["age"] >= grace or r["subscription_id"] is None:
-                        rejected.append((row_id, reason or "rejected: no metered item"))
-                    else:
-                        waiting += 1
-                    continue
-            start = ts - ts % bucket
-            key = (item or customer, metric, start)
-            event = events.get(key)
-            if event is None:
-                event_name = None if legacy else meters[metric].event_name
-                event = events[key] = _Event(customer, metric, event_name, item, start)
-            event.value += r["quantity"]
-            event.row_ids.append(row_id)
-        return waiting
-
-    def _unsendable(self, event: _Event) -> str | None:
-        """Why an event's exact total cannot be sent to Stripe (its rows then fail), or None."""
-        if self.usage.target == "legacy":
-            if event.value != event.value.to_integral_value():
-                return f"rejected: legacy usage records take whole quantities, got {event.value}"
-            return None
-        problem = meter_value_problem(event.value)
-        if problem is None:
-            return None
-        return (
-            f"rejected: the total {value_text(event.value)} of {len(event.row_ids)} rows"
-            f" (customer {event.customer_id}, {event.metric}, bucket {event.ts}) {problem};"
-            " it cannot be sent exactly"
-        )
-
     async def _write_batch(
-        self, conn: asyncpg.Connection, lock_conn: asyncpg.Connection, events: list[_Event]
+        self, conn: asyncpg.Connection, lock_conn: asyncpg.Connection, events: list[Event]
     ) -> tuple[int, list[_Outbound]]:
         nonce = uuid.uuid4().hex[:12]
         rows = sum(len(e.row_ids) for e in events)
@@ -426,7 +284,10 @@ class UsageFlusher:
         # The identifier is fixed here, before anything is sent, and never changes: a resend
         # after a crash carries the same one, and Stripe counts it once.
         requests = [
-            (f"syncd_{batch_id}_{nonce}_{n}", *self._request(e, f"syncd_{batch_id}_{nonce}_{n}"))
+            (
+                f"syncd_{batch_id}_{nonce}_{n}",
+                *event_request(e, f"syncd_{batch_id}_{nonce}_{n}", self._meters),
+            )
             for n, e in enumerate(events)
         ]
         inserted = await conn.fetch(
@@ -460,26 +321,6 @@ class UsageFlusher:
         )
         log.info("usage_batch_written", batch_id=batch_id, rows=rows, events=len(events))
         return batch_id, outbound
-
-    def _request(self, e: _Event, identifier: str) -> tuple[str, str, dict[str, Any]]:
-        """(path, base address, parameters) of the event's request to Stripe."""
-        if e.item is not None:
-            params: dict[str, Any] = {
-                "quantity": int(e.value),
-                "timestamp": e.ts,
-                "action": "increment",
-            }
-            return f"/v1/subscription_items/{e.item}/usage_records", "api", params
-        # Only metrics whose meter was found get here (see _classify). The payload keys are the
-        # meter's own (customer_mapping / value_settings), stored with the request.
-        meter = self._meters[e.metric]
-        params = {
-            "event_name": meter.event_name,
-            "identifier": identifier,
-            "timestamp": e.ts,
-            "payload": {meter.customer_key: e.customer_id, meter.value_key: value_text(e.value)},
-        }
-        return METER_EVENTS_PATH, "meter_events", params
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -636,36 +477,6 @@ class UsageFlusher:
             return f"stripe: {message}"
         metrics.usage_events.labels("reported").inc()
         return None
-
-
-def _legacy_item(
-    subscription_id: str | None, metric: str, items: Mapping[str, list[tuple[str, str | None]]]
-) -> tuple[str | None, str | None]:
-    """The metered item of the subscription for this metric: the one whose price's lookup_key
-    is the metric, else the subscription's only metered item."""
-    if subscription_id is None:
-        return None, "rejected: the legacy target needs subscription_id on each row"
-    candidates = items.get(subscription_id, [])
-    for item, lookup_key in candidates:
-        if lookup_key == metric:
-            return item, None
-    if len(candidates) == 1:
-        return candidates[0][0], None
-    if not candidates:
-        reason = f"no metered item on subscription {subscription_id} in the mirror"
-    else:
-        reason = f"several metered items on {subscription_id}; none has lookup_key {metric!r}"
-    return None, f"rejected: {reason}"
-
-
-def _unresolved_reason(row: asyncpg.Record, cfg: Config) -> str:
-    mirror = cfg.database.mirror_schema
-    tried = []
-    if row["subscription_id"]:
-        tried.append(f"subscription {row['subscription_id']} not in {mirror}.subscriptions")
-    if row["user_id"]:
-        tried.append(f"no live customer with user_id {row['user_id']} in {mirror}.customers")
-    return "rejected: no customer: " + "; ".join(tried)
 
 
 async def summary(db: Database, errors: int = 10) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import asyncio
 import os
 import signal
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -22,16 +22,14 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from syncd import control, metrics, migrations
+from syncd import control, migrations
 from syncd.config import Config
 from syncd.db import Database
 from syncd.errors import ConfigError, SyncdError
 from syncd.logs import get_logger
+from syncd.runtime import Runtime
 from syncd.stripe_api import StripeAPI
 from syncd.usage import FlushResult, UsageFlusher
-
-if TYPE_CHECKING:
-    from syncd.daemon import Daemon
 
 log = get_logger(__name__)
 _FOREVER = 365 * 86400.0
@@ -50,25 +48,26 @@ def trigger(cfg: Config) -> BaseTrigger:
 class UsageLoop:
     """The daemon's usage loop: flush at start, then whenever the schedule or a signal says."""
 
-    def __init__(self, daemon: Daemon):
-        cfg = daemon.cfg
+    def __init__(self, runtime: Runtime):
+        cfg = runtime.cfg
         self.cfg = cfg
-        self.lifecycle = daemon.lifecycle
+        self.lifecycle = runtime.lifecycle
+        self.state = runtime.state
         self.trigger = trigger(cfg)
         # A separate usage key gets its own client but shares the daemon's rate limiter: Stripe
         # counts both keys against one account.
         self._own_api = (
-            StripeAPI(cfg, api_key=cfg.usage.api_key, limiter=daemon.api.limiter)
+            StripeAPI(cfg, api_key=cfg.usage.api_key, limiter=runtime.api.limiter)
             if cfg.usage.api_key
             else None
         )
         self.flusher = UsageFlusher(
             cfg,
-            daemon.db,
-            self._own_api or daemon.api,
-            instance=daemon.instance_id,
-            stopping=daemon.lifecycle.stopping,
-            read_api=daemon.api,
+            runtime.db,
+            self._own_api or runtime.api,
+            instance=runtime.instance_id,
+            stopping=runtime.lifecycle.stopping,
+            read_api=runtime.api,
         )
         self._lock = anyio.Lock()
         self._wake = anyio.Event()
@@ -112,17 +111,17 @@ class UsageLoop:
             log.error("usage_flush_failed", error=str(exc), retryable=exc.retryable)
             return
         if result.error is None:
-            metrics.last_success.labels("usage").set_to_current_time()
+            self.state.succeeded("usage")
 
 
-def attach(daemon: Daemon) -> None:
+def attach(runtime: Runtime) -> None:
     """Give the daemon its usage loop, the `flush_usage` request and SIGUSR1."""
-    if not daemon.cfg.usage.enabled:
+    if not runtime.cfg.usage.enabled:
         return
-    loop = UsageLoop(daemon)
-    daemon.add_loop("usage", loop.run)
-    daemon.control.register("flush_usage", loop.flush_now)
-    daemon.lifecycle.on_signal(signal.SIGUSR1, loop.request_flush)
+    loop = UsageLoop(runtime)
+    runtime.add_loop("usage", loop.run)
+    runtime.control.register("flush_usage", loop.flush_now)
+    runtime.lifecycle.on_signal(signal.SIGUSR1, loop.request_flush)
 
 
 # -- `syncd flush-usage` ---------------------------------------------------------------------

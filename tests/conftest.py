@@ -25,6 +25,12 @@ from syncd.db import Database
 from syncd.emulator import Emulator
 from syncd.pgserver import LocalPostgres, throwaway_postgres
 
+# Helpers shared by the test files live in tests/support (a test file never imports another);
+# their asserts are rewritten like the tests'. The fixtures among them are plugins, so a test
+# requests them by name without importing them.
+pytest.register_assert_rewrite("tests.support")
+pytest_plugins = ("tests.support.daemon", "tests.support.views")
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "sk_test_syncdtests0000000000000000"
 
@@ -163,3 +169,21 @@ def syncd_cli(
         timeout=timeout,
         check=False,
     )
+
+
+# Fixtures that start or need a PostgreSQL server (every database fixture rests on pg_server).
+POSTGRES_FIXTURES = frozenset({"pg_server", "tls_postgres"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "unit: needs no PostgreSQL, set by tests/conftest.py (`make test-unit`)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `unit` every test that needs no PostgreSQL server and is not slow: the fast layer."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if not fixtures & POSTGRES_FIXTURES and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.unit)

@@ -21,10 +21,9 @@ from syncd.errors import StripeBadAnswer, StripeRetryable
 from syncd.lister import parse_list
 from syncd.stripe_api import Reply, StripeAPI
 from tests.conftest import emulator_config, make_config
-from tests.test_events_daemon import converge
-from tests.test_events_support import harness
-from tests.test_ops_helpers import DaemonProcess
-from tests.test_resync import mirror_differences
+from tests.support.events import converge, harness
+from tests.support.ops import DaemonProcess
+from tests.support.resync import mirror_differences
 
 
 @pytest.fixture

@@ -15,37 +15,31 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from typing import Any
 
 import anyio
 import pytest
 
-from syncd.config import PINNED_API_VERSION
 from syncd.db import Database
 from syncd.emulator import Emulator
 from syncd.errors import SyncdError
 from syncd.registry import BY_TABLE
 from syncd.resync import Resync
-from tests.conftest import ROOT, TEST_API_KEY
-from tests.test_events_support import Harness, differences, harness
+from tests.support.daemon import daemon_env, start_daemon
+from tests.support.events import (
+    STREAMED_TYPES,
+    Harness,
+    assert_ledger_complete,
+    differences,
+    harness,
+)
 
 SCENARIOS = int(os.environ.get("SYNCD_CONVERGENCE_SCENARIOS", "200"))
 FIRST_SEED = int(os.environ.get("SYNCD_CONVERGENCE_SEED", "1"))
 # At most 20 scenarios per test, so a large run stays within the per-test timeout.
 CHUNKS = max(10, -(-SCENARIOS // 20))
-COMPARED = (
-    "customer",
-    "product",
-    "price",
-    "plan",
-    "subscription",
-    "subscription_item",
-    "coupon",
-    "tax_id",
-    "invoice",
-)
+COMPARED = (*STREAMED_TYPES, "invoice")
 TABLES = sorted(BY_TABLE)
 
 
@@ -371,17 +365,6 @@ async def step_safely(step: Any) -> None:
         assert exc.retryable, exc
 
 
-async def assert_ledger_complete(db: Database, emu: Emulator, seed: int) -> None:
-    rows = await db.run(
-        lambda c: c.fetch("SELECT event_id, outcome FROM syncd.events_ledger"), transaction=False
-    )
-    recorded = {r["event_id"] for r in rows}
-    events = {e["id"] for e in emu.events()}
-    # Every event once (the primary key makes twice impossible), none lost, none invented.
-    assert recorded == events, f"seed {seed}: ledger differs from the events"
-    assert {r["outcome"] for r in rows} <= {"applied", "quarantined"}, f"seed {seed}"
-
-
 async def assert_quarantine_resolved(db: Database, emu: Emulator, seed: int) -> None:
     """Every quarantined object got a good version stored, or no longer exists in Stripe."""
     rows = await db.run(
@@ -398,32 +381,6 @@ async def test_random_scenarios_converge(db_url: str, emulator: Emulator, chunk:
     start = FIRST_SEED + chunk * per_chunk
     for seed in range(start, start + per_chunk):
         await run_scenario(db_url, emulator, seed)
-
-
-def daemon_env(db_url: str, emu: Emulator) -> dict[str, str]:
-    return {
-        "SYNCD_DATABASE_URL": db_url,
-        "SYNCD_STRIPE_API_KEY": TEST_API_KEY,
-        "SYNCD_STRIPE_API_BASE": emu.url,
-        "SYNCD_STRIPE_RATE_LIMIT": "500",
-        "SYNCD_STRIPE_API_VERSION": PINNED_API_VERSION,
-        "SYNCD_EVENTS_POLL_INTERVAL": "0.2",
-        "SYNCD_EVENTS_OVERLAP_INTERVAL": "2",
-        "SYNCD_HTTP_ENABLED": "false",
-        "SYNCD_DAEMON_LEADER_ELECTION": "false",
-        "SYNCD_LOG_FORMAT": "json",
-        "PATH": os.environ.get("PATH", ""),
-    }
-
-
-def start_daemon(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "syncd", "run"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 @pytest.mark.slow

@@ -11,20 +11,11 @@ import structlog
 import structlog.testing
 
 from syncd import metrics
-from syncd.db import Database
 from syncd.emulator import Emulator
 from syncd.registry import BY_TABLE
-from tests.test_events_support import Harness, differences, harness, mirror
+from tests.support.events import Harness, differences, harness, ledger, mirror
 
 CORE = ("customer", "product", "price", "plan", "subscription", "subscription_item")
-
-
-async def ledger(db: Database) -> list[dict[str, Any]]:
-    rows = await db.run(
-        lambda c: c.fetch("SELECT * FROM syncd.events_ledger ORDER BY created, event_id"),
-        transaction=False,
-    )
-    return [dict(r) for r in rows]
 
 
 async def catalog(h: Harness) -> tuple[dict[str, Any], dict[str, Any]]:

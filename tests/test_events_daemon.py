@@ -3,58 +3,19 @@ during the resync), a 31-day gap, and PostgreSQL restarting under the stream."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
 
-from syncd import migrations
-from syncd.config import DatabaseConfig
-from syncd.db import Database
 from syncd.emulator import Emulator
-from syncd.errors import SyncdError
 from syncd.lifecycle import Lifecycle
 from syncd.pgserver import LocalPostgres
-from tests.conftest import PgServer
-from tests.test_convergence import assert_ledger_complete, daemon_env, start_daemon
-from tests.test_events_support import Harness, differences, harness
+from tests.support.daemon import daemon, daemon_env
+from tests.support.events import Harness, assert_ledger_complete, converge, harness
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 TYPES = ("customer", "product", "price")
-
-
-@asynccontextmanager
-async def daemon(env: dict[str, str]) -> AsyncIterator[subprocess.Popen[bytes]]:
-    proc = start_daemon(env)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await anyio.to_thread.run_sync(proc.wait, 20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-async def converge(emu: Emulator, h: Harness, types: tuple[str, ...], within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    problems: list[str] = ["never compared"]
-    while time.monotonic() < deadline:
-        try:
-            problems = await differences(emu, h.db, types)
-        except SyncdError as exc:  # the database restarting under us
-            problems = [str(exc)]
-        if not problems:
-            return
-        await anyio.sleep(0.3)
-    raise AssertionError(f"no convergence within {within}s: {problems[:5]}")
 
 
 async def fetchval(h: Harness, sql: str, *args: Any) -> Any:
@@ -126,22 +87,6 @@ async def test_a_31_day_gap_leads_to_a_full_resync(db_url: str, emulator: Emulat
             )
         reason = await fetchval(h, "SELECT reason FROM syncd.events_cursor")
         assert reason == "cursor_expired"
-
-
-@pytest.fixture
-async def own_server_url(pg_server: PgServer) -> AsyncIterator[tuple[str, LocalPostgres]]:
-    """A private PostgreSQL server (migrated database) that this test may stop and start."""
-    if pg_server.local is None:
-        pytest.skip("PostgreSQL is external: it cannot be restarted from here")
-    local = LocalPostgres(pg_server.local.bindir)
-    await anyio.to_thread.run_sync(local.init)
-    await anyio.to_thread.run_sync(local.start)
-    try:
-        async with Database.connect(DatabaseConfig(url=local.dsn), min_size=1) as db:
-            await migrations.migrate(db)
-        yield local.dsn, local
-    finally:
-        await anyio.to_thread.run_sync(local.destroy)
 
 
 async def test_postgres_restart_during_streaming(

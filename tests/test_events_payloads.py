@@ -10,8 +10,7 @@ from typing import Any
 from syncd.apply import is_deletion
 from syncd.emulator import Emulator
 from syncd.registry import BY_OBJECT
-from tests.test_events import ledger
-from tests.test_events_support import harness, mirror
+from tests.support.events import harness, ledger, mirror
 
 EVENTS_DIR = Path(__file__).resolve().parent / "data" / "stripe" / "events"
 

@@ -17,15 +17,8 @@ from syncd.emulator import Emulator
 from syncd.errors import DatabaseError
 from syncd.usage import meter_value_problem, value_text
 from tests.conftest import make_config
-from tests.test_rls import SUPABASE, admin, as_role
-from tests.test_usage_support import (
-    cli,
-    cli_env,
-    customers,
-    emulator_totals,
-    insert_rows,
-    make_meter,
-)
+from tests.support.usage import cli, cli_env, customers, emulator_totals, insert_rows, make_meter
+from tests.support.views import SUPABASE, admin, as_role
 
 ALICE = "3f2b8e4a-1c6d-4e5f-9a7b-0c1d2e3f4a5b"
 BOB = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"

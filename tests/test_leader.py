@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import asyncpg
 
-from tests.test_ops_helpers import DaemonProcess, consistency, prepare
+from tests.support.ops import DaemonProcess, consistency, prepare
 
 
 async def _writers(db_url: str) -> list[str]:

@@ -16,8 +16,8 @@ import pytest
 
 from syncd.emulator import Emulator
 from tests.conftest import syncd_cli
-from tests.test_events_support import differences, harness
-from tests.test_ops_helpers import DaemonProcess
+from tests.support.events import differences, harness
+from tests.support.ops import DaemonProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 TYPES = ("customer", "product", "price")

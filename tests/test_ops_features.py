@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from syncd.emulator import Emulator
 from tests.conftest import TEST_API_KEY, syncd_cli
-from tests.test_ops_helpers import DaemonProcess
+from tests.support.ops import DaemonProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 CONFIG = '[usage]\ninterval = 3600\n\n[usage.meters]\napi_calls = "api_calls"\n'

@@ -15,7 +15,7 @@ from syncd import metrics
 from syncd.config import Config
 from syncd.db import Database
 from tests.conftest import TEST_API_KEY, PgServer
-from tests.test_ops_helpers import DaemonProcess, prepare
+from tests.support.ops import DaemonProcess, prepare
 
 EXPECTED = {
     "syncd_usage_backlog_rows",
@@ -133,21 +133,21 @@ async def test_health_rules_on_a_real_daemon_object(cfg: Config, db: Database) -
 
     async with StripeAPI(cfg) as api:
         d = Daemon(cfg, db, Lifecycle(1), api)
-        health = Health(d)
+        health = Health(d.runtime)
         assert health.alive()["ok"]
-        d.last_beat -= 1000
+        d.state.last_beat -= 1000
         assert not health.alive()["ok"]
 
-        d.add_loop("events", anyio.sleep_forever)
+        d.runtime.add_loop("events", anyio.sleep_forever)
         d.set_role("standby")
         assert (await health.ready())["ok"]
         d.set_role("leader")
         assert (await health.ready())["ok"]  # a new leader gets time for its first poll
-        d.leader_since -= 1000
-        metrics.last_success.labels("events").set(time.time() - 1000)
+        d.state.leader_since -= 1000
+        d.state.last_success["events"] = time.time() - 1000
         ready = await health.ready()
         assert not ready["ok"] and ready["checks"]["poll"].startswith("last successful poll")
-        metrics.last_success.labels("events").set(time.time())
+        d.state.succeeded("events")
         assert (await health.ready())["ok"]
         d.set_role("starting")
         assert not (await health.ready())["ok"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import anyio
 
-from tests.test_ops_helpers import DaemonProcess, consistency, prepare
+from tests.support.ops import DaemonProcess, consistency, prepare
 
 
 async def test_sigterm_mid_batch_finishes_the_batch_and_exits_0(

@@ -12,7 +12,7 @@ import anyio
 import asyncpg
 
 from tests.conftest import syncd_cli
-from tests.test_ops_helpers import DaemonProcess, prepare
+from tests.support.ops import DaemonProcess, prepare
 
 
 async def _add_customers(db_url: str, *ids: str, deleted: str = "") -> None:

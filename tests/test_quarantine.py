@@ -5,6 +5,7 @@ takes the object out of quarantine."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any
 
@@ -14,9 +15,9 @@ from syncd import metrics
 from syncd.db import Database
 from syncd.emulator import Emulator
 from syncd.storable import MARK, escape, unescape
-from tests.conftest import emulator_config
-from tests.test_events_support import harness, mirror
-from tests.test_resync import resyncer, rows
+from tests.conftest import emulator_config, syncd_cli
+from tests.support.events import harness, mirror
+from tests.support.resync import resyncer, rows
 
 
 def unindexable() -> str:
@@ -106,6 +107,13 @@ async def test_poison_objects_in_a_full_resync(db_url: str, emulator: Emulator) 
         assert "54000" in entry["reason"] and entry["resolved_at"] is None
         assert poisoned["unindexable"][0].obj["email"] in entry["raw_text"]
         assert entry["source"] == f"resync run {result.run_id}"
+        assert metrics.quarantined.labels("customers", "resync")._value.get() >= 1
+        # `syncd status` shows it (a warning: the rest of the mirror is fine).
+        status = syncd_cli("status", "--json", env={"SYNCD_DATABASE_URL": db_url})
+        report = json.loads(status.stdout)
+        assert report["quarantine"][0]["table"] == "customers"
+        assert report["quarantine"][0]["example"] == bad_id
+        assert any("quarantined" in w for w in report["warnings"])
 
         # Seen again by the next resync: one entry, another attempt.
         await rs.run(reason="test")
@@ -164,12 +172,26 @@ async def test_poison_objects_through_events(db_url: str, emulator: Emulator, mo
         emulator.locked(spoil)
         await h.user.post(f"/v1/customers/{odd['id']}", {"description": "touched"})
         bad = await h.user.post("/v1/customers", {"email": unindexable()})
+        big = await h.user.post(
+            "/v1/customers", {"metadata": {f"k{i}": "v" * 500 for i in range(50)}}
+        )
+        bare = await h.user.post("/v1/customers", {"email": "bare@example.com"})
+
+        def strip() -> None:  # an object missing most of its fields
+            rec = emulator.state.coll("customer").by_id[bare["id"]]
+            for key in [k for k in rec.obj if k not in ("id", "object", "created")]:
+                del rec.obj[key]
+            rec.invalidate()
+
+        emulator.locked(strip)
+        await h.user.post(f"/v1/customers/{big['id']}", {"description": "still big"})
         after = await h.user.post("/v1/customers", {"email": "after@example.com"})
         await h.stream.poll_head()
 
         stored = await mirror(h.db, "customers")
-        for c in (good, after):
+        for c in (good, after, big, bare):
             assert c["id"] in stored
+        assert len(stored[big["id"]][0]["metadata"]) == 50
         assert unescape(stored[nul["id"]][0])["name"] == "tab\0name"
         assert bad["id"] not in stored
         entries = await quarantine(h.db)

@@ -21,9 +21,7 @@ import pytest
 from syncd.emulator import Emulator
 from syncd.pgserver import LocalPostgres
 from tests.conftest import ROOT, TEST_API_KEY, syncd_cli
-from tests.test_events_daemon import own_server_url  # noqa: F401 (a fixture)
-from tests.test_resync import mirror_differences
-from tests.test_resync_daemon import daemon_env, start_daemon, stop
+from tests.support.resync import daemon_env, mirror_differences, start_daemon, stop
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -264,7 +262,7 @@ async def test_wait_exits_non_zero_for_problems_and_failures(db_url: str) -> Non
 
 @pytest.mark.slow
 async def test_wait_rides_out_a_postgres_restart(
-    own_server_url: tuple[str, LocalPostgres],  # noqa: F811
+    own_server_url: tuple[str, LocalPostgres],
 ) -> None:
     dsn, local = own_server_url
     await fake_leader(dsn)

@@ -3,10 +3,8 @@ process, and `kill -9` at random points of a resync followed by a restart that f
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
 import sys
 
 import anyio
@@ -18,46 +16,14 @@ from syncd.emulator import Emulator
 from syncd.registry import BY_TABLE
 from syncd.stripe_api import StripeAPI
 from tests.conftest import ROOT, TEST_API_KEY, emulator_config, make_config, syncd_cli
-from tests.test_resync import child_sets, emulator_children, mirror_differences
-
-
-def daemon_env(db_url: str, emu: Emulator, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SYNCD_", "DATABASE_URL", "STRIPE_"))
-    }
-    env.update(
-        SYNCD_DATABASE_URL=db_url,
-        STRIPE_API_KEY=TEST_API_KEY,
-        SYNCD_STRIPE_API_BASE=emu.url,
-        SYNCD_STRIPE_RATE_LIMIT="1000",
-        SYNCD_EVENTS_ENABLED="false",
-        SYNCD_USAGE_ENABLED="false",
-        SYNCD_HTTP_ENABLED="false",
-        SYNCD_LOG_FORMAT="json",
-        SYNCD_DAEMON_SHUTDOWN_GRACE="2",
-        PYTHONPATH=str(ROOT),
-    )
-    env.update(extra)
-    return env
-
-
-async def start_daemon(env: dict[str, str]) -> anyio.abc.Process:
-    return await anyio.open_process(
-        [sys.executable, "-m", "syncd", "run"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-async def stop(proc: anyio.abc.Process, sig: int = signal.SIGTERM) -> None:
-    if proc.returncode is None:
-        proc.send_signal(sig)
-    with anyio.fail_after(30):
-        await proc.wait()
+from tests.support.resync import (
+    child_sets,
+    daemon_env,
+    emulator_children,
+    mirror_differences,
+    start_daemon,
+    stop,
+)
 
 
 async def test_cli_resync_wait_against_a_running_daemon(db_url: str, emulator: Emulator) -> None:

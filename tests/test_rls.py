@@ -22,27 +22,16 @@ from syncd.registry import BY_TABLE
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
 from tests.conftest import emulator_config, make_config
-from tests.test_views import VIEWS, Synced
-from tests.test_views_support import build_account, sdk_client, sync_emulator
-
-SUPABASE = """
-DO $$ BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
-        CREATE ROLE anon NOLOGIN NOINHERIT;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
-        CREATE ROLE authenticated NOLOGIN NOINHERIT;
-    END IF;
-END $$;
-CREATE SCHEMA auth;
-CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $f$
-    SELECT coalesce(
-        nullif(current_setting('request.jwt.claim.sub', true), ''),
-        (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
-    )::uuid
-$f$;
-GRANT USAGE ON SCHEMA auth TO anon, authenticated;
-"""
+from tests.support.views import (
+    SUPABASE,
+    VIEWS,
+    Synced,
+    admin,
+    as_role,
+    build_account,
+    sdk_client,
+    sync_emulator,
+)
 
 # The input table of the usage feature (its own migration creates it once merged).
 USAGE_RECORDS = """
@@ -62,25 +51,6 @@ USER2 = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 def denied() -> pytest.RaisesContext[DatabaseError]:
     """PostgreSQL refused: insufficient privilege or a row-level check (both SQLSTATE 42501)."""
     return pytest.raises(DatabaseError, match="42501")
-
-
-async def admin(db: Database, sql: str) -> None:
-    await db.run(lambda c: c.execute(sql))
-
-
-async def as_role(
-    db: Database, role: str, sql: str, *args: Any, user: str | None = None
-) -> list[asyncpg.Record]:
-    """Run `sql` as PostgREST would for a request: SET LOCAL ROLE plus the JWT claims."""
-
-    async def fn(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-        await conn.execute(f"SET LOCAL ROLE {role}")
-        if user is not None:
-            claims = json.dumps({"sub": user, "role": role})
-            await conn.execute("SELECT set_config('request.jwt.claims', $1, true)", claims)
-        return await conn.fetch(sql, *args)  # type: ignore[no-any-return]
-
-    return await db.run(fn)
 
 
 @pytest.fixture
@@ -262,8 +232,8 @@ async def test_daemon_installs_policies_at_start(emulator: Emulator, db_url: str
     ):
         await admin(db, SUPABASE)
         d = Daemon(cfg, db, Lifecycle(1.0), api)
-        attach_features(d)
-        for step in d.startup:
+        attach_features(d.runtime)
+        for step in d.runtime.startup:
             await step()
         n = await db.run(
             lambda c: c.fetchval("SELECT count(*) FROM pg_policies WHERE policyname LIKE 'syncd%'"),

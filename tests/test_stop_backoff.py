@@ -12,7 +12,7 @@ import pytest
 
 from syncd import lifecycle
 from syncd.emulator import Emulator
-from tests.test_ops_helpers import DaemonProcess
+from tests.support.ops import DaemonProcess
 
 
 async def wait_for(d: DaemonProcess, text: str, within: float = 30) -> None:

@@ -19,9 +19,8 @@ import pytest
 from syncd.emulator import Emulator
 from syncd.pgserver import free_port
 from tests.conftest import PgServer, drop_database, syncd_cli, with_db
-from tests.test_convergence import daemon_env
-from tests.test_events_daemon import converge, daemon
-from tests.test_events_support import harness
+from tests.support.daemon import daemon, daemon_env
+from tests.support.events import converge, harness
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 ROLE = "syncd_runner"

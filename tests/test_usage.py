@@ -15,7 +15,7 @@ from syncd.emulator import Emulator
 from syncd.stripe_api import StripeAPI
 from syncd.usage import FlushResult, UsageFlusher, summary
 from tests.conftest import emulator_config
-from tests.test_usage_support import (
+from tests.support.usage import (
     customers,
     emulator_totals,
     insert_rows,

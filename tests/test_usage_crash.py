@@ -24,7 +24,7 @@ from syncd.emulator import Emulator
 from syncd.stripe_api import StripeAPI
 from syncd.usage import FlushResult, UsageFlusher
 from tests.conftest import ROOT, TEST_API_KEY, emulator_config
-from tests.test_usage_support import (
+from tests.support.usage import (
     cli_env,
     customers,
     emulator_totals,

@@ -16,7 +16,7 @@ from syncd.emulator import Emulator
 from syncd.errors import ConfigError
 from syncd.usage_schedule import trigger
 from tests.conftest import ROOT, make_config
-from tests.test_usage_support import (
+from tests.support.usage import (
     cli,
     cli_env,
     customers,

@@ -17,7 +17,7 @@ from syncd.emulator import Emulator
 from syncd.stripe_api import StripeAPI
 from syncd.usage import FlushResult, UsageFlusher
 from tests.conftest import emulator_config
-from tests.test_usage_support import customers, insert_rows, mirror_object, statuses
+from tests.support.usage import customers, insert_rows, mirror_object, statuses
 
 
 async def subscription(emu: Emulator, customer: str, lookup_keys: list[str]) -> dict[str, Any]:

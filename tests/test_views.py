@@ -4,9 +4,6 @@ of a seeded emulator account (asserted against the emulator's own objects)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -14,59 +11,9 @@ import pytest
 
 from syncd.config import Config
 from syncd.db import Database
-from syncd.emulator import Emulator
-from syncd.lifecycle import Lifecycle
 from syncd.registry import BY_TABLE
-from syncd.resync import Resync
-from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
-from tests.conftest import emulator_config
-from tests.test_views_support import Account, build_account, sync_emulator
-
-VIEWS = (
-    "customers",
-    "subscriptions",
-    "subscription_items",
-    "pricing_plans",
-    "payments",
-    "invoices",
-    "active_entitlements",
-)
-
-
-def ts(value: Any) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
-
-
-@dataclass
-class Synced:
-    emu: Emulator
-    db: Database
-    cfg: Config
-    acc: Account
-
-    def objects(self, type_: str) -> dict[str, dict[str, Any]]:
-        return {o["id"]: o for o in self.emu.objects(type_)}
-
-
-@pytest.fixture(params=["writer", "resync"])
-async def synced(
-    emulator: Emulator, db_url: str, request: pytest.FixtureRequest
-) -> AsyncIterator[Synced]:
-    """The account in the mirror: written object by object with the real writer, or by the
-    daemon's full resync listing the emulator over HTTP."""
-    cfg = emulator_config(db_url, emulator)
-    acc = await build_account(emulator)
-    async with Database.connect(cfg.database, min_size=1) as db:
-        if request.param == "writer":
-            await sync_emulator(emulator, db, cfg)
-        else:
-            async with StripeAPI(cfg) as api:
-                resync = Resync(cfg, db, api, Writer(db), Lifecycle(1.0))
-                result = await resync.run(reason="test")
-            assert result.objects > 0
-            assert set(result.summary()["unavailable"]) <= {"tax_rates", "early_fraud_warnings"}
-        yield Synced(emulator, db, cfg, acc)
+from tests.support.views import VIEWS, Synced, ts
 
 
 async def rows(db: Database, sql: str, *args: Any) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from tests.conftest import ROOT
-from tests.test_views import Synced, synced, ts  # noqa: F401  (the fixture)
+from tests.support.views import Synced, ts
 
 Check = Callable[[Synced, str], Coroutine[Any, Any, None]]
 CHECKS: dict[str, Check] = {}
@@ -243,6 +243,6 @@ def test_every_recipe_has_a_check() -> None:
     assert set(recipes()) == set(CHECKS)
 
 
-async def test_recipes_answer_what_stripe_holds(synced: Synced) -> None:  # noqa: F811
+async def test_recipes_answer_what_stripe_holds(synced: Synced) -> None:
     for name, sql in recipes().items():
         await CHECKS[name](synced, sql)

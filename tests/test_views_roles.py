@@ -14,7 +14,7 @@ from syncd.errors import DatabaseError
 from syncd.registry import BY_TABLE
 from syncd.writer import Writer
 from tests.conftest import make_config
-from tests.test_rls import SUPABASE
+from tests.support.views import SUPABASE
 
 APP_LOGIN = "syncd_test_app"
 

@@ -4,22 +4,32 @@
 through the real writer, top-level types from `emu.objects(...)`, children with their parent's
 id (from the object's own parent field, or listed per parent over HTTP through the real client
 where Stripe computes them: checkout line items, product features, active entitlements).
+`synced` (a fixture) is that account in the mirror; `SUPABASE`, `admin` and `as_role` give a
+database Supabase's roles and run queries as PostgREST would.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+import pytest
 import stripe
 
 from syncd.config import Config
 from syncd.db import Database
 from syncd.emulator import Emulator
+from syncd.lifecycle import Lifecycle
 from syncd.registry import BY_TABLE, RESOURCES, Resource
+from syncd.resync import Resync
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
+from tests.conftest import emulator_config
 
 API_VERSION = "2025-03-31.basil"
 JSON = dict[str, Any]
@@ -235,3 +245,88 @@ async def build_account(emu: Emulator) -> Account:
     finally:
         await http.close_async()
     return acc
+
+
+VIEWS = (
+    "customers",
+    "subscriptions",
+    "subscription_items",
+    "pricing_plans",
+    "payments",
+    "invoices",
+    "active_entitlements",
+)
+
+
+def ts(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+@dataclass
+class Synced:
+    emu: Emulator
+    db: Database
+    cfg: Config
+    acc: Account
+
+    def objects(self, type_: str) -> dict[str, dict[str, Any]]:
+        return {o["id"]: o for o in self.emu.objects(type_)}
+
+
+@pytest.fixture(params=["writer", "resync"])
+async def synced(
+    emulator: Emulator, db_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Synced]:
+    """The account in the mirror: written object by object with the real writer, or by the
+    daemon's full resync listing the emulator over HTTP."""
+    cfg = emulator_config(db_url, emulator)
+    acc = await build_account(emulator)
+    async with Database.connect(cfg.database, min_size=1) as db:
+        if request.param == "writer":
+            await sync_emulator(emulator, db, cfg)
+        else:
+            async with StripeAPI(cfg) as api:
+                resync = Resync(cfg, db, api, Writer(db), Lifecycle(1.0))
+                result = await resync.run(reason="test")
+            assert result.objects > 0
+            assert set(result.summary()["unavailable"]) <= {"tax_rates", "early_fraud_warnings"}
+        yield Synced(emulator, db, cfg, acc)
+
+
+SUPABASE = """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
+        CREATE ROLE anon NOLOGIN NOINHERIT;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+        CREATE ROLE authenticated NOLOGIN NOINHERIT;
+    END IF;
+END $$;
+CREATE SCHEMA auth;
+CREATE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $f$
+    SELECT coalesce(
+        nullif(current_setting('request.jwt.claim.sub', true), ''),
+        (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
+    )::uuid
+$f$;
+GRANT USAGE ON SCHEMA auth TO anon, authenticated;
+"""
+
+
+async def admin(db: Database, sql: str) -> None:
+    await db.run(lambda c: c.execute(sql))
+
+
+async def as_role(
+    db: Database, role: str, sql: str, *args: Any, user: str | None = None
+) -> list[asyncpg.Record]:
+    """Run `sql` as PostgREST would for a request: SET LOCAL ROLE plus the JWT claims."""
+
+    async def fn(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        await conn.execute(f"SET LOCAL ROLE {role}")
+        if user is not None:
+            claims = json.dumps({"sub": user, "role": role})
+            await conn.execute("SELECT set_config('request.jwt.claims', $1, true)", claims)
+        return await conn.fetch(sql, *args)  # type: ignore[no-any-return]
+
+    return await db.run(fn)

@@ -24,16 +24,16 @@ from tests.conftest import ROOT, TEST_API_KEY
 DAEMON_SCRIPT = r"""
 import os, signal, sys, time
 import anyio
-from syncd import metrics
 from syncd.config import load_config
-from syncd.daemon import Daemon, run_daemon
+from syncd.daemon import run_daemon
 from syncd.logs import configure
+from syncd.runtime import Runtime
 
 ROWS = int(os.environ.get("TEST_BATCH_ROWS", "5"))
 DELAY = float(os.environ.get("TEST_ROW_DELAY", "0.02"))
 PAUSE = float(os.environ.get("TEST_PAUSE", "0.05"))
 
-def features(d: Daemon) -> None:
+def features(d: Runtime) -> None:
     # Only the test loop: the mechanisms under test (signals, grace, leadership) are the
     # daemon's, independent of which features run (those are tested with the emulator).
     hup = anyio.Event()
@@ -60,7 +60,7 @@ def features(d: Daemon) -> None:
                 return n + ROWS
             n = await d.db.run(one)
             print("batch_committed", n, flush=True)
-            metrics.last_success.labels("events").set(time.time())
+            d.state.succeeded("events")
             if not await d.lifecycle.sleep(PAUSE, hup):
                 if d.lifecycle.stopping.is_set():
                     return

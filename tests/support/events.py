@@ -1,18 +1,22 @@
 """Shared helpers for the event stream tests (no tests here): a stream wired to a real
 PostgreSQL database and an emulator, a client acting as the account's user, and the exact
-comparison of the mirror with the emulator's state."""
+comparison of the mirror with the emulator's state, waited for (`converge`); the events ledger."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+
+import anyio
 
 from syncd.config import Config
 from syncd.daemon import session_settings
 from syncd.db import Database
 from syncd.emulator import Emulator
+from syncd.errors import SyncdError
 from syncd.events import EventStream
 from syncd.registry import BY_OBJECT
 from syncd.storable import unescape
@@ -134,3 +138,36 @@ async def differences(
         for oid in set(rows) - set(expected):
             problems.append(f"{table} {oid}: in the mirror, unknown to Stripe")
     return problems
+
+
+async def ledger(db: Database) -> list[dict[str, Any]]:
+    rows = await db.run(
+        lambda c: c.fetch("SELECT * FROM syncd.events_ledger ORDER BY created, event_id"),
+        transaction=False,
+    )
+    return [dict(r) for r in rows]
+
+
+async def assert_ledger_complete(db: Database, emu: Emulator, seed: int) -> None:
+    rows = await db.run(
+        lambda c: c.fetch("SELECT event_id, outcome FROM syncd.events_ledger"), transaction=False
+    )
+    recorded = {r["event_id"] for r in rows}
+    events = {e["id"] for e in emu.events()}
+    # Every event once (the primary key makes twice impossible), none lost, none invented.
+    assert recorded == events, f"seed {seed}: ledger differs from the events"
+    assert {r["outcome"] for r in rows} <= {"applied", "quarantined"}, f"seed {seed}"
+
+
+async def converge(emu: Emulator, h: Harness, types: tuple[str, ...], within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    problems: list[str] = ["never compared"]
+    while time.monotonic() < deadline:
+        try:
+            problems = await differences(emu, h.db, types)
+        except SyncdError as exc:  # the database restarting under us
+            problems = [str(exc)]
+        if not problems:
+            return
+        await anyio.sleep(0.3)
+    raise AssertionError(f"no convergence within {within}s: {problems[:5]}")

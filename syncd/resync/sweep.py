@@ -1,0 +1,170 @@
+"""The sweep after a resync's listing: rows of a completely listed type that the run did not
+confirm (older than `started_version - SWEEP_MARGIN`) are retrieved one by one; Stripe's 404 or
+`deleted: true` tombstones them, any other answer refreshes them. Owned children of a deleted
+parent go with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import asyncpg
+
+from syncd import metrics
+from syncd.errors import StripeError, StripeNotFound
+from syncd.logs import bind_context, get_logger
+from syncd.registry import Resource
+from syncd.resync.listing import RunContext
+
+log = get_logger(__name__)
+
+# Rows confirmed up to this many seconds before started_version are left alone by the sweep:
+# an event for an object created just after the start carries its whole-second `created`, which
+# may read up to a second earlier than our clock estimate (which itself is within one second).
+SWEEP_MARGIN = 2.0
+SWEEP_BATCH = 100
+
+
+class Sweep:
+    """After the listing: tombstone what complete lists no longer show, once Stripe confirms."""
+
+    def __init__(self, run: RunContext, version: float):
+        self.db, self.writer, self.fetch, self.clock = run.db, run.writer, run.fetch, run.clock
+        self.api_version, self.run_id, self.state = run.api_version, run.run_id, run.state
+        self.children = run.children
+        self.threshold = version - SWEEP_MARGIN
+        self.resources = run.resources
+
+    async def sweep_all(self) -> None:
+        for res in self.resources:
+            if self.state.status.get(res.table) != "listed":
+                continue
+            with bind_context(resource=res.table):
+                if res.complete_list:
+                    await self._sweep_table(res, res.table)
+                for child, child_res in self.children[res.table]:
+                    if child_res.owned:
+                        await self._sweep_orphans(res, child_res)
+                    elif (
+                        res.complete_list
+                        and not child.inline_field
+                        and child_res.table not in self.state.disabled_children
+                    ):
+                        await self._sweep_table(child_res, res.table)
+            self.state.status[res.table] = "swept"
+            await self.db.execute("resync_set_table", self.run_id, res.table, "swept", None)
+
+    async def _sweep_table(self, res: Resource, owner: str) -> None:
+        """`owner`: the listed table the counts are kept under (children count with parents)."""
+        after = ""
+        while True:
+            rows = await self._unconfirmed("resync_unconfirmed", res, after, SWEEP_BATCH)
+            if not rows:
+                return
+            ids = [r["id"] for r in rows]
+            after = ids[-1]
+            if not await self._verify(res, ids, owner):
+                return
+
+    async def _verify(self, res: Resource, ids: list[str], owner: str) -> bool:
+        """Retrieve each candidate: tombstone the gone ones, refresh the ones still there."""
+        assert res.retrieve_path is not None
+        gone: list[tuple[str, float]] = []
+        alive: list[tuple[dict[str, Any], float]] = []
+        denied: list[StripeError] = []
+
+        async def one(oid: str) -> None:
+            try:
+                reply = await self.fetch(res.retrieve_path.replace("{id}", oid), {})  # type: ignore[union-attr]
+            except StripeNotFound:
+                gone.append((oid, self.clock.now()))
+                return
+            except StripeError as exc:
+                if exc.retryable:
+                    raise
+                denied.append(exc)
+                return
+            obj = reply.object()
+            if isinstance(obj, dict) and obj.get("deleted") is True:
+                gone.append((oid, reply.version))
+            elif isinstance(obj, dict) and obj.get("id") == oid:
+                alive.append((obj, reply.version))
+
+        async with anyio.create_task_group() as tg:
+            for oid in ids:
+                tg.start_soon(one, oid)
+        if denied:
+            log.warning("resync_sweep_skipped", table=res.table, error=str(denied[0]))
+        if gone or alive:
+            await self.db.run(lambda c: self._apply(c, res, gone, alive, owner))
+        return not denied
+
+    async def _apply(
+        self,
+        conn: asyncpg.Connection,
+        res: Resource,
+        gone: list[tuple[str, float]],
+        alive: list[tuple[dict[str, Any], float]],
+        owner: str,
+    ) -> None:
+        w = self.writer
+        count = 0
+        if gone:
+            version = max(v for _, v in gone)
+            count = len((await w.tombstone(conn, res, [i for i, _ in gone], version=version)).ops)
+        if alive:
+            await w.upsert(
+                conn,
+                res,
+                [o for o, _ in alive],
+                version=min(v for _, v in alive),
+                api_version=self.api_version,
+            )
+        if count:
+            await conn.execute(
+                self.db.sql("resync_count_tombstones"), self.run_id, res.table, count
+            )
+            metrics.resync_tombstoned.labels(res.table).inc(count)
+            log.info("resync_tombstoned", table=res.table, count=count)
+
+    async def _unconfirmed(
+        self, query: str, res: Resource, after: str, limit: int
+    ) -> list[asyncpg.Record]:
+        sql = self.db.table_sql(query, res.table)
+
+        async def go(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            rows: list[asyncpg.Record] = await conn.fetch(sql, self.threshold, after, limit)
+            return rows
+
+        return await self.db.run(go, transaction=False)
+
+    async def _sweep_orphans(self, parent: Resource, res: Resource) -> None:
+        """Owned children nobody confirmed whose parent is deleted go with it."""
+        after = ""
+        while True:
+            rows = await self._unconfirmed(
+                "resync_unconfirmed_children", res, after, SWEEP_BATCH * 10
+            )
+            if not rows:
+                return
+            after = rows[-1]["id"]
+            parents = {r["parent_id"] for r in rows}
+
+            async def go(
+                conn: asyncpg.Connection, rows: list[Any] = rows, parents: set[str] = parents
+            ) -> None:
+                states = await self.writer.versions(conn, parent, parents)
+                dead = [r["id"] for r in rows if states.get(r["parent_id"], (0.0, False))[1]]
+                if not dead:
+                    return
+                done = await self.writer.tombstone(conn, res, dead, version=self.clock.now())
+                if done.ops:
+                    await conn.execute(
+                        self.db.sql("resync_count_tombstones"),
+                        self.run_id,
+                        res.table,
+                        len(done.ops),
+                    )
+
+            await self.db.run(go)

@@ -1,0 +1,38 @@
+"""`raw` is the object as Stripe serves it at the pinned version, without what syncd expanded
+only to reach children: a refetched checkout session equals the session Stripe returns (and
+what a resync stores), its line items live in their own table."""
+
+from __future__ import annotations
+
+import pytest
+
+from syncd.emulator import Emulator
+from tests.support.events import harness, mirror
+
+
+@pytest.mark.parametrize("mode", ["refetch", "snapshot"])
+async def test_refetched_checkout_sessions_keep_no_expanded_line_items(
+    db_url: str, emulator: Emulator, mode: str
+) -> None:
+    async with harness(db_url, emulator, apply_mode=mode) as h:
+        product = await h.user.post("/v1/products", {"name": "Book"})
+        price = await h.user.post(
+            "/v1/prices", {"product": product["id"], "currency": "usd", "unit_amount": 700}
+        )
+        await h.stream.take_cursor()
+        session = await h.user.post(
+            "/v1/checkout/sessions",
+            {
+                "mode": "payment",
+                "success_url": "https://x/ok",
+                "line_items": [{"price": price["id"], "quantity": i + 1} for i in range(3)],
+            },
+        )
+        emulator.complete_checkout_session(session["id"])  # checkout.session.completed
+        await h.stream.poll_head()
+        served = (await h.user.request("GET", f"/v1/checkout/sessions/{session['id']}")).object()
+        stored = (await mirror(h.db, "checkout_sessions"))[session["id"]][0]
+        assert "line_items" not in served
+        assert stored == served
+        items = await mirror(h.db, "checkout_session_line_items")
+        assert len(items) == 3
