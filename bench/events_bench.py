@@ -119,9 +119,9 @@ async def latency(args: argparse.Namespace, dsn: str, url: str) -> None:
     cfg = config(dsn, url, args, args.mode)
     committed: dict[str, float] = {}
 
-    def on_notify(*payload: Any) -> None:
+    def on_notify(payload: str) -> None:
         now = time.monotonic()
-        for change in orjson.loads(payload[3])["changes"]:
+        for change in orjson.loads(payload)["changes"]:
             committed.setdefault(change["id"], now)
 
     async with (
@@ -131,7 +131,7 @@ async def latency(args: argparse.Namespace, dsn: str, url: str) -> None:
     ):
         await migrations.migrate(db)
         listener = await db.dedicated_connection()
-        await listener.add_listener(cfg.events.notify_channel, on_notify)
+        await listener.listen(cfg.events.notify_channel, on_notify)
         stream = EventStream(cfg, db, api, Writer(db, notify_channel=cfg.events.notify_channel))
         await stream.take_cursor()
         lifecycle = Lifecycle(1.0)

@@ -23,7 +23,7 @@ import orjson
 
 from syncd import migrations
 from syncd.config import DatabaseConfig
-from syncd.db import Database
+from syncd.db import Database, Tx
 from syncd.logs import configure
 from syncd.pgserver import throwaway_postgres
 from syncd.registry import BY_TABLE
@@ -78,7 +78,9 @@ async def one_round(db: Database, pages: list[bytes]) -> float:
         await conn.execute("TRUNCATE stripe.customers")
         started = time.perf_counter()
         for page in pages:
-            await writer.upsert(conn, resource, page, version=time.time(), api_version="bench")
+            await writer.upsert(
+                Tx(db, conn), resource, page, version=time.time(), api_version="bench"
+            )
         return time.perf_counter() - started
 
 

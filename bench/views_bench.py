@@ -25,7 +25,7 @@ import asyncpg
 
 from syncd import appschema, lifecycle, migrations
 from syncd.config import DatabaseConfig, load_config
-from syncd.db import Database
+from syncd.db import Database, Tx
 from syncd.emulator import Emulator
 from syncd.pgserver import throwaway_postgres
 from syncd.registry import BY_TABLE
@@ -69,7 +69,7 @@ async def load_mirror(emu: Emulator, db: Database) -> dict[str, int]:
         objs = emu.objects(resource.object)
         for i in range(0, len(objs), 1000):
             chunk = objs[i : i + 1000]
-            await db.run(
+            await db.transact(
                 lambda c, ch=chunk, r=resource: writer.upsert(
                     c, r, ch, version=version, api_version=None
                 )
@@ -82,14 +82,14 @@ async def load_mirror(emu: Emulator, db: Database) -> dict[str, int]:
     parents = list(items.items())
     resource = BY_TABLE["subscription_items"]
 
-    async def write_items(conn: asyncpg.Connection, batch: list[tuple[str, list[Any]]]) -> None:
+    async def write_items(conn: Tx, batch: list[tuple[str, list[Any]]]) -> None:
         for parent, children in batch:
             await writer.upsert(
                 conn, resource, children, version=version, api_version=None, parent_id=parent
             )
 
     for i in range(0, len(parents), 2000):
-        await db.run(lambda c, b=parents[i : i + 2000]: write_items(c, b))
+        await db.transact(lambda c, b=parents[i : i + 2000]: write_items(c, b))
     counts["subscription_items"] = sum(len(v) for v in items.values())
     await db.run(lambda c: c.execute("ANALYZE"), transaction=False)
     return counts

@@ -1289,6 +1289,16 @@ CREATE SEQUENCE syncd.requests_id_seq
 ALTER SEQUENCE syncd.requests_id_seq OWNED BY syncd.requests.id;
 
 --
+-- Name: resync_coverage; Type: TABLE; Schema: syncd; Owner: -
+--
+
+CREATE TABLE syncd.resync_coverage (
+    table_name text NOT NULL,
+    run_id bigint,
+    covered_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
 -- Name: resync_runs; Type: TABLE; Schema: syncd; Owner: -
 --
 
@@ -1745,6 +1755,13 @@ ALTER TABLE ONLY syncd.rejected_objects
 
 ALTER TABLE ONLY syncd.requests
     ADD CONSTRAINT requests_pkey PRIMARY KEY (id);
+
+--
+-- Name: resync_coverage resync_coverage_pkey; Type: CONSTRAINT; Schema: syncd; Owner: -
+--
+
+ALTER TABLE ONLY syncd.resync_coverage
+    ADD CONSTRAINT resync_coverage_pkey PRIMARY KEY (table_name);
 
 --
 -- Name: resync_runs resync_runs_pkey; Type: CONSTRAINT; Schema: syncd; Owner: -

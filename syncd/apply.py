@@ -29,13 +29,13 @@ from typing import Any
 from urllib.parse import quote
 
 import anyio
-import asyncpg
 import orjson
 
 from syncd import metrics
 from syncd.config import Config
-from syncd.db import Database
+from syncd.db import Database, Tx
 from syncd.errors import StripeError, StripeNotFound, one_error
+from syncd.logs import get_logger
 from syncd.quarantine import Quarantine, refusal
 from syncd.registry import BY_OBJECT, BY_TABLE, Child, Resource
 from syncd.storable import storable
@@ -46,6 +46,9 @@ Event = dict[str, Any]
 SUMMARY_OBJECT = "entitlements.active_entitlement_summary"
 # A child pager that keeps going past this many pages is looping (SYNC_PITFALLS 5).
 _MAX_CHILD_PAGES = 1000
+
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -60,6 +63,19 @@ class Change:
     children: list[tuple[Resource, list[dict[str, Any]]]] = field(default_factory=list)
     # Child lists an event snapshot does not carry (they need an expand): paged separately.
     unexpanded: list[Child] = field(default_factory=list)
+    # Other objects this change implies changed without an event of theirs (IMPLIED), listed
+    # again: (resource, objects, version), upserted under the version guard.
+    related: list[tuple[Resource, list[dict[str, Any]], float]] = field(default_factory=list)
+
+
+# Changes Stripe makes to other objects without an event of those objects, caught from the
+# event of the object that caused them (docs/events.md, "Changes announced elsewhere"): an
+# applied change of the key table lists the related objects again, one list per change.
+IMPLIED: dict[str, list[Child]] = {
+    # An invoice takes up the customer's pending invoice items (their `invoice` is set): Stripe
+    # has no invoiceitem.updated event.
+    "invoices": [Child("invoice_items", None, "/v1/invoiceitems", {"invoice": "{id}"})],
+}
 
 
 @dataclass
@@ -151,7 +167,36 @@ class Applier:
                         tg.start_soon(self._add_unexpanded_children, group)
             except BaseExceptionGroup as errors:
                 raise one_error(errors) from None
+        implying = [g for g in routed if self._implied(g)]
+        if implying:
+            try:
+                async with anyio.create_task_group() as tg:
+                    for group in implying:
+                        tg.start_soon(self._add_related, group)
+            except BaseExceptionGroup as errors:
+                raise one_error(errors) from None
         return out
+
+    def _implied(self, group: Group) -> list[Child]:
+        c = group.change
+        if c is None or c.resource is None or c.obj is None or c.obj.get("deleted"):
+            return []
+        return [r for r in IMPLIED.get(c.resource.table, []) if r.table in self.tables]
+
+    async def _add_related(self, group: Group) -> None:
+        """List again what the change implies changed (IMPLIED), stamped with its fetch time."""
+        change = group.change
+        assert change is not None and change.obj is not None
+        for related in self._implied(group):
+            async with self.fetch_limit:
+                try:
+                    data = await self._page_children(related, str(change.obj["id"]))
+                except StripeError as exc:
+                    if exc.retryable:
+                        raise
+                    log.warning("related_list_failed", table=related.table, error=str(exc))
+                    continue
+            change.related.append((BY_TABLE[related.table], data, self.api.clock.now()))
 
     def _route(self, event: Event) -> tuple[tuple[str, str] | None, Group | None]:
         event_type = str(event.get("type") or "")
@@ -186,14 +231,12 @@ class Applier:
             if g.object_type in self.tables and g.object_id:
                 by_table[g.object_type].append(g.object_id)
 
-        async def read(conn: asyncpg.Connection) -> dict[tuple[str, str], tuple[float, bool]]:
-            found: dict[tuple[str, str], tuple[float, bool]] = {}
+        found: dict[tuple[str, str], tuple[float, bool]] = {}
+        async with self.db.session() as conn:
             for table, ids in by_table.items():
                 rows = await self.writer.versions(conn, BY_TABLE[table], ids)
                 found.update({(table, i): v for i, v in rows.items()})
-            return found
-
-        return await self.db.run(read, transaction=False)
+        return found
 
     def _plan_snapshot(
         self, group: Group, versions: dict[tuple[str, str], tuple[float, bool]]
@@ -413,7 +456,7 @@ class Applier:
 
     # ---- writing (inside the caller's transaction) --------------------------------------
 
-    async def write(self, conn: asyncpg.Connection, groups: list[Group]) -> int:
+    async def write(self, conn: Tx, groups: list[Group]) -> int:
         """Write the changes and ledger rows of `groups`; returns how many rows changed."""
         changed = 0
         # One statement per table, each object with its own version (fetch time or `created`).
@@ -431,6 +474,12 @@ class Applier:
             if c is None:
                 continue
             parent_id = c.parent_id or str((c.obj or {}).get("id", ""))
+            for related, objs, version in c.related:
+                if objs:
+                    written = await self.writer.upsert(
+                        conn, related, objs, version=version, api_version=self.pinned
+                    )
+                    changed += len(written.changed)
             for child_resource, objs in c.children:
                 written = await self.writer.replace_children(
                     conn,
@@ -443,12 +492,10 @@ class Applier:
                 changed += len(written.changed)
         rows = [row for g in groups for row in g.ledger_rows()]
         if rows:
-            await conn.execute(self.db.sql("events_ledger_record"), storable(orjson.dumps(rows)))
+            await conn.execute("events_ledger_record", storable(orjson.dumps(rows)))
         return changed
 
-    async def quarantine_group(
-        self, conn: asyncpg.Connection, group: Group, error: BaseException
-    ) -> None:
+    async def quarantine_group(self, conn: Tx, group: Group, error: BaseException) -> None:
         """The object of `group` cannot be stored: keep it in quarantine with its events'
         ledger rows marked `quarantined` (in `conn`'s transaction)."""
         c = group.change

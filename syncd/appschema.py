@@ -11,13 +11,10 @@ previous installation in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Literal
 
-import asyncpg
-
 from syncd.config import Config
-from syncd.db import Database
+from syncd.db import Database, Tx
 from syncd.errors import SyncdError
 from syncd.logs import get_logger
 
@@ -35,7 +32,7 @@ async def apply_row_level_security(db: Database, cfg: Config) -> Outcome:
         assert support is not None
         if not cfg.app.row_level_security:
             if support["installed_policies"]:
-                await db.run(_remove(db))
+                await db.transact(_remove)
                 log.info("row_level_security_removed", reason="app.row_level_security is false")
                 return "removed"
             log.info("row_level_security_off", reason="app.row_level_security is false")
@@ -55,7 +52,7 @@ async def apply_row_level_security(db: Database, cfg: Config) -> Outcome:
                 server_version=support["server_version"],
             )
             return "skipped"
-        await db.run(_install(db))
+        await db.transact(_install)
     except SyncdError as exc:
         log.error("row_level_security_failed", error=str(exc))
         return "failed"
@@ -66,21 +63,15 @@ async def apply_row_level_security(db: Database, cfg: Config) -> Outcome:
     return "installed"
 
 
-def _remove(db: Database) -> Callable[[asyncpg.Connection], Awaitable[None]]:
-    async def run(conn: asyncpg.Connection) -> None:
-        await conn.execute(db.sql("remove_row_level_security"))
-
-    return run
+async def _remove(conn: Tx) -> None:
+    await conn.execute("remove_row_level_security")
 
 
-def _install(db: Database) -> Callable[[asyncpg.Connection], Awaitable[None]]:
-    async def run(conn: asyncpg.Connection) -> None:
-        # One transaction: the old policies go and the new ones come at once.
-        await conn.execute(db.sql("remove_row_level_security"))
-        await conn.execute(db.sql("install_row_level_security"))
-        await conn.execute(db.sql("install_usage_row_level_security"))
-
-    return run
+async def _install(conn: Tx) -> None:
+    # One transaction: the old policies go and the new ones come at once.
+    await conn.execute("remove_row_level_security")
+    await conn.execute("install_row_level_security")
+    await conn.execute("install_usage_row_level_security")
 
 
 async def startup_step(db: Database, cfg: Config) -> None:

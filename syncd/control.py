@@ -14,9 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import asyncpg
 
-from syncd.db import Database
+from syncd.db import Database, Row
 from syncd.errors import SyncdError
 from syncd.lifecycle import Lifecycle
 from syncd.logs import bind_context, get_logger
@@ -35,7 +34,7 @@ async def submit(db: Database, kind: str, args: dict[str, Any] | None = None) ->
     return request_id
 
 
-async def wait(db: Database, request_id: int, *, poll: float = 0.5) -> asyncpg.Record:
+async def wait(db: Database, request_id: int, *, poll: float = 0.5) -> Row:
     """Wait until the request is done or failed; returns its row. Bound it with fail_after."""
     while True:
         row = await db.fetchrow("get_request", request_id)
@@ -66,7 +65,7 @@ class ControlLoop:
         await self.db.execute("requeue_interrupted_requests")
         conn = await self.db.dedicated_connection()
         try:
-            await conn.add_listener(CHANNEL, lambda *_: self.wake())
+            await conn.listen(CHANNEL, lambda _payload: self.wake())
             while True:
                 await self.run_pending()
                 self._wake = anyio.Event()

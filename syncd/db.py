@@ -2,8 +2,13 @@
 
 Queries live in `sql/queries/*.sql` and are loaded by name (`-- name: upsert_heartbeat`). The
 schema names are configurable, so SQL text says `{mirror}`, `{state}` and `{app}` and they are
-replaced with the quoted identifiers once, at load time. asyncpg errors are translated into
-syncd's error tree here and nowhere else.
+replaced with the quoted identifiers once, at load time; a query written for any mirror table
+says `{table}`, and the statements made of several queries (the writer's upserts with a table's
+own columns, the plain insert, the resync's page statement) are composed here too
+(`Database.statement`). Other modules get a `Tx` (`Database.transact`, `Database.session`) or a
+`Dedicated` connection, never a driver connection: their methods take query names, and asyncpg
+errors are translated into syncd's error tree here and nowhere else (tests/test_sql_boundary.py
+holds the line).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -26,12 +31,15 @@ from syncd.config import DatabaseConfig
 from syncd.errors import (
     DatabaseConflict,
     DatabaseDataError,
+    DatabaseDuplicate,
     DatabaseError,
     DatabaseRefused,
     DatabaseUnavailable,
 )
 
 T = TypeVar("T")
+# A result row, for the annotations of modules that read them (they do not import asyncpg).
+Row: TypeAlias = asyncpg.Record
 _TOKEN = re.compile(r"\{(mirror|state|app)\}")
 _PLAIN_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
@@ -85,6 +93,9 @@ class Queries:
         except KeyError:
             raise DatabaseError(f"no SQL query named {name!r} in sql/queries") from None
 
+    def get(self, name: str, default: str) -> str:
+        return self._rendered.get(name, default)
+
 
 def describe_target(dsn: str) -> str:
     """Where a DSN leads, for messages: `host:port/dbname`, or `<dir>/.s.PGSQL.<port> (database
@@ -134,7 +145,15 @@ _TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
 
 
 def translate(exc: BaseException, dsn: str) -> DatabaseError:
-    """Map a driver or socket error to syncd's tree: unreachable servers are retryable."""
+    """Map a driver or socket error to syncd's tree: unreachable servers are retryable. A
+    server's refusal keeps its SQLSTATE and message on the error (`sqlstate`, `server_message`)."""
+    error = _translated(exc, dsn)
+    if isinstance(exc, asyncpg.PostgresError):
+        error.sqlstate, error.server_message = exc.sqlstate, str(exc)
+    return error
+
+
+def _translated(exc: BaseException, dsn: str) -> DatabaseError:
     target = describe_target(dsn)
     if isinstance(exc, (OSError, socket.gaierror, TimeoutError, asyncpg.CannotConnectNowError)):
         return DatabaseUnavailable(
@@ -157,6 +176,8 @@ def translate(exc: BaseException, dsn: str) -> DatabaseError:
         # PostgreSQL aborts one transaction whole, and every write is idempotent under the
         # version guard, so trying again later is correct.
         return DatabaseConflict(f"PostgreSQL error {exc.sqlstate}: {exc}")
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return DatabaseDuplicate(f"PostgreSQL error {exc.sqlstate}: {exc}")
     if isinstance(exc, asyncpg.PostgresError) and is_data_error(exc.sqlstate):
         return DatabaseDataError(f"PostgreSQL error {exc.sqlstate}: {exc}")
     if isinstance(exc, asyncpg.PostgresError):
@@ -208,6 +229,19 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+# The statements composed of named queries (`Database.statement`), each for a mirror table: the
+# upserts of whole objects with the table's own columns spliced in, the upsert without its
+# conflict clause (`insert_objects`), the resync's page statement with either one embedded.
+COMPOSED = (
+    "upsert_objects",
+    "upsert_objects_each",
+    "insert_objects",
+    "resync_write_page",
+    "resync_insert_page",
+)
+_EXTRA_PARTS = ("columns", "values", "updates")
+
+
 class Database:
     """A pool plus the named queries; every statement goes through here."""
 
@@ -224,7 +258,7 @@ class Database:
         self.dsn = dsn
         self.schemas = Schemas.from_config(cfg)
         self.queries = Queries(self.schemas)
-        self._table_sql: dict[tuple[str, str], str] = {}
+        self._statements: dict[tuple[str, str | None], str] = {}
 
     @classmethod
     @asynccontextmanager
@@ -257,7 +291,7 @@ class Database:
         finally:
             await pool.close()
 
-    async def dedicated_connection(self) -> asyncpg.Connection:
+    async def dedicated_connection(self) -> Dedicated:
         """A connection outside the pool, for advisory locks and LISTEN (the pool would unlock)."""
         try:
             conn = await asyncpg.connect(
@@ -268,26 +302,70 @@ class Database:
         except _TRANSLATED as exc:
             raise translate(exc, self.dsn) from None
         await _init_connection(conn)
-        return conn
+        return Dedicated(self, conn)
 
-    def sql(self, name: str) -> str:
-        return self.queries[name]
+    def statement(self, name: str, table: str | None = None) -> str:
+        """The SQL of a named query, rendered for `table` (its `{table}`) when it is written for
+        any mirror table; cached. The statements in `COMPOSED` are put together here and
+        nowhere else:
 
-    def table_sql(self, name: str, table: str) -> str:
-        """A named query written for any mirror table (`{table}`), rendered for one of them."""
+        * `upsert_objects`, `upsert_objects_each`: the columns the table computes itself spliced
+          in (`{extra_columns}`, `{extra_values}`, `{extra_updates}`: the queries
+          `<table>_extra_*` of writer_<table>.sql; nothing for most tables);
+        * `insert_objects`: `upsert_objects` without its conflict clause, for objects the table
+          does not hold yet. The upsert's speculative insertion (probe, insert, confirm: an
+          extra WAL record a row) and its update machinery cost about 13% of PostgreSQL's time
+          per new row. Without them the statement fails with a unique violation
+          (`DatabaseDuplicate`) if a row is there after all, having changed nothing: the caller
+          then writes the same objects with the upsert;
+        * `resync_write_page`, `resync_insert_page`: resync.sql's page statement with the
+          table's `upsert_objects`, or its `insert_objects`, embedded (`{upsert}`).
+        """
         key = (name, table)
-        cached = self._table_sql.get(key)
-        if cached is None:
-            if not _PLAIN_IDENT.match(table):
-                raise DatabaseError(f"not a table name: {table!r}")
-            cached = self.queries[name].replace("{table}", f'"{table}"')
-            self._table_sql[key] = cached
-        return cached
+        sql = self._statements.get(key)
+        if sql is None:
+            sql = self._statements[key] = self._compose(name, table)
+        return sql
+
+    def _compose(self, name: str, table: str | None) -> str:
+        if name == "insert_objects":
+            upsert = self.statement("upsert_objects", table)
+            head, conflict, _ = upsert.partition("\nON CONFLICT")
+            if not conflict:
+                raise DatabaseError(f"{table}: upsert_objects has no ON CONFLICT clause")
+            return head + "\nRETURNING t.id, 'insert' AS op"
+        if name in ("resync_write_page", "resync_insert_page"):
+            inner = "upsert_objects" if name == "resync_write_page" else "insert_objects"
+            written = self.statement(inner, table).rstrip().rstrip(";")
+            return self.queries["resync_write_page"].replace("{upsert}", written)
+        sql = self.queries[name]
+        if "{table}" not in sql:
+            return sql
+        if table is None or not _PLAIN_IDENT.match(table):
+            raise DatabaseError(f"query {name!r} needs a mirror table, not {table!r}")
+        sql = sql.replace("{table}", f'"{table}"')
+        for part in _EXTRA_PARTS:
+            extra = f"{table}_extra_{part}"
+            sql = sql.replace(f"{{extra_{part}}}", self.queries.get(extra, ""))
+        return sql
+
+    async def transact(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        """`fn` in one transaction on a pooled connection; errors translated."""
+        async with self.session() as conn, conn.transaction():
+            return await fn(conn)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Tx]:
+        """A pooled connection held for many statements and transactions (a resync writer, a
+        few reads in a row); outside `Tx.transaction` each statement commits alone."""
+        async with self.connection() as conn:
+            yield Tx(self, conn)
 
     async def run(
         self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, transaction: bool = True
     ) -> T:
-        """Run `fn` on a pooled connection (in one transaction by default), errors translated."""
+        """`fn` on a pooled driver connection (in one transaction by default), errors
+        translated: for tests and tools. syncd's modules use `transact` and `session`."""
         async with self.connection() as conn:
             if not transaction:
                 return await fn(conn)
@@ -296,7 +374,7 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection held for many transactions (a resync writer), errors translated."""
+        """A pooled driver connection, errors translated (under `session`; tests and tools)."""
         try:
             async with self.pool.acquire() as conn:
                 # Taken off before the connection goes back (asyncpg warns of listeners left).
@@ -308,14 +386,96 @@ class Database:
         except _TRANSLATED as exc:
             raise translate(exc, self.dsn) from exc
 
-    async def execute(self, name: str, *args: Any) -> str:
-        return await self.run(lambda c: c.execute(self.sql(name), *args), transaction=False)
+    async def execute(self, name: str, *args: Any, table: str | None = None) -> str:
+        async with self.session() as conn:
+            return await conn.execute(name, *args, table=table)
 
-    async def fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
-        return await self.run(lambda c: c.fetch(self.sql(name), *args), transaction=False)
+    async def fetch(self, name: str, *args: Any, table: str | None = None) -> list[Row]:
+        async with self.session() as conn:
+            return await conn.fetch(name, *args, table=table)
 
-    async def fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
-        return await self.run(lambda c: c.fetchrow(self.sql(name), *args), transaction=False)
+    async def fetchrow(self, name: str, *args: Any, table: str | None = None) -> Row | None:
+        async with self.session() as conn:
+            return await conn.fetchrow(name, *args, table=table)
 
-    async def fetchval(self, name: str, *args: Any) -> Any:
-        return await self.run(lambda c: c.fetchval(self.sql(name), *args), transaction=False)
+    async def fetchval(self, name: str, *args: Any, table: str | None = None) -> Any:
+        async with self.session() as conn:
+            return await conn.fetchval(name, *args, table=table)
+
+
+class Tx:
+    """A connection as syncd's modules get it (`Database.transact`, `Database.session`): it runs
+    named queries only (`Database.statement`; `table` renders a query written for any mirror
+    table), and every driver error comes out translated (`translate`), so callers catch syncd's
+    classes alone (`DatabaseDataError`, `DatabaseDuplicate`, `DatabaseRefused`, ...)."""
+
+    __slots__ = ("_conn", "_db")
+
+    def __init__(self, db: Database, conn: asyncpg.Connection):
+        self._db = db
+        self._conn = conn
+
+    async def execute(self, name: str, *args: Any, table: str | None = None) -> str:
+        status: str = await self._call(self._conn.execute, self._db.statement(name, table), *args)
+        return status
+
+    async def fetch(self, name: str, *args: Any, table: str | None = None) -> list[Row]:
+        rows: list[Row] = await self._call(self._conn.fetch, self._db.statement(name, table), *args)
+        return rows
+
+    async def fetchrow(self, name: str, *args: Any, table: str | None = None) -> Row | None:
+        row: Row | None = await self._call(
+            self._conn.fetchrow, self._db.statement(name, table), *args
+        )
+        return row
+
+    async def fetchval(self, name: str, *args: Any, table: str | None = None) -> Any:
+        return await self._call(self._conn.fetchval, self._db.statement(name, table), *args)
+
+    async def execute_migration(self, text: str) -> None:
+        """A migration file's text (`migrations` reads and checks the files), its schema names
+        rendered."""
+        await self._call(self._conn.execute, self._db.schemas.render(text))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """A transaction, committed when the block ends and rolled back when it raises; inside
+        another one, a savepoint (what failed in it rolls back alone)."""
+        try:
+            async with self._conn.transaction():
+                yield
+        except _TRANSLATED as exc:
+            raise translate(exc, self._db.dsn) from exc
+
+    async def _call(self, method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        try:
+            return await method(*args)
+        except _TRANSLATED as exc:
+            raise translate(exc, self._db.dsn) from exc
+
+
+class Dedicated(Tx):
+    """A connection outside the pool (`Database.dedicated_connection`) for session advisory
+    locks and LISTEN, which the pool would drop when a connection goes back."""
+
+    __slots__ = ()
+
+    async def listen(self, channel: str, on_payload: Callable[[str], object]) -> None:
+        """LISTEN on `channel`: `on_payload` gets each notification's payload."""
+        await self._call(
+            self._conn.add_listener, channel, lambda _c, _pid, _ch, payload: on_payload(payload)
+        )
+
+    def on_close(self, callback: Callable[[], object]) -> None:
+        """`callback` runs when the connection closes, for whatever reason."""
+        self._conn.add_termination_listener(lambda _conn: callback())
+
+    def is_closed(self) -> bool:
+        return bool(self._conn.is_closed())
+
+    def terminate(self) -> None:
+        """Cut the connection at once (the server then frees its session locks)."""
+        self._conn.terminate()
+
+    async def close(self) -> None:
+        await self._call(self._conn.close)

@@ -25,16 +25,15 @@ from subprocess import STDOUT
 from typing import Any
 
 import anyio
-import asyncpg
 import stripe
 from anyio.abc import Process
 
 from syncd import status
 from syncd.config import Config, DatabaseConfig
-from syncd.db import Database
+from syncd.db import Database, Dedicated
 from syncd.emulator import Emulator
 from syncd.errors import SyncdError
-from syncd.pgserver import free_port, throwaway_postgres
+from syncd.pgserver import create_database, free_port, throwaway_postgres
 
 METRIC = "api_calls"
 # The daemon's configuration besides the environment: usage reported every few seconds.
@@ -243,21 +242,21 @@ async def _resync_line(db: Database) -> str:
     return f"resync #{row['run_id']} {row['status']}{took} {row['objects']} objects"
 
 
-async def _counts(conn: asyncpg.Connection, db: Database) -> dict[str, int]:
+async def _counts(conn: Dedicated) -> dict[str, int]:
     out = {}
     for table in LIVE_TABLES:
-        out[table] = await conn.fetchval(db.table_sql("demo_live_count", table))
+        out[table] = await conn.fetchval("demo_live_count", table=table)
     return out
 
 
-async def _measure_lag(conn: asyncpg.Connection, db: Database, activity: Activity) -> None:
+async def _measure_lag(conn: Dedicated, activity: Activity) -> None:
     """Move changes whose mirror row now reflects them into `lags` (synced_at - change time)."""
     waiting: list[tuple[str, str, float]] = []
     by_table: dict[str, list[tuple[str, float]]] = {}
     for table, object_id, at in activity.changes:
         by_table.setdefault(table, []).append((object_id, at))
     for table, items in by_table.items():
-        rows = await conn.fetch(db.table_sql("demo_synced_at", table), [i for i, _ in items])
+        rows = await conn.fetch("demo_synced_at", [i for i, _ in items], table=table)
         synced = {r["id"]: r["synced"] for r in rows}
         for object_id, at in items:
             seen = synced.get(object_id)
@@ -284,12 +283,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="syncd-demo-"))
     say("syncd demo: a throwaway PostgreSQL, the Stripe emulator and the real daemon")
     with throwaway_postgres(prefer_local=args.local_postgres) as (admin_dsn, _local):
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute("CREATE DATABASE syncd_demo")
-        finally:
-            await admin.close()
-        dsn = admin_dsn.rpartition("/")[0] + "/syncd_demo"
+        dsn = await create_database(admin_dsn, "syncd_demo")
         say(f"  postgres   {dsn}")
         async with Emulator.running(port=0, seed=args.seed) as emu:
             seeded = emu.seed(customers=args.customers, events=False, days=90)
@@ -442,7 +436,7 @@ async def _wait_ready(db: Database, cfg: Config, proc: Process) -> None:
 async def _live(
     args: argparse.Namespace,
     db: Database,
-    conn: asyncpg.Connection,
+    conn: Dedicated,
     shopper: Shopper,
     activity: Activity,
     proc: Process,
@@ -469,8 +463,8 @@ async def _live(
             say("  -> SIGHUP sent: the daemon starts a full resync")
         if time.monotonic() >= next_view:
             next_view += 2
-            await _measure_lag(conn, db, activity)
-            counts = await _counts(conn, db)
+            await _measure_lag(conn, activity)
+            counts = await _counts(conn)
             parts = [
                 f"  {time.monotonic() - start:5.1f}s  changes {sum(activity.counts.values()):4d}",
                 "mirror " + " ".join(f"{t} {n}" for t, n in counts.items()),
@@ -488,7 +482,7 @@ async def _live(
     settle = time.monotonic() + 10
     while activity.changes and time.monotonic() < settle:
         await anyio.sleep(0.5)
-        await _measure_lag(conn, db, activity)
+        await _measure_lag(conn, activity)
 
 
 async def cmd_demo(_cfg: Config, args: argparse.Namespace) -> int:

@@ -24,7 +24,15 @@ class ConfigError(SyncdError):
 
 
 class DatabaseError(SyncdError):
-    """PostgreSQL refused or failed a statement."""
+    """PostgreSQL refused or failed a statement. A refusal from the server keeps its SQLSTATE
+    and the server's own message (`db.translate`); both are None for any other failure."""
+
+    def __init__(
+        self, message: str, *, sqlstate: str | None = None, server_message: str | None = None
+    ):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.server_message = server_message
 
 
 class DatabaseUnavailable(DatabaseError):
@@ -51,6 +59,11 @@ class DatabaseDataError(DatabaseError):
     """The data of one write cannot be stored as it is (SQLSTATE classes 22 and 23, or a value
     too large for an index): retrying the same data fails the same way, so the object is
     quarantined (`{state}.rejected_objects`) and the rest goes on."""
+
+
+class DatabaseDuplicate(DatabaseDataError):
+    """A unique violation (23505): a row with the key is there already. The resync's plain
+    insert of objects it takes for new falls back to the upsert on it."""
 
 
 class MigrationError(DatabaseError):

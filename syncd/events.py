@@ -6,8 +6,9 @@ after later ones (SYNC_PITFALLS 1-3). So the stream never trusts list order:
 * head poll (every `events.poll_interval`): the window `created >= cursor - 2 s` is drained page
   by page with `starting_after`; the daemon sorts the events itself and applies them per object
   (`syncd.apply`). The cursor then moves to the Stripe time the poll started at.
-* overlap sweep (every `events.overlap_interval`): the last `events.overlap` seconds below the
-  head window are listed again, catching events that became visible late.
+* overlap sweep (every `events.overlap_interval`, at start and after any failed poll): the
+  `events.overlap` seconds below the head window (that is, below the cursor) are listed again,
+  catching events that became visible late, also those that did while syncd was stopped.
 * the ledger (`{state}.events_ledger`) records every event once, with its outcome; anything
   listed twice is skipped, so an event takes effect once. The ledger rows, the mirror writes and
   the cursor of a batch commit in one transaction: a crash anywhere repeats nothing and loses
@@ -30,14 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import asyncpg
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 
 from syncd import metrics
 from syncd.apply import Applier, Event, Group
 from syncd.config import Config
-from syncd.db import Database
+from syncd.db import Database, Tx
 from syncd.errors import CursorExpired, DatabaseDataError, DatabaseError, SyncdError, one_error
 from syncd.lifecycle import Backoff, Lifecycle
 from syncd.logs import get_logger
@@ -143,13 +143,11 @@ class EventStream:
         now = self.api.clock.now()
         requested_by = f"{socket.gethostname()}:{os.getpid()}"
 
-        async def tx(conn: asyncpg.Connection) -> None:
-            await conn.execute(self.db.sql("events_cursor_restart"), self.account, now, reason)
-            await conn.fetchrow(
-                self.db.sql("submit_request"), "resync", {"reason": reason}, requested_by
-            )
+        async def tx(conn: Tx) -> None:
+            await conn.execute("events_cursor_restart", self.account, now, reason)
+            await conn.fetchrow("submit_request", "resync", {"reason": reason}, requested_by)
 
-        await self.db.run(tx)
+        await self.db.transact(tx)
         log.warning("events_cursor_restarted", reason=reason, position=round(now, 3))
 
     async def _too_old(self, position: float, now: float) -> bool:
@@ -184,11 +182,15 @@ class EventStream:
         return await self._drain(math.floor(position) - HEAD_MARGIN, None, started, stop)
 
     async def sweep(self, stop: anyio.Event | None = None) -> PollResult:
-        """List the overlap window below the head window again, for events visible late."""
+        """List the overlap window below the head window again, for events visible late.
+
+        The window hangs from the cursor, not from now: after a stop or an outage longer than
+        `events.overlap`, the events created just before the cursor that became visible while
+        syncd was away are still listed (the head poll covers the rest, up to now)."""
         position = await self.cursor()
         if position is None:
             return PollResult()
-        low = math.floor(self.api.clock.now() - self.cfg.events.overlap)
+        low = math.floor(position - self.cfg.events.overlap)
         high = math.floor(position) - HEAD_MARGIN
         if low >= high:
             return PollResult()
@@ -300,7 +302,7 @@ class EventStream:
         fresh = [e for eid, e in unique.items() if eid not in known]
         groups = await self.applier.prepare(fresh) if fresh else []
         try:
-            changed = await self.db.run(lambda conn: self._commit(conn, groups, advance_to))
+            changed = await self.db.transact(lambda conn: self._commit(conn, groups, advance_to))
         except (DatabaseDataError, orjson.JSONEncodeError) as exc:
             # An object's data was refused: find it, quarantine it, write the rest. Any other
             # error (privileges, disk, a read-only server, timeouts) is the server's: it goes
@@ -324,12 +326,10 @@ class EventStream:
         self.write_failure = None
         self._account(groups, fresh, changed, out)
 
-    async def _commit(
-        self, conn: asyncpg.Connection, groups: list[Group], advance_to: float | None
-    ) -> int:
+    async def _commit(self, conn: Tx, groups: list[Group], advance_to: float | None) -> int:
         changed = await self.applier.write(conn, groups) if groups else 0
         if advance_to is not None:
-            await conn.execute(self.db.sql("events_cursor_advance"), self.account, advance_to)
+            await conn.execute("events_cursor_advance", self.account, advance_to)
         return changed
 
     async def _commit_isolated(
@@ -341,20 +341,18 @@ class EventStream:
         changed = 0
         for group in groups:
 
-            async def one(conn: asyncpg.Connection, group: Group = group) -> int:
+            async def one(conn: Tx, group: Group = group) -> int:
                 return await self.applier.write(conn, [group])
 
             try:
-                changed += await self.db.run(one)
+                changed += await self.db.transact(one)
             except (DatabaseDataError, orjson.JSONEncodeError) as exc:
 
-                async def keep(
-                    conn: asyncpg.Connection, group: Group = group, exc: BaseException = exc
-                ) -> None:
+                async def keep(conn: Tx, group: Group = group, exc: BaseException = exc) -> None:
                     await self.applier.quarantine_group(conn, group, exc)
 
-                await self.db.run(keep)
-        await self.db.run(lambda conn: self._commit(conn, [], advance_to))
+                await self.db.transact(keep)
+        await self.db.transact(lambda conn: self._commit(conn, [], advance_to))
         return changed
 
     def _account(
@@ -401,6 +399,7 @@ class EventStream:
                 await self.poll_head(lifecycle.stopping)
             except SyncdError as exc:
                 delay = backoff.retry_in(exc, "events_poll_failed")
+                last_sweep = -math.inf  # a gap in polling: sweep first once it works again
             else:
                 backoff.reset()
                 self.state.succeeded("events")

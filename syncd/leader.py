@@ -17,16 +17,14 @@ import contextlib
 import zlib
 
 import anyio
-import asyncpg
 
 from syncd import metrics
-from syncd.db import Database, translate
+from syncd.db import Database, Dedicated, translate
 from syncd.errors import SyncdError
 from syncd.lifecycle import Lifecycle
 from syncd.logs import get_logger
 
 log = get_logger(__name__)
-_DRIVER_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def lock_key(db: Database) -> int:
@@ -41,7 +39,7 @@ class Leadership:
         self.enabled = enabled
         self.interval = interval
         self.key = lock_key(db)
-        self._conn: asyncpg.Connection | None = None
+        self._conn: Dedicated | None = None
         self._closed = anyio.Event()
 
     @property
@@ -52,17 +50,17 @@ class Leadership:
         """Wait until this replica leads (True) or a stop is requested (False)."""
         if not self.enabled:
             return not self.lifecycle.stopping.is_set()
-        conn: asyncpg.Connection | None = None
+        conn: Dedicated | None = None
         waiting_logged = False
         try:
             while not self.lifecycle.stopping.is_set():
                 try:
                     if conn is None or conn.is_closed():
                         conn = await self.db.dedicated_connection()
-                        await conn.fetchrow(self.db.sql("leader_session_keepalive"))
+                        await conn.fetchrow("leader_session_keepalive")
                     with anyio.fail_after(max(2.0, self.interval * 3)):
-                        got = await conn.fetchval(self.db.sql("try_advisory_lock"), self.key)
-                except (SyncdError, *_DRIVER_ERRORS) as exc:
+                        got = await conn.fetchval("try_advisory_lock", self.key)
+                except (SyncdError, TimeoutError) as exc:
                     error = exc if isinstance(exc, SyncdError) else translate(exc, self.db.dsn)
                     log.warning("leader_election_failed", error=str(error))
                     _terminate(conn)
@@ -71,7 +69,7 @@ class Leadership:
                     self._conn, conn = conn, None
                     self._closed = anyio.Event()
                     closed = self._closed
-                    self._conn.add_termination_listener(lambda *_, ev=closed: ev.set())
+                    self._conn.on_close(closed.set)
                     metrics.is_leader.set(1)
                     metrics.leadership_changes.labels("acquired").inc()
                     log.info("leadership_acquired")
@@ -99,9 +97,9 @@ class Leadership:
                 break
             try:
                 with anyio.fail_after(max(2.0, self.interval * 3)):
-                    held = await conn.fetchval(self.db.sql("leader_lock_held"), self.key)
-            except (*_DRIVER_ERRORS, anyio.BrokenResourceError) as exc:
-                reason = f"lock connection failed: {exc.__class__.__name__}"
+                    held = await conn.fetchval("leader_lock_held", self.key)
+            except (SyncdError, TimeoutError, anyio.BrokenResourceError) as exc:
+                reason = f"lock connection failed: {(exc.__cause__ or exc).__class__.__name__}"
                 break
             if not held:
                 reason = "lock no longer held"
@@ -120,22 +118,23 @@ class Leadership:
         metrics.is_leader.set(0)
         metrics.leadership_changes.labels("released").inc()
         with anyio.CancelScope(shield=True):
-            await _close(conn, unlock=(self.db.sql("advisory_unlock"), self.key))
+            await _close(conn, unlock=self.key)
         log.info("leadership_released")
 
 
-def _terminate(conn: asyncpg.Connection | None) -> None:
+def _terminate(conn: Dedicated | None) -> None:
     if conn is not None and not conn.is_closed():
         conn.terminate()
 
 
-async def _close(conn: asyncpg.Connection, unlock: tuple[str, int] | None = None) -> None:
-    """Unlock and close politely, or cut the socket: either way the server frees the lock."""
+async def _close(conn: Dedicated, unlock: int | None = None) -> None:
+    """Unlock (the lock `unlock`) and close politely, or cut the socket: either way the server
+    frees the lock."""
     try:
         with anyio.fail_after(2):
             if unlock is not None and not conn.is_closed():
-                await conn.fetchval(*unlock)
+                await conn.fetchval("advisory_unlock", unlock)
             await conn.close()
-    except (*_DRIVER_ERRORS, anyio.BrokenResourceError):
+    except (SyncdError, TimeoutError, anyio.BrokenResourceError):
         with contextlib.suppress(Exception):
             conn.terminate()

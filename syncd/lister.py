@@ -54,7 +54,7 @@ class Slice:
     done: bool = False
     busy: bool = False
     # The slice's last page held only objects new to the mirror: the next one probably does
-    # too, and is tried as a plain insert (Writer.insert_sql). In memory only.
+    # too, and is tried as a plain insert (`insert_objects`, Database.statement). In memory only.
     fresh: bool = False
 
     @property

@@ -13,10 +13,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
-
-from syncd.db import Database, sql_dir
-from syncd.errors import MigrationError
+from syncd.db import Database, Dedicated, sql_dir
+from syncd.errors import DatabaseError, MigrationError
 from syncd.logs import get_logger
 
 log = get_logger(__name__)
@@ -72,20 +70,20 @@ async def migrate(db: Database, *, target: int | None = None) -> list[Migration]
     conn = await db.dedicated_connection()
     try:
         key = lock_key(db)
-        if not await conn.fetchval(db.sql("try_advisory_lock"), key):
+        if not await conn.fetchval("try_advisory_lock", key):
             log.info("migration_lock_wait", detail="another syncd is migrating; waiting for it")
-            await conn.execute(db.sql("advisory_lock"), key)
+            await conn.execute("advisory_lock", key)
         try:
-            return await _apply(db, conn, target)
+            return await _apply(conn, target)
         finally:
-            await conn.execute(db.sql("advisory_unlock"), key)
+            await conn.execute("advisory_unlock", key)
     finally:
         await conn.close()
 
 
-async def _apply(db: Database, conn: asyncpg.Connection, target: int | None) -> list[Migration]:
-    await conn.execute(db.sql("create_migrations_table"))
-    done = {r["version"]: r["checksum"] for r in await conn.fetch(db.sql("applied_migrations"))}
+async def _apply(conn: Dedicated, target: int | None) -> list[Migration]:
+    await conn.execute("create_migrations_table")
+    done = {r["version"]: r["checksum"] for r in await conn.fetch("applied_migrations")}
     applied: list[Migration] = []
     for mig in available():
         if target is not None and mig.version > target:
@@ -99,11 +97,13 @@ async def _apply(db: Database, conn: asyncpg.Connection, target: int | None) -> 
             continue
         try:
             async with conn.transaction():
-                await conn.execute(db.schemas.render(mig.sql))
-                await conn.execute(db.sql("record_migration"), mig.version, mig.name, mig.checksum)
-        except asyncpg.PostgresError as exc:
+                await conn.execute_migration(mig.sql)
+                await conn.execute("record_migration", mig.version, mig.name, mig.checksum)
+        except DatabaseError as exc:
+            if exc.sqlstate is None:
+                raise  # not the server's refusal: the connection failed
             raise MigrationError(
-                f"migration {mig.version:04d}_{mig.name}.sql failed: {exc}"
+                f"migration {mig.version:04d}_{mig.name}.sql failed: {exc.server_message}"
             ) from exc
         log.info("migration_applied", version=mig.version, name=mig.name)
         applied.append(mig)

@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
+
 from syncd.errors import DatabaseUnavailable
 
 HOW_TO = (
@@ -152,3 +154,13 @@ def throwaway_postgres(prefer_local: bool = False) -> Iterator[tuple[str, LocalP
         yield server.dsn, server
     finally:
         server.destroy()
+
+
+async def create_database(admin_dsn: str, name: str) -> str:
+    """A new, empty database on the throwaway server; returns its DSN."""
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return admin_dsn.rpartition("/")[0] + "/" + name

@@ -15,11 +15,10 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import asyncpg
 import orjson
 
 from syncd import metrics
-from syncd.db import Database
+from syncd.db import Database, Row, Tx
 from syncd.logs import get_logger
 
 log = get_logger(__name__)
@@ -55,7 +54,7 @@ class Quarantine:
 
     async def put(
         self,
-        conn: asyncpg.Connection,
+        conn: Tx,
         *,
         table: str,
         raw: Any,
@@ -66,7 +65,7 @@ class Quarantine:
         """Record (or count again) one object that could not be stored, in `conn`'s transaction."""
         reason = reason.replace("\0", "\\0")[:REASON_LIMIT]
         await conn.execute(
-            self.db.sql("quarantine_object"),
+            "quarantine_object",
             run_id,
             table,
             object_id(raw),
@@ -86,24 +85,20 @@ class Quarantine:
             source=source,
         )
 
-    async def resolve_ids(self, conn: asyncpg.Connection, table: str, ids: Iterable[str]) -> None:
+    async def resolve_ids(self, conn: Tx, table: str, ids: Iterable[str]) -> None:
         """`ids` of `table` were just stored: out of quarantine (if any were in)."""
         if self._open is None:
-            rows = await conn.fetch(self.db.sql("quarantine_open_tables"))
+            rows = await conn.fetch("quarantine_open_tables")
             self._open = {r["table_name"] for r in rows}
         if table not in self._open:
             return
-        await conn.execute(self.db.sql("quarantine_resolve_ids"), table, list(ids))
+        await conn.execute("quarantine_resolve_ids", table, list(ids))
 
     async def resolve_listed(self, table: str, run_started_at: Any, started_version: float) -> int:
         """After a resync listed `table`: entries the run stored a good version of leave."""
-        sql = self.db.table_sql("quarantine_resolve_listed", table)
-
-        async def go(conn: asyncpg.Connection) -> str:
-            status: str = await conn.execute(sql, run_started_at, started_version, table)
-            return status
-
-        status = await self.db.run(go, transaction=False)
+        status = await self.db.execute(
+            "quarantine_resolve_listed", run_started_at, started_version, table, table=table
+        )
         resolved = int(status.split()[-1])
         if resolved:
             self._open = None  # read again on the next write
@@ -117,9 +112,11 @@ class Quarantine:
 
 
 def refusal(exc: BaseException) -> str:
-    """A quarantine reason from a refused write: SQLSTATE and the message's first line."""
+    """A quarantine reason from a refused write: SQLSTATE and the server's message's first line
+    (`not stored: 54000 index row size ...`)."""
     state = getattr(exc, "sqlstate", None)
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(getattr(exc, "server_message", None) or exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
     return (
         f"not stored: {state} {first}" if state and state not in first else f"not stored: {first}"
     )
@@ -127,7 +124,7 @@ def refusal(exc: BaseException) -> str:
 
 async def summary(db: Database) -> list[dict[str, Any]]:
     """Open entries by table and kind of reason, with the latest example of each."""
-    rows: Sequence[asyncpg.Record] = await db.fetch("quarantine_summary")
+    rows: Sequence[Row] = await db.fetch("quarantine_summary")
     return [
         {
             "table": r["table_name"],

@@ -52,9 +52,6 @@ class Resource:
     owned: bool = False
     # Extra event object names that route here (older names of the same object).
     event_objects: tuple[str, ...] = ()
-    # The table's upserts write columns of its own, spliced in from writer_<table>.sql
-    # (customers: user_id, which saves a trigger call per row).
-    extra_columns: bool = False
 
 
 def _p(**params: Any) -> Mapping[str, Any]:
@@ -67,7 +64,6 @@ RESOURCES: tuple[Resource, ...] = (
         "customer",
         "/v1/customers",
         "/v1/customers/{id}",
-        extra_columns=True,
         # Stripe lists these only per customer: one request per customer in a full resync.
         children=(
             Child("payment_methods", None, "/v1/customers/{id}/payment_methods"),

@@ -23,16 +23,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TextIO, TypeVar
 
 import anyio
-import asyncpg
 
 from syncd import control, metrics, migrations
 from syncd.config import Config
-from syncd.db import Database
+from syncd.db import Database, Row
 from syncd.errors import ConfigError, DatabaseUnavailable, SyncdError
 from syncd.lifecycle import Backoff, Lifecycle
 from syncd.logs import get_logger
 from syncd.problems import Problems
 from syncd.redaction import scrub
+from syncd.registry import selected
 from syncd.resync import PROGRESS_INTERVAL, Resync, has_completed_resync
 from syncd.runtime import Runtime
 from syncd.stripe_api import StripeAPI
@@ -92,6 +92,8 @@ class ResyncLoop:
                 empty = first and not ran and self.cfg.sync.resync_on_empty
                 if empty and not await has_completed_resync(self.db):
                     await self._run(None, "first_start")
+                if first:
+                    await self._backfill_new_types()
                 first = False
                 wait = await self._reconcile_due()
                 if wait is not None and wait <= 0:
@@ -123,6 +125,29 @@ class ResyncLoop:
                 continue
             if not await self.lifecycle.sleep(wait if wait is not None else 3600.0, self._wake):
                 return
+
+    async def _backfill_new_types(self) -> None:
+        """Types selected now that no finished resync covered (added to `sync.include`, or no
+        longer excluded, since): resync them, and only them, at start."""
+        if not await has_completed_resync(self.db):
+            return  # the first full resync covers everything
+        covered = {r["table_name"] for r in await self.db.fetch("resync_covered")}
+        # What a resync under this configuration mirrors: the listed types and the children
+        # fetched with them (per-parent lists only with sync.per_parent_lists).
+        chosen: list[str] = []
+        for res in selected(self.cfg.sync.include, self.cfg.sync.exclude):
+            if res.list_path:
+                chosen.append(res.table)
+                chosen.extend(child.table for child, _ in self.resync.child_lists(res))
+        if not covered:
+            # Upgraded from a version that did not record coverage: what is selected now is
+            # the baseline (it was mirrored by the resyncs before).
+            await self.db.execute("resync_cover", None, chosen)
+            return
+        new = sorted(set(chosen) - covered)
+        if new:
+            log.info("resync_new_types", tables=new)
+            await self._run(new, "selection_changed")
 
     async def _run(self, tables: Sequence[str] | None, reason: str) -> None:
         """Run (or resume) the run of this scope, known by id first so a failure is recorded."""
@@ -276,7 +301,7 @@ class _Follow:
             self._alone = now
         return now - self._alone >= self._patience
 
-    async def taken(self, request_id: int) -> asyncpg.Record | None:
+    async def taken(self, request_id: int) -> Row | None:
         """The request once a daemon answered it; None when no daemon is there (said so)."""
         while True:
             row = await self._db(lambda: self.db.fetchrow("get_request", request_id))
@@ -347,16 +372,14 @@ class _Follow:
             await anyio.sleep(self.poll)
 
 
-def _failure_line(run_id: int, run: asyncpg.Record) -> str:
+def _failure_line(run_id: int, run: Row) -> str:
     again = ""
     if run["next_try_in"] is not None:
         again = f" (the daemon tries again in {max(0.0, run['next_try_in']):.0f}s)"
     return f"resync {run_id}: attempt {run['attempts']} failed{again}: {run['error']}"
 
 
-def report(
-    out: TextIO, run_id: int, status: str, error: str | None, rows: Sequence[asyncpg.Record]
-) -> int:
+def report(out: TextIO, run_id: int, status: str, error: str | None, rows: Sequence[Row]) -> int:
     """A finished run, table by table; 0 when it is done, 1 otherwise (naming the problems)."""
     for r in rows:
         note = f" ({r['error']})" if r["error"] else ""

@@ -120,12 +120,7 @@ async def gather(db: Database, cfg: Config) -> Report:
     for resource in RESOURCES:
         if not await _exists(db, f'"{db.schemas.mirror}"."{resource.table}"'):
             continue
-        query = db.table_sql("status_mirror_counts", resource.table)
-
-        async def count(conn: Any, sql: str = query) -> Any:
-            return await conn.fetchrow(sql)
-
-        row = await db.run(count, transaction=False)
+        row = await db.fetchrow("status_mirror_counts", table=resource.table)
         if row is not None and (row["live"] or row["deleted"]):
             tables[resource.table] = {
                 "live": row["live"],

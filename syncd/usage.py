@@ -24,12 +24,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
-import asyncpg
 import orjson
 
 from syncd import metrics
 from syncd.config import Config
-from syncd.db import Database, translate
+from syncd.db import Database, Dedicated, Row, Tx
 from syncd.errors import StripeError, StripePermissionDenied
 from syncd.logs import get_logger
 from syncd.stripe_api import StripeAPI
@@ -164,13 +163,15 @@ class UsageFlusher:
         log.info("usage_flushed", **result.as_dict())
         return result
 
-    async def _lock(self, conn: asyncpg.Connection, query: str, batch_id: int) -> bool:
-        """(Un)lock a batch on the flush's dedicated connection (outside the pool, which would
-        drop session locks), with driver errors translated like the rest of the database layer."""
-        try:
-            return bool(await conn.fetchval(self.db.sql(query), batch_id))
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            raise translate(exc, self.db.dsn) from exc
+    @staticmethod
+    async def _lock(lock_conn: Dedicated, batch_id: int) -> bool:
+        """Lock a batch on the flush's dedicated connection (outside the pool, which would drop
+        session locks); False when another flush holds it."""
+        return bool(await lock_conn.fetchval("usage_lock_batch", batch_id))
+
+    @staticmethod
+    async def _unlock(lock_conn: Dedicated, batch_id: int) -> None:
+        await lock_conn.fetchval("usage_unlock_batch", batch_id)
 
     def _stopping(self) -> bool:
         return self.stopping is not None and self.stopping.is_set()
@@ -229,16 +230,16 @@ class UsageFlusher:
 
     async def _claim(
         self,
-        lock_conn: asyncpg.Connection,
+        lock_conn: Dedicated,
         meters: Mapping[str, Meter],
         last_id: int,
         result: FlushResult,
     ) -> tuple[int, int, tuple[int, list[_Outbound]] | None]:
         """One round: claim, classify, write the batch; returns (claimed, last id, batch)."""
 
-        async def tx(conn: asyncpg.Connection) -> tuple[int, int, Any]:
-            await conn.execute(self.db.sql("usage_tx_settings"))
-            rows = await conn.fetch(self.db.sql("usage_claim"), last_id, self.usage.batch_size)
+        async def tx(conn: Tx) -> tuple[int, int, Any]:
+            await conn.execute("usage_tx_settings")
+            rows = await conn.fetch("usage_claim", last_id, self.usage.batch_size)
             if not rows:
                 return 0, last_id, None
             items = await self._metered_items(conn, rows)
@@ -246,7 +247,7 @@ class UsageFlusher:
             result.rows_waiting += waiting
             if rejected:
                 await conn.execute(
-                    self.db.sql("usage_rows_rejected"),
+                    "usage_rows_rejected",
                     [r[0] for r in rejected],
                     [r[1] for r in rejected],
                 )
@@ -258,29 +259,29 @@ class UsageFlusher:
                 batch = await self._write_batch(conn, lock_conn, events)
             return len(rows), max(r["id"] for r in rows), batch
 
-        return await self.db.run(tx)
+        return await self.db.transact(tx)
 
     async def _metered_items(
-        self, conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]
+        self, conn: Tx, rows: Sequence[Row]
     ) -> dict[str, list[tuple[str, str | None]]]:
         if self.usage.target != "legacy":
             return {}
         subs = sorted({r["subscription_id"] for r in rows if r["subscription_id"]})
         items: dict[str, list[tuple[str, str | None]]] = {}
-        for r in await conn.fetch(self.db.sql("usage_metered_items"), subs):
+        for r in await conn.fetch("usage_metered_items", subs):
             items.setdefault(r["subscription_id"], []).append((r["id"], r["lookup_key"]))
         return items
 
     async def _write_batch(
-        self, conn: asyncpg.Connection, lock_conn: asyncpg.Connection, events: list[Event]
+        self, conn: Tx, lock_conn: Dedicated, events: list[Event]
     ) -> tuple[int, list[_Outbound]]:
         nonce = uuid.uuid4().hex[:12]
         rows = sum(len(e.row_ids) for e in events)
         batch_id: int = await conn.fetchval(
-            self.db.sql("usage_insert_batch"), nonce, self.usage.target, self.instance, rows
+            "usage_insert_batch", nonce, self.usage.target, self.instance, rows
         )
         # Locked before the batch is visible (commit), so no other flush can think it orphaned.
-        await self._lock(lock_conn, "usage_lock_batch", batch_id)
+        await self._lock(lock_conn, batch_id)
         # The identifier is fixed here, before anything is sent, and never changes: a resend
         # after a crash carries the same one, and Stripe counts it once.
         requests = [
@@ -291,7 +292,7 @@ class UsageFlusher:
             for n, e in enumerate(events)
         ]
         inserted = await conn.fetch(
-            self.db.sql("usage_insert_events"),
+            "usage_insert_events",
             batch_id,
             [r[0] for r in requests],
             [e.customer_id for e in events],
@@ -316,21 +317,19 @@ class UsageFlusher:
             event_ids.extend([event_id] * len(e.row_ids))
             customers.extend([e.customer_id] * len(e.row_ids))
             outbound.append(_Outbound(event_id, identifier, path, base, params, e.row_ids))
-        await conn.execute(
-            self.db.sql("usage_rows_sending"), batch_id, row_ids, event_ids, customers
-        )
+        await conn.execute("usage_rows_sending", batch_id, row_ids, event_ids, customers)
         log.info("usage_batch_written", batch_id=batch_id, rows=rows, events=len(events))
         return batch_id, outbound
 
     # -- sending --------------------------------------------------------------------------------
 
-    async def _recover(self, lock_conn: asyncpg.Connection, result: FlushResult) -> None:
+    async def _recover(self, lock_conn: Dedicated, result: FlushResult) -> None:
         for row in await self.db.fetch("usage_sending_batches"):
             batch_id = row["id"]
-            if not await self._lock(lock_conn, "usage_lock_batch", batch_id):
+            if not await self._lock(lock_conn, batch_id):
                 continue  # another flush is sending it right now
             if await self.db.fetchval("usage_batch_status", batch_id) != "sending":
-                await self._lock(lock_conn, "usage_unlock_batch", batch_id)
+                await self._unlock(lock_conn, batch_id)
                 continue  # finished between our look and our lock
             pending = [
                 _Outbound(
@@ -349,7 +348,7 @@ class UsageFlusher:
 
     async def _send(
         self,
-        lock_conn: asyncpg.Connection,
+        lock_conn: Dedicated,
         batch_id: int,
         outbound: list[_Outbound],
         result: FlushResult,
@@ -401,7 +400,7 @@ class UsageFlusher:
         if unsent:
             metrics.usage_events.labels("unsent").inc(unsent)
         await self.db.execute("usage_finish_batch", batch_id)
-        await self._lock(lock_conn, "usage_unlock_batch", batch_id)
+        await self._unlock(lock_conn, batch_id)
         log.info(
             "usage_batch_sent",
             batch_id=batch_id,
@@ -421,19 +420,19 @@ class UsageFlusher:
         ok = [a.outbound for a in chunk if a.error is None]
         bad = [a for a in chunk if a.error is not None]
 
-        async def tx(conn: asyncpg.Connection) -> tuple[int, int]:
-            await conn.execute(self.db.sql("usage_async_commit"))
+        async def tx(conn: Tx) -> tuple[int, int]:
+            await conn.execute("usage_async_commit")
             reported = failed = 0
             if ok:
                 row = await conn.fetchrow(
-                    self.db.sql("usage_mark_reported"),
+                    "usage_mark_reported",
                     [o.id for o in ok],
                     [i for o in ok for i in o.row_ids],
                 )
                 reported = row["rows"] if row is not None else 0
             if bad:
                 row = await conn.fetchrow(
-                    self.db.sql("usage_mark_failed"),
+                    "usage_mark_failed",
                     [a.outbound.id for a in bad],
                     [a.error for a in bad],
                     [i for a in bad for i in a.outbound.row_ids],
@@ -442,7 +441,7 @@ class UsageFlusher:
                 failed = row["rows"] if row is not None else 0
             return reported, failed
 
-        reported, failed = await self.db.run(tx)
+        reported, failed = await self.db.transact(tx)
         counts["sent"] += len(chunk)
         counts["refused"] += len(bad)
         result.events_sent += len(chunk)

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, localcontext
 from typing import Any
 
-import asyncpg
-
 from syncd.config import Config
+from syncd.db import Row
 
 METER_EVENTS_PATH = "/v1/billing/meter_events"
 # Stripe accepts meter events at most this far in the future; rows further ahead are bad input
@@ -75,7 +74,7 @@ def meter_value_problem(value: Decimal) -> str | None:
 
 def classify(
     cfg: Config,
-    rows: Sequence[asyncpg.Record],
+    rows: Sequence[Row],
     meters: Mapping[str, Meter],
     items: Mapping[str, list[tuple[str, str | None]]],
 ) -> tuple[list[Event], list[tuple[int, str]], int]:
@@ -97,7 +96,7 @@ def classify(
 
 def _group(
     cfg: Config,
-    rows: Sequence[asyncpg.Record],
+    rows: Sequence[Row],
     meters: Mapping[str, Meter],
     items: Mapping[str, list[tuple[str, str | None]]],
     events: dict[tuple[str, str, int], Event],
@@ -215,7 +214,7 @@ def _legacy_item(
     return None, f"rejected: {reason}"
 
 
-def _unresolved_reason(row: asyncpg.Record, cfg: Config) -> str:
+def _unresolved_reason(row: Row, cfg: Config) -> str:
     mirror = cfg.database.mirror_schema
     tried = []
     if row["subscription_id"]:

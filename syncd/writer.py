@@ -13,11 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import orjson
 
 from syncd import metrics
-from syncd.db import Database
+from syncd.db import Database, Tx
 from syncd.registry import Resource
 from syncd.storable import storable
 
@@ -47,11 +46,10 @@ class Writer:
         self.db = db
         self.account_id = account_id
         self.notify_channel = notify_channel
-        self._upserts: dict[tuple[str, str], str] = {}  # (query, table): upsert_sql's statement
 
     async def upsert(
         self,
-        conn: asyncpg.Connection,
+        conn: Tx,
         resource: Resource,
         objects: Objects,
         *,
@@ -67,20 +65,22 @@ class Writer:
             if parent_id is None:
                 raise ValueError(f"{resource.table} rows need their parent's id")
             rows = await conn.fetch(
-                self.db.table_sql("upsert_children", resource.table),
+                "upsert_children",
                 payload,
                 self.account_id,
                 api_version,
                 version,
                 parent_id,
+                table=resource.table,
             )
         else:
             rows = await conn.fetch(
-                self.upsert_sql("upsert_objects", resource),
+                "upsert_objects",
                 payload,
                 self.account_id,
                 api_version,
                 version,
+                table=resource.table,
             )
         written = Written([(r["id"], r["op"]) for r in rows])
         await self._announce(conn, resource, written.changed)
@@ -88,7 +88,7 @@ class Writer:
 
     async def upsert_each(
         self,
-        conn: asyncpg.Connection,
+        conn: Tx,
         resource: Resource,
         items: Sequence[tuple[dict[str, Any], float, str | None]],
     ) -> Written:
@@ -98,25 +98,23 @@ class Writer:
             raise ValueError(f"{resource.table} rows need their parent's id: use upsert")
         payload = storable(orjson.dumps([{"o": o, "v": v, "a": a} for o, v, a in items]))
         rows = await conn.fetch(
-            self.upsert_sql("upsert_objects_each", resource), payload, self.account_id
+            "upsert_objects_each", payload, self.account_id, table=resource.table
         )
         written = Written([(r["id"], r["op"]) for r in rows])
         await self._announce(conn, resource, written.changed)
         return written
 
     async def tombstone(
-        self, conn: asyncpg.Connection, resource: Resource, ids: Iterable[str], *, version: float
+        self, conn: Tx, resource: Resource, ids: Iterable[str], *, version: float
     ) -> Written:
-        rows = await conn.fetch(
-            self.db.table_sql("tombstone_ids", resource.table), list(ids), version
-        )
+        rows = await conn.fetch("tombstone_ids", list(ids), version, table=resource.table)
         written = Written([(r["id"], "delete") for r in rows])
         await self._announce(conn, resource, written.ops)
         return written
 
     async def replace_children(
         self,
-        conn: asyncpg.Connection,
+        conn: Tx,
         resource: Resource,
         parent_id: str,
         objects: Sequence[dict[str, Any]],
@@ -139,7 +137,7 @@ class Writer:
 
     async def tombstone_missing_children(
         self,
-        conn: asyncpg.Connection,
+        conn: Tx,
         resource: Resource,
         parent_id: str,
         keep: Sequence[str],
@@ -148,10 +146,7 @@ class Writer:
     ) -> Written:
         """Tombstone the children of `parent_id` other than `keep` (its complete list's ids)."""
         rows = await conn.fetch(
-            self.db.table_sql("tombstone_missing_children", resource.table),
-            parent_id,
-            list(keep),
-            version,
+            "tombstone_missing_children", parent_id, list(keep), version, table=resource.table
         )
         gone = Written([(r["id"], "delete") for r in rows])
         await self._announce(conn, resource, gone.ops)
@@ -159,7 +154,7 @@ class Writer:
 
     async def replace_children_of_many(
         self,
-        conn: asyncpg.Connection,
+        conn: Tx,
         resource: Resource,
         sets: Mapping[str, Sequence[dict[str, Any]]],
         *,
@@ -175,21 +170,19 @@ class Writer:
         written = Written()
         if objects:
             rows = await conn.fetch(
-                self.db.table_sql("upsert_children_of_many", resource.table),
+                "upsert_children_of_many",
                 storable(orjson.dumps(objects)),
                 self.account_id,
                 api_version,
                 version,
                 parents,
+                table=resource.table,
             )
             written = Written([(r["id"], r["op"]) for r in rows])
             await self._announce(conn, resource, written.changed)
         keep = [o["id"] for o in objects if "id" in o]
         rows = await conn.fetch(
-            self.db.table_sql("tombstone_missing_children_of_many", resource.table),
-            list(sets),
-            keep,
-            version,
+            "tombstone_missing_children_of_many", list(sets), keep, version, table=resource.table
         )
         gone = Written([(r["id"], "delete") for r in rows])
         await self._announce(conn, resource, gone.ops)
@@ -197,39 +190,11 @@ class Writer:
         return written
 
     async def versions(
-        self, conn: asyncpg.Connection, resource: Resource, ids: Iterable[str]
+        self, conn: Tx, resource: Resource, ids: Iterable[str]
     ) -> dict[str, tuple[float, bool]]:
         """Current (version, deleted) of the rows that exist among `ids`."""
-        rows = await conn.fetch(self.db.table_sql("versions_of", resource.table), list(ids))
+        rows = await conn.fetch("versions_of", list(ids), table=resource.table)
         return {r["id"]: (r["version"], r["deleted"]) for r in rows}
-
-    def upsert_sql(self, name: str, resource: Resource) -> str:
-        """`upsert_objects` or `upsert_objects_each` for one table, with the columns it computes
-        itself (`Resource.extra_columns`: `<table>_extra_*` in writer_<table>.sql)."""
-        key = (name, resource.table)
-        sql = self._upserts.get(key)
-        if sql is None:
-            sql = self.db.table_sql(name, resource.table)
-            for part in ("columns", "values", "updates"):
-                extra = (
-                    self.db.sql(f"{resource.table}_extra_{part}") if resource.extra_columns else ""
-                )
-                sql = sql.replace(f"{{extra_{part}}}", extra)
-            self._upserts[key] = sql
-        return sql
-
-    def insert_sql(self, resource: Resource) -> str:
-        """`upsert_objects` without its conflict clause, for objects the table does not hold yet.
-
-        The upsert's speculative insertion (probe, insert, confirm: an extra WAL record a row)
-        and its update machinery cost about 13% of PostgreSQL's time per new row. Without them
-        the statement fails with a unique violation if a row is there after all, having changed
-        nothing: the caller then writes the same objects with the upsert.
-        """
-        head, conflict, _ = self.upsert_sql("upsert_objects", resource).partition("\nON CONFLICT")
-        if not conflict:
-            raise ValueError(f"{resource.table}: upsert_objects has no ON CONFLICT clause")
-        return head + "\nRETURNING t.id, 'insert' AS op"
 
     @staticmethod
     def count_rows(resource: Resource, ops: Mapping[str, int]) -> None:
@@ -238,16 +203,14 @@ class Writer:
             if ops.get(op):
                 metrics.rows_written.labels(resource.table, op).inc(ops[op])
 
-    async def _announce(
-        self, conn: asyncpg.Connection, resource: Resource, changes: list[tuple[str, str]]
-    ) -> None:
+    async def _announce(self, conn: Tx, resource: Resource, changes: list[tuple[str, str]]) -> None:
         if not changes:
             return
         self.count_rows(resource, Counter(op for _, op in changes))
         if not self.notify_channel:
             return
         for payload in _notify_payloads(resource.table, changes):
-            await conn.execute(self.db.sql("notify_changes"), self.notify_channel, payload)
+            await conn.execute("notify_changes", self.notify_channel, payload)
 
 
 def _notify_payloads(table: str, changes: list[tuple[str, str]]) -> list[str]:

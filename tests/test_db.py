@@ -1,18 +1,22 @@
-"""The database edge: driver errors become syncd's classes, and a lost deadlock is retryable."""
+"""The database edge: driver errors become syncd's classes, and a lost deadlock is retryable;
+the statements `db` composes are valid SQL for every mirror table."""
 
 from __future__ import annotations
 
 import anyio
 import asyncpg
+import orjson
 import pytest
 
-from syncd.db import Database
+from syncd.db import COMPOSED, Database, Tx
 from syncd.errors import (
     DatabaseConflict,
     DatabaseDataError,
+    DatabaseDuplicate,
     DatabaseRefused,
     SyncdError,
 )
+from syncd.registry import RESOURCES
 
 
 async def test_deadlock_becomes_a_retryable_conflict(db: Database) -> None:
@@ -74,3 +78,35 @@ async def test_server_refusals_are_retried(db: Database) -> None:
         with pytest.raises(DatabaseRefused) as info:
             await db.run(lambda c, s=statement: c.execute(s))
         assert info.value.retryable
+
+
+async def test_every_composed_statement_prepares_for_every_table(db: Database) -> None:
+    """The writer's upserts with each table's own columns spliced in, the plain insert cut from
+    the upsert, the resync's page statement with either embedded: a broken composition (or a
+    table whose columns no longer fit) fails here, not in the middle of a resync."""
+    for res in RESOURCES:
+        for name in COMPOSED:
+            sql = db.statement(name, res.table)
+            try:
+                await db.run(lambda c, q=sql: c.prepare(q), transaction=False)
+            except SyncdError as exc:
+                raise AssertionError(f"{name} for {res.table}: {exc}\n{sql}") from exc
+
+
+async def test_the_wrapper_translates_and_nests_savepoints(db: Database) -> None:
+    """`Tx` raises syncd's classes only (a unique violation: DatabaseDuplicate, which the
+    resync's plain insert falls back on), and a nested transaction is a savepoint."""
+    customer = orjson.dumps([{"id": "cus_1", "object": "customer", "metadata": {}}])
+    args = (customer, "", None, 1.0)
+
+    async def go(conn: Tx) -> int:
+        await conn.fetch("insert_objects", *args, table="customers")
+        with pytest.raises(DatabaseDuplicate) as info:
+            async with conn.transaction():
+                await conn.fetch("insert_objects", *args, table="customers")
+        assert info.value.sqlstate == "23505" and not info.value.retryable
+        assert isinstance(info.value.__cause__, asyncpg.UniqueViolationError)
+        # The savepoint rolled back alone: the transaction goes on.
+        return len(await conn.fetch("versions_of", ["cus_1"], table="customers"))
+
+    assert await db.transact(go) == 1

@@ -281,13 +281,13 @@ async def test_changes_are_announced_after_commit(db_url: str, emulator: Emulato
         got: list[dict[str, Any]] = []
         arrived = anyio.Event()
 
-        def listen(*args: Any) -> None:
-            got.append(orjson.loads(args[3]))
+        def listen(payload: str) -> None:
+            got.append(orjson.loads(payload))
             arrived.set()
 
         conn = await h.db.dedicated_connection()
         try:
-            await conn.add_listener(h.cfg.events.notify_channel, listen)
+            await conn.listen(h.cfg.events.notify_channel, listen)
             cust = await h.user.post("/v1/customers", {"email": "a@example.com"})
             await h.stream.poll_head()
             with anyio.move_on_after(5):
@@ -339,7 +339,7 @@ async def test_upsert_each_keeps_the_newest_version_per_object(
             return {"id": "cus_1", "object": "customer", "created": 1, "email": email}
 
         async def write(items: list[tuple[dict[str, Any], float, str | None]]) -> list[Any]:
-            return (await h.db.run(lambda c: h.writer.upsert_each(c, customers, items))).ops
+            return (await h.db.transact(lambda c: h.writer.upsert_each(c, customers, items))).ops
 
         # Within one statement the newest of an object's versions is the one written.
         assert await write([(cus("b@x"), 200.0, "v"), (cus("a@x"), 100.0, "v")]) == [

@@ -10,16 +10,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import asyncpg
 import orjson
 import pytest
 
 from syncd import metrics
-from syncd.db import Database
+from syncd.db import Database, Tx
 from syncd.emulator import Emulator
 from syncd.lifecycle import Lifecycle
-from syncd.registry import BY_TABLE, RESOURCES
-from syncd.resync import Resync, has_completed_resync, page_statement
+from syncd.registry import BY_TABLE
+from syncd.resync import Resync, has_completed_resync
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
 from tests.conftest import emulator_config, make_config
@@ -217,13 +216,13 @@ async def test_newer_rows_win_and_only_unconfirmed_rows_are_swept(
         ghost_old = {**customers[1], "id": "cus_ghostold"}
         ghost_new = {**customers[1], "id": "cus_ghostnew"}
 
-        async def seed_rows(conn: asyncpg.Connection) -> None:
+        async def seed_rows(conn: Tx) -> None:
             w = rs.writer
             res = BY_TABLE["customers"]
             await w.upsert(conn, res, [newer, ghost_new], version=future, api_version=None)
             await w.upsert(conn, res, [ghost_old], version=1000.0, api_version=None)
 
-        await rs.db.run(seed_rows)
+        await rs.db.transact(seed_rows)
         result = await rs.run(reason="test")
         mirror = await rows(rs.db, "customers")
         # An event-stream write newer than the listing keeps its content.
@@ -331,13 +330,13 @@ async def test_replace_children_of_many_parents_at_once(db_url: str) -> None:
         w = Writer(db)
 
         async def replace(sets: dict[str, list[dict[str, Any]]], version: float) -> list[Any]:
-            async def go(conn: asyncpg.Connection) -> list[Any]:
+            async def go(conn: Tx) -> list[Any]:
                 done = await w.replace_children_of_many(
                     conn, items, sets, version=version, api_version=None
                 )
                 return sorted(done.changed)
 
-            return await db.run(go)
+            return await db.transact(go)
 
         assert len(await replace({"a": kids("a", 3), "b": kids("b", 2), "c": []}, 1.0)) == 5
         changed = await replace({"a": kids("a", 1), "b": kids("b", 2), "c": kids("c", 1)}, 2.0)
@@ -353,7 +352,7 @@ async def listening(db: Database, channel: str) -> AsyncIterator[list[str]]:
     """Every payload NOTIFYed on `channel` while inside (raw strings, in arrival order)."""
     listener = await db.dedicated_connection()
     got: list[str] = []
-    await listener.add_listener(channel, lambda *args: got.append(args[3]))
+    await listener.listen(channel, got.append)
     try:
         yield got
         await anyio.sleep(0.3)  # deliveries of the last commits
@@ -403,7 +402,7 @@ async def test_page_statement_cuts_long_announcements(db_url: str, new: bool) ->
         for i in range(200)
     ]
     async with Database.connect(cfg.database) as db:
-        sql = page_statement(db, Writer(db), res, new=new)
+        sql = db.statement("resync_insert_page" if new else "resync_write_page", res.table)
         async with listening(db, "long_ids") as got:
             counts = await db.run(
                 lambda c: c.fetch(
@@ -449,7 +448,7 @@ async def test_new_objects_are_inserted_plainly_and_a_present_row_falls_back(
     counted = metrics.resync_insert_pages
     before = {o: counted.labels("customers", o)._value.get() for o in ("inserted", "conflict")}
     async with resyncer(cfg) as rs:
-        await rs.db.run(
+        await rs.db.transact(
             lambda c: rs.writer.upsert(
                 c, BY_TABLE["customers"], [present], version=time.time() + 3600, api_version=None
             )
@@ -462,17 +461,3 @@ async def test_new_objects_are_inserted_plainly_and_a_present_row_falls_back(
     assert mirror[present["id"]]["raw"]["email"] == "event@stream"
     assert problems == [f"customers: {present['id']} differs"]
     assert len(mirror) == 1200
-
-
-async def test_every_listed_table_has_both_page_statements(db_url: str) -> None:
-    """The plain-insert form is derived from each table's upsert: it must prepare for all."""
-    cfg = make_config(db_url)
-    async with Database.connect(cfg.database) as db:
-        w = Writer(db)
-        for res in RESOURCES:
-            if res.list_path is None:
-                continue
-            for new in (False, True):
-                sql = page_statement(db, w, res, new=new)
-                assert ("ON CONFLICT" in sql) is not new, res.table
-                await db.run(lambda c, q=sql: c.prepare(q), transaction=False)

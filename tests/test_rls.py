@@ -291,7 +291,7 @@ async def test_configured_schema_names(empty_db_url: str) -> None:
         assert await appschema.apply_row_level_security(db, cfg) == "installed"
         writer = Writer(db)
         cus = {"id": "cus_1", "object": "customer", "metadata": {"supabase_user_id": USER}}
-        await db.run(
+        await db.transact(
             lambda c: writer.upsert(c, BY_TABLE["customers"], [cus], version=1, api_version=None)
         )
         mine = await as_role(db, "authenticated", "SELECT id FROM a_x.customers", user=USER)

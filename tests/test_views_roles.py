@@ -55,7 +55,7 @@ async def test_writer_and_reader_roles(empty_db_url: str) -> None:
     async with Database.connect(writer_cfg.database, min_size=1) as db:
         assert await migrations.migrate(db)
         writer = Writer(db)
-        await db.run(
+        await db.transact(
             lambda c: writer.upsert(
                 c,
                 BY_TABLE["customers"],
@@ -93,7 +93,7 @@ async def test_writer_and_reader_roles(empty_db_url: str) -> None:
     async with Database.connect(writer_cfg.database, min_size=1) as db:
         assert await appschema.apply_row_level_security(db, writer_cfg) == "installed"
         writer = Writer(db)
-        await db.run(
+        await db.transact(
             lambda c: writer.upsert(
                 c,
                 BY_TABLE["customers"],

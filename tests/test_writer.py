@@ -13,7 +13,7 @@ import orjson
 
 from syncd.config import Config
 from syncd.daemon import session_settings
-from syncd.db import Database
+from syncd.db import Database, Tx
 from syncd.registry import BY_TABLE
 from syncd.writer import Writer
 
@@ -37,14 +37,14 @@ def customer(cid: str, **fields: Any) -> dict[str, Any]:
 async def write(
     db: Database, writer: Writer, objs: list[dict[str, Any]], version: float
 ) -> list[tuple[str, str]]:
-    async def go(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    async def go(conn: Tx) -> list[tuple[str, str]]:
         return (
             await writer.upsert(
                 conn, CUSTOMERS, objs, version=version, api_version="2025-03-31.basil"
             )
         ).ops
 
-    return await db.run(go)
+    return await db.transact(go)
 
 
 async def row(db: Database, cid: str) -> asyncpg.Record | None:
@@ -102,11 +102,11 @@ async def test_tombstones_are_final(db: Database) -> None:
 async def test_tombstone_ids_respects_the_guard(db: Database) -> None:
     writer = Writer(db)
     await write(db, writer, [customer("cus_1"), customer("cus_2")], 100.0)
-    ops = await db.run(
+    ops = await db.transact(
         lambda c: writer.tombstone(c, CUSTOMERS, ["cus_1", "cus_2", "cus_404"], version=50.0)
     )
     assert ops.ops == []  # older than what we hold
-    ops = await db.run(lambda c: writer.tombstone(c, CUSTOMERS, ["cus_1"], version=150.0))
+    ops = await db.transact(lambda c: writer.tombstone(c, CUSTOMERS, ["cus_1"], version=150.0))
     assert ops.ops == [("cus_1", "delete")]
 
 
@@ -126,10 +126,10 @@ async def test_page_bytes_go_through_unparsed(db: Database) -> None:
     writer = Writer(db)
     body = orjson.dumps([customer(f"cus_{i}", email=f"{i}@x") for i in range(100)])
 
-    async def go(conn: asyncpg.Connection) -> int:
+    async def go(conn: Tx) -> int:
         return len((await writer.upsert(conn, CUSTOMERS, body, version=1.0, api_version=None)).ops)
 
-    assert await db.run(go) == 100
+    assert await db.transact(go) == 100
 
 
 async def test_typed_columns_follow_raw_in_both_api_shapes(db: Database) -> None:
@@ -166,7 +166,9 @@ async def test_typed_columns_follow_raw_in_both_api_shapes(db: Database) -> None
     }
 
     async def go(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-        await writer.upsert(conn, SUBSCRIPTIONS, [old_shape, basil], version=1.0, api_version=None)
+        await writer.upsert(
+            Tx(db, conn), SUBSCRIPTIONS, [old_shape, basil], version=1.0, api_version=None
+        )
         return await conn.fetch(
             "SELECT id, customer_id, price_id, quantity, extract(epoch FROM current_period_start) AS cps "
             "FROM stripe.subscriptions ORDER BY id"
@@ -188,14 +190,14 @@ async def test_replace_children_tombstones_missing_ones(db: Database) -> None:
     ]
 
     async def replace(objs: list[dict[str, Any]], version: float) -> list[tuple[str, str]]:
-        async def go(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+        async def go(conn: Tx) -> list[tuple[str, str]]:
             return (
                 await writer.replace_children(
                     conn, ITEMS, "sub_1", objs, version=version, api_version=None
                 )
             ).changed
 
-        return await db.run(go)
+        return await db.transact(go)
 
     assert len(await replace(items, 1.0)) == 3
     assert await replace(items[:2], 2.0) == [("si_2", "delete")]
@@ -215,22 +217,22 @@ async def test_changes_are_notified_on_commit_only(cfg: Config) -> None:
         received: list[dict[str, Any]] = []
         all_seen = anyio.Event()
 
-        def on_notify(*args: Any) -> None:
-            received.append(json.loads(args[3]))
+        def on_notify(payload: str) -> None:
+            received.append(json.loads(payload))
             if sum(len(m["changes"]) for m in received) >= 600:
                 all_seen.set()
 
-        await listener.add_listener("syncd_changes", on_notify)
+        await listener.listen("syncd_changes", on_notify)
         try:
 
-            async def rolled_back(conn: asyncpg.Connection) -> None:
+            async def rolled_back(conn: Tx) -> None:
                 await writer.upsert(
                     conn, CUSTOMERS, [customer("cus_x")], version=1.0, api_version=None
                 )
                 raise RuntimeError("roll back")
 
             with contextlib.suppress(RuntimeError):
-                await db.run(rolled_back)
+                await db.transact(rolled_back)
             await write(db, writer, [customer(f"cus_{i}") for i in range(600)], 1.0)
             await write(db, writer, [customer("cus_1")], 2.0)  # unchanged: not announced
             with anyio.fail_after(5):
@@ -272,7 +274,7 @@ async def test_every_fixture_type_in_the_registry_round_trips(db: Database) -> N
 
         async def go(conn: asyncpg.Connection, resource: Any = resource, obj: Any = obj) -> Any:
             await writer.upsert(
-                conn, resource, [obj], version=1.0, api_version=None, parent_id="parent_1"
+                Tx(db, conn), resource, [obj], version=1.0, api_version=None, parent_id="parent_1"
             )
             return await conn.fetchval(
                 f"SELECT raw FROM stripe.{resource.table} WHERE id = $1", obj["id"]

@@ -49,7 +49,7 @@ SELECT id, kind, status, requested_at, started_at, finished_at, error,
  LIMIT $1;
 
 -- name: status_mirror_counts
--- Live and tombstoned rows of one mirror table (rendered per table with db.table_sql).
+-- Live and tombstoned rows of one mirror table (rendered per table by Database.statement).
 SELECT count(*) FILTER (WHERE deleted_at IS NULL) AS live,
        count(*) FILTER (WHERE deleted_at IS NOT NULL) AS deleted,
        max(synced_at) AS last_synced
@@ -65,7 +65,7 @@ SELECT EXISTS (
 );
 
 -- name: demo_live_count
--- Live rows of one mirror table (rendered per table with db.table_sql).
+-- Live rows of one mirror table (rendered per table by Database.statement).
 SELECT count(*) FROM {mirror}.{table} WHERE deleted_at IS NULL;
 
 -- name: demo_synced_at

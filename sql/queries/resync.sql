@@ -184,3 +184,12 @@ UPDATE {state}.requests
    SET status = 'failed', finished_at = now(), error = 'no daemon took the request'
  WHERE id = $1 AND status = 'pending'
 RETURNING id;
+
+-- name: resync_cover
+-- Run $1 covered tables $2 (listed, or fetched with their parents).
+INSERT INTO {state}.resync_coverage AS c (table_name, run_id)
+SELECT t, $1 FROM unnest($2::text[]) AS t
+ON CONFLICT (table_name) DO UPDATE SET run_id = EXCLUDED.run_id, covered_at = now();
+
+-- name: resync_covered
+SELECT table_name FROM {state}.resync_coverage;

@@ -8,7 +8,7 @@
 -- (`t.raw`), so a large TOASTed object is not compressed and written again.
 -- The upserts of whole objects end their column list, select list and update list with
 -- `{extra_columns}`, `{extra_values}` and `{extra_updates}`: the columns a table computes itself,
--- from sql/queries/writer_<table>.sql (Writer.upsert_sql), nothing for most tables.
+-- from sql/queries/writer_<table>.sql (Database.statement), nothing for most tables.
 -- The result says per id what happened: insert, update, delete, same; stale writes are absent.
 -- It is read from the written rows alone (no join with the rows before): a join back onto the
 -- table cost as much as the upsert itself.

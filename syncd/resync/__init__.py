@@ -23,7 +23,6 @@ and tombstone described above).
 from syncd.resync.listing import (
     PROGRESS_INTERVAL,
     object_fault,
-    page_statement,
     write_or_quarantine,
 )
 from syncd.resync.run import (
@@ -43,7 +42,6 @@ __all__ = [
     "TableResult",
     "has_completed_resync",
     "object_fault",
-    "page_statement",
     "resolve_scope",
     "write_or_quarantine",
 ]

@@ -13,14 +13,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import asyncpg
 import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from syncd import metrics
 from syncd.config import SyncConfig
-from syncd.db import Database, is_data_error
-from syncd.errors import DatabaseDataError, StripeError, SyncdError
+from syncd.db import Database, Row, Tx
+from syncd.errors import (
+    DatabaseDataError,
+    DatabaseDuplicate,
+    DatabaseError,
+    StripeError,
+    SyncdError,
+)
 from syncd.lister import Fetch, Page, PageReader, Slice, list_params
 from syncd.logs import bind_context, get_logger
 from syncd.problems import Problems
@@ -39,13 +44,6 @@ PROGRESS_INTERVAL = 5.0
 # Stripe that answers 429 for minutes, a writer waiting on a lock.
 STALL_AFTER = 600.0
 STALL_PROBLEM = "resync_stalled"
-
-
-def page_statement(db: Database, writer: Writer, resource: Resource, *, new: bool = False) -> str:
-    """resync_write_page for one table: its upsert embedded (see resync.sql), or with `new` its
-    plain insert (Writer.insert_sql)."""
-    sql = writer.insert_sql(resource) if new else writer.upsert_sql("upsert_objects", resource)
-    return db.sql("resync_write_page").replace("{upsert}", sql.rstrip().rstrip(";"))
 
 
 @dataclass
@@ -96,8 +94,6 @@ class Listing:
         for s in state.slices:
             k = (s.table, s.variant)
             self.next_no[k] = max(self.next_no.get(k, 0), s.no + 1)
-        # resync_write_page of each (table, plain insert or not)
-        self._page_sql: dict[tuple[str, bool], str] = {}
 
     def _active(self, table: str) -> bool:
         return table in self.resources and self.state.status.get(table, "listing") == "listing"
@@ -176,9 +172,9 @@ class Listing:
         return best, older
 
     async def _persist_split(self, running: Slice, older: Slice) -> None:
-        async def go(conn: asyncpg.Connection) -> None:
+        async def go(conn: Tx) -> None:
             await conn.execute(
-                self.db.sql("resync_insert_slice"),
+                "resync_insert_slice",
                 self.run_id,
                 older.table,
                 older.variant,
@@ -187,7 +183,7 @@ class Listing:
                 older.hi,
             )
             await conn.execute(
-                self.db.sql("resync_set_lo"),
+                "resync_set_lo",
                 self.run_id,
                 running.table,
                 running.variant,
@@ -195,7 +191,7 @@ class Listing:
                 running.lo,
             )
 
-        await self.db.run(go)
+        await self.db.transact(go)
 
     async def _worker(self, send: Any) -> None:
         async with send:
@@ -259,7 +255,7 @@ class Listing:
     async def _write_loop(self, receive: MemoryObjectReceiveStream[Page]) -> None:
         # One connection for the whole listing: taking it from the pool for each page cost a
         # reset round trip per page (and the wake-ups of both processes).
-        async with receive, self.db.connection() as conn:
+        async with receive, self.db.session() as conn:
             async for page in receive:
                 try:
                     if page.children or page.rejected:
@@ -268,16 +264,14 @@ class Listing:
                             await self._write_extras(conn, page)
                     else:
                         await self._write_page(conn, page, alone=True)  # atomic by itself
-                except (asyncpg.PostgresError, orjson.JSONEncodeError) as exc:
+                except (DatabaseError, orjson.JSONEncodeError) as exc:
                     if not object_fault(exc):
                         raise
                     await self._write_split(conn, page, exc)
                 metrics.resync_objects.labels(page.resource.table).inc(page.count)
                 page.committed.set()
 
-    async def _write_split(
-        self, conn: asyncpg.Connection, page: Page, error: BaseException
-    ) -> None:
+    async def _write_split(self, conn: Tx, page: Page, error: BaseException) -> None:
         """A page PostgreSQL refused for its data: its objects are written in halves down to the
         ones that fail, which are quarantined; the rest of the page, its children and the
         slice's checkpoint are written as usual, in one transaction."""
@@ -316,7 +310,7 @@ class Listing:
             await self._quarantine_rejected(conn, page)
             s = page.slice
             await conn.execute(
-                self.db.sql("resync_checkpoint"),
+                "resync_checkpoint",
                 res.table,
                 self.run_id,
                 s.variant,
@@ -325,9 +319,7 @@ class Listing:
             )
         s.fresh = False
 
-    async def _write_page(
-        self, conn: asyncpg.Connection, page: Page, *, alone: bool = False
-    ) -> None:
+    async def _write_page(self, conn: Tx, page: Page, *, alone: bool = False) -> None:
         """The page's objects, the NOTIFY of their changes and the slice's checkpoint: one
         statement (resync_write_page), one round trip.
 
@@ -351,28 +343,20 @@ class Listing:
             s.no,
             *page.checkpoint,
         )
-        rows: list[asyncpg.Record] | None = None
+        rows: list[Row] | None = None
         if alone and s.fresh:
             try:
-                rows = await conn.fetch(self._statement(res, new=True), *args)
+                rows = await conn.fetch("resync_insert_page", *args, table=res.table)
                 metrics.resync_insert_pages.labels(res.table, "inserted").inc()
-            except asyncpg.UniqueViolationError:
+            except DatabaseDuplicate:
                 metrics.resync_insert_pages.labels(res.table, "conflict").inc()
         if rows is None:
-            rows = await conn.fetch(self._statement(res, new=False), *args)
+            rows = await conn.fetch("resync_write_page", *args, table=res.table)
         ops = {r["op"]: r["n"] for r in rows}
         s.fresh = bool(ops.get("insert")) and not ops.keys() - {"insert", "notifications"}
         w.count_rows(res, ops)
 
-    def _statement(self, res: Resource, *, new: bool) -> str:
-        sql = self._page_sql.get((res.table, new))
-        if sql is None:
-            sql = self._page_sql[(res.table, new)] = page_statement(
-                self.db, self.writer, res, new=new
-            )
-        return sql
-
-    async def _write_extras(self, conn: asyncpg.Connection, page: Page) -> None:
+    async def _write_extras(self, conn: Tx, page: Page) -> None:
         """Children and rejected objects of a page, in the page's transaction."""
         w = self.writer
         # Children with the same table and version (the page's inline lists share its version)
@@ -395,7 +379,7 @@ class Listing:
             )
         await self._quarantine_rejected(conn, page)
 
-    async def _quarantine_rejected(self, conn: asyncpg.Connection, page: Page) -> None:
+    async def _quarantine_rejected(self, conn: Tx, page: Page) -> None:
         """Objects the lister could not accept (not of the type, no id), kept with the reason."""
         res = page.resource
         for bad in page.rejected:
@@ -447,13 +431,11 @@ class Listing:
 
 def object_fault(exc: BaseException) -> bool:
     """Whether a failed write blames the data written (quarantine it) rather than the server."""
-    if isinstance(exc, orjson.JSONEncodeError | DatabaseDataError):
-        return True
-    return isinstance(exc, asyncpg.PostgresError) and is_data_error(exc.sqlstate)
+    return isinstance(exc, orjson.JSONEncodeError | DatabaseDataError)
 
 
 async def write_or_quarantine(
-    conn: asyncpg.Connection,
+    conn: Tx,
     writer: Writer,
     quarantine: Quarantine,
     res: Resource,
@@ -478,7 +460,7 @@ async def write_or_quarantine(
                 await writer.upsert(
                     conn, res, batch, version=version, api_version=api_version, parent_id=parent_id
                 )
-        except (asyncpg.PostgresError, orjson.JSONEncodeError) as exc:
+        except (DatabaseError, orjson.JSONEncodeError) as exc:
             if not object_fault(exc):
                 raise
             if len(batch) > 1:

@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import asyncpg
 
 from syncd import metrics
 from syncd.config import Config
-from syncd.db import Database
+from syncd.db import Database, Tx
 from syncd.errors import StripeError, StripeNotFound, SyncdError, one_error
 from syncd.lifecycle import Lifecycle
 from syncd.lister import Slice, check_object
@@ -183,6 +182,7 @@ class Resync:
             await Sweep(run, version).sweep_all()
             await self._retry_quarantine(run_id, run_started_at, version, resources, state)
             problems = await self._report_problems(run_id, state)
+            await self._record_coverage(run_id, resources, state)
         except BaseExceptionGroup as group:
             # Task groups wrap errors; callers decide on syncd's classes (retryable or not).
             inner = one_error(group)
@@ -254,7 +254,7 @@ class Resync:
         if reason is None and obj.get("id") != oid:
             reason = f"retrieved as {obj.get('id')!r}"
 
-        async def go(conn: asyncpg.Connection) -> None:
+        async def go(conn: Tx) -> None:
             if reason is not None:
                 await self.quarantine.put(
                     conn, table=res.table, raw=obj, reason=reason, source=source, run_id=run_id
@@ -272,7 +272,7 @@ class Resync:
                 run_id=run_id,
             )
 
-        await self.db.run(go)
+        await self.db.transact(go)
 
     async def result(self, run_id: int) -> ResyncResult:
         run = await self.db.fetchrow("resync_get_run", run_id)
@@ -290,6 +290,23 @@ class Resync:
                 error=r["error"],
             )
         return out
+
+    async def _record_coverage(
+        self, run_id: int, resources: list[Resource], state: RunState
+    ) -> None:
+        """The types this run mirrored (listed, and their children fetched with them): a type
+        selected later that is missing here is backfilled at the next start."""
+        covered: set[str] = set()
+        for res in resources:
+            if state.status.get(res.table) not in ("listed", "swept"):
+                continue  # unavailable: not covered, tried again
+            covered.add(res.table)
+            covered.update(
+                child.table
+                for child, _ in self.child_lists(res)
+                if child.table not in state.disabled_children
+            )
+        await self.db.execute("resync_cover", run_id, sorted(covered))
 
     def _resources(self, scope: list[str] | None) -> list[Resource]:
         chosen = selected(self.cfg.sync.include, self.cfg.sync.exclude)
@@ -309,15 +326,15 @@ class Resync:
             r["table_name"]: r["objects"] for r in await self.db.fetch("resync_previous_objects")
         }
 
-        async def init(conn: asyncpg.Connection) -> None:
+        async def init(conn: Tx) -> None:
             for res in resources:
-                await conn.execute(self.db.sql("resync_init_table"), run_id, res.table)
+                await conn.execute("resync_init_table", run_id, res.table)
                 for variant in range(len(res.list_variants)):
                     await conn.execute(
-                        self.db.sql("resync_insert_slice"), run_id, res.table, variant, 0, 0, None
+                        "resync_insert_slice", run_id, res.table, variant, 0, 0, None
                     )
 
-        await self.db.run(init)
+        await self.db.transact(init)
         state = RunState()
         for r in await self.db.fetch("resync_tables_of", run_id):
             state.status[r["table_name"]] = r["status"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-import asyncpg
 
 from syncd import metrics
+from syncd.db import Tx
 from syncd.errors import StripeError, StripeNotFound
 from syncd.logs import bind_context, get_logger
 from syncd.registry import Resource
@@ -59,7 +59,9 @@ class Sweep:
         """`owner`: the listed table the counts are kept under (children count with parents)."""
         after = ""
         while True:
-            rows = await self._unconfirmed("resync_unconfirmed", res, after, SWEEP_BATCH)
+            rows = await self.db.fetch(
+                "resync_unconfirmed", self.threshold, after, SWEEP_BATCH, table=res.table
+            )
             if not rows:
                 return
             ids = [r["id"] for r in rows]
@@ -97,12 +99,12 @@ class Sweep:
         if denied:
             log.warning("resync_sweep_skipped", table=res.table, error=str(denied[0]))
         if gone or alive:
-            await self.db.run(lambda c: self._apply(c, res, gone, alive, owner))
+            await self.db.transact(lambda c: self._apply(c, res, gone, alive, owner))
         return not denied
 
     async def _apply(
         self,
-        conn: asyncpg.Connection,
+        conn: Tx,
         res: Resource,
         gone: list[tuple[str, float]],
         alive: list[tuple[dict[str, Any], float]],
@@ -122,38 +124,27 @@ class Sweep:
                 api_version=self.api_version,
             )
         if count:
-            await conn.execute(
-                self.db.sql("resync_count_tombstones"), self.run_id, res.table, count
-            )
+            await conn.execute("resync_count_tombstones", self.run_id, res.table, count)
             metrics.resync_tombstoned.labels(res.table).inc(count)
             log.info("resync_tombstoned", table=res.table, count=count)
-
-    async def _unconfirmed(
-        self, query: str, res: Resource, after: str, limit: int
-    ) -> list[asyncpg.Record]:
-        sql = self.db.table_sql(query, res.table)
-
-        async def go(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-            rows: list[asyncpg.Record] = await conn.fetch(sql, self.threshold, after, limit)
-            return rows
-
-        return await self.db.run(go, transaction=False)
 
     async def _sweep_orphans(self, parent: Resource, res: Resource) -> None:
         """Owned children nobody confirmed whose parent is deleted go with it."""
         after = ""
         while True:
-            rows = await self._unconfirmed(
-                "resync_unconfirmed_children", res, after, SWEEP_BATCH * 10
+            rows = await self.db.fetch(
+                "resync_unconfirmed_children",
+                self.threshold,
+                after,
+                SWEEP_BATCH * 10,
+                table=res.table,
             )
             if not rows:
                 return
             after = rows[-1]["id"]
             parents = {r["parent_id"] for r in rows}
 
-            async def go(
-                conn: asyncpg.Connection, rows: list[Any] = rows, parents: set[str] = parents
-            ) -> None:
+            async def go(conn: Tx, rows: list[Any] = rows, parents: set[str] = parents) -> None:
                 states = await self.writer.versions(conn, parent, parents)
                 dead = [r["id"] for r in rows if states.get(r["parent_id"], (0.0, False))[1]]
                 if not dead:
@@ -161,10 +152,7 @@ class Sweep:
                 done = await self.writer.tombstone(conn, res, dead, version=self.clock.now())
                 if done.ops:
                     await conn.execute(
-                        self.db.sql("resync_count_tombstones"),
-                        self.run_id,
-                        res.table,
-                        len(done.ops),
+                        "resync_count_tombstones", self.run_id, res.table, len(done.ops)
                     )
 
-            await self.db.run(go)
+            await self.db.transact(go)

@@ -82,7 +82,7 @@ async def sync_emulator(
                     conn, resource, parent_id, objs, version=version, api_version=API_VERSION
                 )
 
-        await db.run(fn)
+        await db.transact(fn)
         counts[resource.table] = counts.get(resource.table, 0) + len(objs)
 
     for resource in RESOURCES:
