@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-unit lint format lock schema bench bench-compare run migrate clean
+.PHONY: convergence install demo test test-unit lint format lock schema bench bench-compare run migrate clean
 
 # Exact versions with hashes (`make lock` writes them from pyproject.toml's ranges):
 # requirements.txt the runtime (the Docker image), requirements-dev.txt runtime + `.[test]`
@@ -37,6 +37,9 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+convergence: install  ## 1,000 randomized convergence scenarios (SCENARIOS=N, SEED=S to change); a failure prints its replay command
+	SYNCD_CONVERGENCE_SCENARIOS=$(or $(SCENARIOS),1000) SYNCD_CONVERGENCE_SEED=$(or $(SEED),1) $(BIN)/pytest -q tests/test_convergence.py -k random
 
 bench: install  ## every benchmark with the parameters behind the figures in docs/ (long)
 	$(BIN)/python bench/emulator_throughput.py --customers 100000 --seconds 10 --concurrency 4

@@ -495,6 +495,17 @@ class Applier:
             await conn.execute("events_ledger_record", storable(orjson.dumps(rows)))
         return changed
 
+    @staticmethod
+    def as_stub_tombstone(group: Group) -> bool:
+        """Make a deletion's change carry the id alone (its content was refused); False when
+        the change is not a deletion."""
+        c = group.change
+        if c is None or c.resource is None or c.obj is None or not c.obj.get("deleted"):
+            return False
+        c.obj = {"id": c.obj.get("id"), "object": c.obj.get("object"), "deleted": True}
+        c.related = []
+        return True
+
     async def quarantine_group(self, conn: Tx, group: Group, error: BaseException) -> None:
         """The object of `group` cannot be stored: keep it in quarantine with its events'
         ledger rows marked `quarantined` (in `conn`'s transaction)."""

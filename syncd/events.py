@@ -346,12 +346,22 @@ class EventStream:
 
             try:
                 changed += await self.db.transact(one)
+                continue
             except (DatabaseDataError, orjson.JSONEncodeError) as exc:
+                refused: BaseException = exc
+            if self.applier.as_stub_tombstone(group):
+                # A deletion needs none of the content the database refused: the tombstone
+                # is written with the id alone.
+                try:
+                    changed += await self.db.transact(one)
+                    continue
+                except (DatabaseDataError, orjson.JSONEncodeError) as exc:
+                    refused = exc
 
-                async def keep(conn: Tx, group: Group = group, exc: BaseException = exc) -> None:
-                    await self.applier.quarantine_group(conn, group, exc)
+            async def keep(conn: Tx, group: Group = group, exc: BaseException = refused) -> None:
+                await self.applier.quarantine_group(conn, group, exc)
 
-                await self.db.transact(keep)
+            await self.db.transact(keep)
         await self.db.transact(lambda conn: self._commit(conn, [], advance_to))
         return changed
 

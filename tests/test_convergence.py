@@ -380,7 +380,14 @@ async def test_random_scenarios_converge(db_url: str, emulator: Emulator, chunk:
     per_chunk = -(-SCENARIOS // CHUNKS)
     start = FIRST_SEED + chunk * per_chunk
     for seed in range(start, start + per_chunk):
-        await run_scenario(db_url, emulator, seed)
+        try:
+            await run_scenario(db_url, emulator, seed)
+        except Exception as exc:
+            replay = (
+                f"SYNCD_CONVERGENCE_SCENARIOS=1 SYNCD_CONVERGENCE_SEED={seed} .venv/bin/pytest"
+                " 'tests/test_convergence.py::test_random_scenarios_converge[0]'"
+            )
+            raise AssertionError(f"seed {seed} failed; replay it with:\n{replay}") from exc
 
 
 @pytest.mark.slow

@@ -212,3 +212,17 @@ async def test_poison_objects_through_events(db_url: str, emulator: Emulator, mo
         await h.stream.poll_head()
         assert (await mirror(h.db, "customers"))[bad["id"]][0]["email"] == "now-fine@example.com"
         assert (await quarantine(h.db))[0]["resolved_at"] is not None
+
+
+async def test_a_deleted_object_whose_content_was_refused_is_still_tombstoned(
+    db_url: str, emulator: Emulator
+) -> None:
+    """Snapshot mode: Stripe's `customer.deleted` carries the last content, which PostgreSQL
+    refuses; the tombstone needs none of it and is written with the id alone."""
+    async with harness(db_url, emulator, apply_mode="snapshot") as h:
+        await h.stream.take_cursor()
+        customer = await h.user.post("/v1/customers", {"email": unindexable()})
+        await h.user.request("DELETE", f"/v1/customers/{customer['id']}")
+        await h.stream.poll_head()
+        row, deleted = (await mirror(h.db, "customers"))[customer["id"]]
+        assert deleted and row == {"id": customer["id"], "object": "customer", "deleted": True}
