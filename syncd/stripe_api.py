@@ -21,7 +21,6 @@ it had, and the loop that sent it stops between batches as usual.
 from __future__ import annotations
 
 import logging
-import random
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -302,7 +301,7 @@ class StripeAPI:
         A body that is not framed as a JSON object, whatever the status, is a bad answer
         (retried). A stop (SIGTERM) ends a backoff at once: the last error is raised.
         """
-        attempt = 0
+        backoff = lifecycle.Backoff(0.5, 20.0)
         label = endpoint_label(path)
         while True:
             await self.limiter.acquire()
@@ -318,11 +317,12 @@ class StripeAPI:
                 err: StripeError = bad_answer(path, f"not a JSON object ({kind})", body, status)
             else:
                 err = _translate(status, body, headers, path)
-            if not (retry and err.retryable and attempt < self.max_retries):
+            if not (retry and err.retryable and backoff.attempt < self.max_retries):
                 raise err
             if status == 429:
                 self.limiter.penalize(0.5)
-            delay = min(20.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
+            attempt = backoff.attempt
+            delay = backoff.next()
             bad = isinstance(err, StripeBadAnswer)
             metrics.api_retries.labels("bad_answer" if bad else str(status or "network")).inc()
             if not bad:  # bad answers are logged once per burst (`_BadAnswers`)
@@ -337,7 +337,6 @@ class StripeAPI:
             if not await lifecycle.pause(delay):
                 log.info("stripe_retry_abandoned", endpoint=label, reason="stopping")
                 raise err
-            attempt += 1
 
     async def _send(
         self,
