@@ -100,9 +100,6 @@ class EventStream:
             resources if resources is not None else selected(cfg.sync.include, cfg.sync.exclude)
         )
         self.applier = Applier(cfg, db, api, writer, chosen)
-        # Set while a batch cannot be committed for the server's reasons (privileges, disk, a
-        # read-only server): (since, error). /readyz answers 503 and `syncd status` says so.
-        self.write_failure: tuple[float, str] | None = None
         # The daemon's state (problems, last successful poll); a stream of its own otherwise.
         self.state = state if state is not None else State()
         self.problems = self.state.problems
@@ -312,18 +309,15 @@ class EventStream:
             changed = await self._commit_isolated(groups, advance_to, exc)
         except DatabaseError as exc:
             if exc.retryable and groups:
-                since = self.write_failure[0] if self.write_failure else time.time()
-                self.write_failure = (since, str(exc))
+                # The server refuses (privileges, disk, a read-only server): /readyz answers
+                # 503 and `syncd status` says so until a batch commits again.
                 self.problems.report(
                     WRITE_PROBLEM,
                     f"event stream cannot commit (retrying, cursor held): {exc}",
                     blocking=True,
                 )
             raise
-        if self.write_failure is not None:
-            log.info("events_writes_recovered", after=round(time.time() - self.write_failure[0]))
-            self.problems.clear(WRITE_PROBLEM)
-        self.write_failure = None
+        self.problems.clear(WRITE_PROBLEM)  # logs problem_cleared with how long it lasted
         self._account(groups, fresh, changed, out)
 
     async def _commit(self, conn: Tx, groups: list[Group], advance_to: float | None) -> int:

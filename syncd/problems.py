@@ -42,8 +42,8 @@ class Problems:
 
     def clear(self, key: str) -> None:
         known = self._now.pop(key, None)
-        metrics.problems.labels(key).set(0)
         if known is not None:
+            metrics.problems.labels(key).set(0)
             log.info("problem_cleared", problem=key, seconds=round(time.time() - known.since))
             self.on_change()
 
