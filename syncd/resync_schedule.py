@@ -32,7 +32,6 @@ from syncd.lifecycle import Backoff, Lifecycle
 from syncd.logs import get_logger
 from syncd.problems import Problems
 from syncd.redaction import scrub
-from syncd.registry import selected
 from syncd.resync import PROGRESS_INTERVAL, Resync, has_completed_resync
 from syncd.runtime import Runtime
 from syncd.stripe_api import StripeAPI
@@ -132,13 +131,7 @@ class ResyncLoop:
         if not await has_completed_resync(self.db):
             return  # the first full resync covers everything
         covered = {r["table_name"] for r in await self.db.fetch("resync_covered")}
-        # What a resync under this configuration mirrors: the listed types and the children
-        # fetched with them (per-parent lists only with sync.per_parent_lists).
-        chosen: list[str] = []
-        for res in selected(self.cfg.sync.include, self.cfg.sync.exclude):
-            if res.list_path:
-                chosen.append(res.table)
-                chosen.extend(child.table for child, _ in self.resync.child_lists(res))
+        chosen = self.resync.mirrored_tables()
         if not covered:
             # Upgraded from a version that did not record coverage: what is selected now is
             # the baseline (it was mirrored by the resyncs before).

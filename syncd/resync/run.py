@@ -296,17 +296,19 @@ class Resync:
     ) -> None:
         """The types this run mirrored (listed, and their children fetched with them): a type
         selected later that is missing here is backfilled at the next start."""
-        covered: set[str] = set()
-        for res in resources:
-            if state.status.get(res.table) not in ("listed", "swept"):
-                continue  # unavailable: not covered, tried again
-            covered.add(res.table)
-            covered.update(
-                child.table
-                for child, _ in self.child_lists(res)
-                if child.table not in state.disabled_children
-            )
+        listed = [r for r in resources if state.status.get(r.table) in ("listed", "swept")]
+        covered = set(self.mirrored_tables(listed)) - state.disabled_children
         await self.db.execute("resync_cover", run_id, sorted(covered))
+
+    def mirrored_tables(self, resources: list[Resource] | None = None) -> list[str]:
+        """The tables a resync of `resources` (None: every listed type selected) fills: the
+        listed types and the children fetched with them (per-parent lists only with
+        sync.per_parent_lists)."""
+        out: list[str] = []
+        for res in self._resources(None) if resources is None else resources:
+            out.append(res.table)
+            out.extend(child.table for child, _ in self.child_lists(res))
+        return out
 
     def _resources(self, scope: list[str] | None) -> list[Resource]:
         chosen = selected(self.cfg.sync.include, self.cfg.sync.exclude)
