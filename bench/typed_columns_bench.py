@@ -27,6 +27,7 @@ from syncd.db import Database, Tx
 from syncd.logs import configure
 from syncd.pgserver import throwaway_postgres
 from syncd.registry import BY_TABLE
+from syncd.versions import Version
 from syncd.writer import Writer
 
 BEFORE = 52  # the last migration with plain casts
@@ -79,7 +80,7 @@ async def one_round(db: Database, pages: list[bytes]) -> float:
         started = time.perf_counter()
         for page in pages:
             await writer.upsert(
-                Tx(db, conn), resource, page, version=time.time(), api_version="bench"
+                Tx(db, conn), resource, page, version=Version.at(time.time()), api_version="bench"
             )
         return time.perf_counter() - started
 

@@ -29,6 +29,7 @@ from syncd.db import Database, Tx
 from syncd.emulator import Emulator
 from syncd.pgserver import throwaway_postgres
 from syncd.registry import BY_TABLE
+from syncd.versions import Version
 from syncd.writer import Writer
 
 SUPABASE = """
@@ -62,7 +63,7 @@ RLS_QUERIES = {
 
 async def load_mirror(emu: Emulator, db: Database) -> dict[str, int]:
     writer = Writer(db)
-    version = float(emu.clock.now())
+    version = Version.at(float(emu.clock.now()))
     counts: dict[str, int] = {}
     for table in ("products", "prices", "customers", "subscriptions", "invoices"):
         resource = BY_TABLE[table]

@@ -199,6 +199,49 @@ CREATE FUNCTION syncd.json_time(value text) RETURNS timestamp with time zone
     RETURN CASE WHEN (value ~ '^\s*[-+]?[0-9]{1,11}(\.[0-9]*)?\s*$'::text) THEN to_timestamp((value)::double precision) WHEN ((value IS NOT NULL) AND (syncd.unfit(value, 'time'::text) IS NULL)) THEN NULL::timestamp with time zone ELSE NULL::timestamp with time zone END;
 
 --
+-- Name: refetch_later(text, text, text, timestamp with time zone); Type: FUNCTION; Schema: syncd; Owner: -
+--
+
+CREATE FUNCTION syncd.refetch_later(table_name text, object_id text, parent_id text, not_before timestamp with time zone) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    INSERT INTO "syncd".refetch_queue AS q (table_name, object_id, parent_id, not_before)
+    VALUES (table_name, object_id, parent_id, not_before)
+    ON CONFLICT ON CONSTRAINT refetch_queue_pkey
+    DO UPDATE SET not_before = GREATEST(q.not_before, EXCLUDED.not_before);
+    RETURN false;
+END $$;
+
+--
+-- Name: version_admits(timestamp with time zone, timestamp with time zone, bigint, double precision[], jsonb, timestamp with time zone, timestamp with time zone, bigint, double precision[], jsonb, boolean, regclass, text, text); Type: FUNCTION; Schema: syncd; Owner: -
+--
+
+CREATE FUNCTION syncd.version_admits(row_from timestamp with time zone, row_to timestamp with time zone, row_by bigint, row_local double precision[], row_raw jsonb, new_from timestamp with time zone, new_to timestamp with time zone, new_by bigint, new_local double precision[], new_raw jsonb, new_gone boolean, tbl regclass, object_id text, parent_id text) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    same_process boolean := coalesce(row_by = new_by, false);
+    -- Either clock may tell: Stripe's bounds, or the process's own when both are its versions.
+    newer boolean := new_from >= row_to OR (same_process AND new_local[1] >= row_local[2]);
+    older boolean := new_to <= row_from OR (same_process AND new_local[2] <= row_local[1]);
+BEGIN
+    IF new_gone OR newer THEN
+        RETURN true;  -- Stripe never undeletes; or certainly newer
+    ELSIF older THEN
+        RETURN false;  -- certainly older: a stale write
+    ELSIF row_raw IS NOT DISTINCT FROM new_raw THEN
+        -- The same content seen again: the row's interval moves on (GREATEST of both ends).
+        RETURN new_to > row_to OR new_from > row_from OR (same_process AND new_local > row_local);
+    END IF;
+    -- Overlapping versions with different content: which is newer is unknown. Keep the row and
+    -- fetch the object again once Stripe's clock has passed both (refetch_queue).
+    RETURN "syncd".refetch_later(
+        (SELECT relname FROM pg_class WHERE oid = tbl), object_id, parent_id,
+        GREATEST(row_to, new_to));
+END $$;
+
+--
 -- Name: active_entitlements; Type: TABLE; Schema: stripe; Owner: -
 --
 
@@ -215,7 +258,10 @@ CREATE TABLE stripe.active_entitlements (
     synced_at timestamp with time zone DEFAULT now() NOT NULL,
     deleted_at timestamp with time zone,
     livemode boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'livemode'::text))) STORED,
-    created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED
+    created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -241,7 +287,10 @@ CREATE TABLE stripe.customers (
     livemode boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'livemode'::text))) STORED,
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     balance bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'balance'::text))) STORED,
-    delinquent boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'delinquent'::text))) STORED
+    delinquent boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'delinquent'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -261,7 +310,10 @@ CREATE TABLE stripe.entitlement_features (
     deleted_at timestamp with time zone,
     livemode boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'livemode'::text))) STORED,
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
-    active boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'active'::text))) STORED
+    active boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'active'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -327,7 +379,10 @@ CREATE TABLE stripe.invoices (
     period_start timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'period_start'::text))) STORED,
     period_end timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'period_end'::text))) STORED,
     due_date timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'due_date'::text))) STORED,
-    paid_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time(((raw -> 'status_transitions'::text) ->> 'paid_at'::text))) STORED
+    paid_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time(((raw -> 'status_transitions'::text) ->> 'paid_at'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -380,7 +435,10 @@ CREATE TABLE stripe.checkout_session_line_items (
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     quantity bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'quantity'::text))) STORED,
     amount_subtotal bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount_subtotal'::text))) STORED,
-    amount_total bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount_total'::text))) STORED
+    amount_total bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount_total'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -410,7 +468,10 @@ CREATE TABLE stripe.checkout_sessions (
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     amount_subtotal bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount_subtotal'::text))) STORED,
     amount_total bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount_total'::text))) STORED,
-    expires_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'expires_at'::text))) STORED
+    expires_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'expires_at'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -477,7 +538,10 @@ CREATE TABLE stripe.prices (
     unit_amount bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'unit_amount'::text))) STORED,
     unit_amount_decimal numeric GENERATED ALWAYS AS (syncd.json_numeric((raw ->> 'unit_amount_decimal'::text))) STORED,
     recurring_interval_count integer GENERATED ALWAYS AS (syncd.json_integer(((raw -> 'recurring'::text) ->> 'interval_count'::text))) STORED,
-    trial_period_days integer GENERATED ALWAYS AS (syncd.json_integer(((raw -> 'recurring'::text) ->> 'trial_period_days'::text))) STORED
+    trial_period_days integer GENERATED ALWAYS AS (syncd.json_integer(((raw -> 'recurring'::text) ->> 'trial_period_days'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -502,7 +566,10 @@ CREATE TABLE stripe.products (
     livemode boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'livemode'::text))) STORED,
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     active boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'active'::text))) STORED,
-    updated timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'updated'::text))) STORED
+    updated timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'updated'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -557,7 +624,10 @@ CREATE TABLE stripe.subscription_items (
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     quantity bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'quantity'::text))) STORED,
     current_period_start timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'current_period_start'::text))) STORED,
-    current_period_end timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'current_period_end'::text))) STORED
+    current_period_end timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'current_period_end'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -592,7 +662,10 @@ CREATE TABLE stripe.subscriptions (
     trial_start timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'trial_start'::text))) STORED,
     trial_end timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'trial_end'::text))) STORED,
     current_period_start timestamp with time zone GENERATED ALWAYS AS (syncd.json_time(COALESCE((raw ->> 'current_period_start'::text), ((((raw -> 'items'::text) -> 'data'::text) -> 0) ->> 'current_period_start'::text)))) STORED,
-    current_period_end timestamp with time zone GENERATED ALWAYS AS (syncd.json_time(COALESCE((raw ->> 'current_period_end'::text), ((((raw -> 'items'::text) -> 'data'::text) -> 0) ->> 'current_period_end'::text)))) STORED
+    current_period_end timestamp with time zone GENERATED ALWAYS AS (syncd.json_time(COALESCE((raw ->> 'current_period_end'::text), ((((raw -> 'items'::text) -> 'data'::text) -> 0) ->> 'current_period_end'::text)))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -700,7 +773,10 @@ CREATE TABLE stripe.balance_transactions (
     amount bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount'::text))) STORED,
     fee bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'fee'::text))) STORED,
     net bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'net'::text))) STORED,
-    available_on timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'available_on'::text))) STORED
+    available_on timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'available_on'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -724,7 +800,10 @@ CREATE TABLE stripe.billing_meters (
     deleted_at timestamp with time zone,
     livemode boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'livemode'::text))) STORED,
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
-    updated timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'updated'::text))) STORED
+    updated timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'updated'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -759,7 +838,10 @@ CREATE TABLE stripe.charges (
     paid boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'paid'::text))) STORED,
     captured boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'captured'::text))) STORED,
     refunded boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'refunded'::text))) STORED,
-    disputed boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'disputed'::text))) STORED
+    disputed boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'disputed'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -786,7 +868,10 @@ CREATE TABLE stripe.coupons (
     valid boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'valid'::text))) STORED,
     times_redeemed bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'times_redeemed'::text))) STORED,
     max_redemptions bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'max_redemptions'::text))) STORED,
-    redeem_by timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'redeem_by'::text))) STORED
+    redeem_by timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'redeem_by'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -813,7 +898,10 @@ CREATE TABLE stripe.credit_notes (
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     amount bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount'::text))) STORED,
     total bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'total'::text))) STORED,
-    voided_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'voided_at'::text))) STORED
+    voided_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'voided_at'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -836,7 +924,10 @@ CREATE TABLE stripe.disputes (
     deleted_at timestamp with time zone,
     livemode boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'livemode'::text))) STORED,
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
-    amount bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount'::text))) STORED
+    amount bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -856,7 +947,10 @@ CREATE TABLE stripe.early_fraud_warnings (
     deleted_at timestamp with time zone,
     livemode boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'livemode'::text))) STORED,
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
-    actionable boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'actionable'::text))) STORED
+    actionable boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'actionable'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -880,7 +974,10 @@ CREATE TABLE stripe.invoice_items (
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     amount bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount'::text))) STORED,
     quantity bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'quantity'::text))) STORED,
-    date timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'date'::text))) STORED
+    date timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'date'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -907,7 +1004,10 @@ CREATE TABLE stripe.invoice_line_items (
     amount bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount'::text))) STORED,
     quantity bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'quantity'::text))) STORED,
     period_start timestamp with time zone GENERATED ALWAYS AS (syncd.json_time(((raw -> 'period'::text) ->> 'start'::text))) STORED,
-    period_end timestamp with time zone GENERATED ALWAYS AS (syncd.json_time(((raw -> 'period'::text) ->> 'end'::text))) STORED
+    period_end timestamp with time zone GENERATED ALWAYS AS (syncd.json_time(((raw -> 'period'::text) ->> 'end'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -935,7 +1035,10 @@ CREATE TABLE stripe.payment_intents (
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     amount bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount'::text))) STORED,
     amount_received bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount_received'::text))) STORED,
-    canceled_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'canceled_at'::text))) STORED
+    canceled_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'canceled_at'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -959,7 +1062,10 @@ CREATE TABLE stripe.payment_methods (
     livemode boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'livemode'::text))) STORED,
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     card_exp_month integer GENERATED ALWAYS AS (syncd.json_integer(((raw -> 'card'::text) ->> 'exp_month'::text))) STORED,
-    card_exp_year integer GENERATED ALWAYS AS (syncd.json_integer(((raw -> 'card'::text) ->> 'exp_year'::text))) STORED
+    card_exp_year integer GENERATED ALWAYS AS (syncd.json_integer(((raw -> 'card'::text) ->> 'exp_year'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -983,7 +1089,10 @@ CREATE TABLE stripe.payouts (
     livemode boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'livemode'::text))) STORED,
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     amount bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount'::text))) STORED,
-    arrival_date timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'arrival_date'::text))) STORED
+    arrival_date timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'arrival_date'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -1009,7 +1118,10 @@ CREATE TABLE stripe.plans (
     active boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'active'::text))) STORED,
     amount bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount'::text))) STORED,
     interval_count integer GENERATED ALWAYS AS (syncd.json_integer((raw ->> 'interval_count'::text))) STORED,
-    trial_period_days integer GENERATED ALWAYS AS (syncd.json_integer((raw ->> 'trial_period_days'::text))) STORED
+    trial_period_days integer GENERATED ALWAYS AS (syncd.json_integer((raw ->> 'trial_period_days'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -1029,7 +1141,10 @@ CREATE TABLE stripe.product_features (
     synced_at timestamp with time zone DEFAULT now() NOT NULL,
     deleted_at timestamp with time zone,
     livemode boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'livemode'::text))) STORED,
-    created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED
+    created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -1053,7 +1168,10 @@ CREATE TABLE stripe.promotion_codes (
     active boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'active'::text))) STORED,
     times_redeemed bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'times_redeemed'::text))) STORED,
     max_redemptions bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'max_redemptions'::text))) STORED,
-    expires_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'expires_at'::text))) STORED
+    expires_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'expires_at'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -1076,7 +1194,10 @@ CREATE TABLE stripe.refunds (
     deleted_at timestamp with time zone,
     livemode boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'livemode'::text))) STORED,
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
-    amount bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount'::text))) STORED
+    amount bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -1097,7 +1218,10 @@ CREATE TABLE stripe.setup_intents (
     synced_at timestamp with time zone DEFAULT now() NOT NULL,
     deleted_at timestamp with time zone,
     livemode boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'livemode'::text))) STORED,
-    created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED
+    created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -1120,7 +1244,10 @@ CREATE TABLE stripe.subscription_schedules (
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     canceled_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'canceled_at'::text))) STORED,
     completed_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'completed_at'::text))) STORED,
-    released_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'released_at'::text))) STORED
+    released_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'released_at'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -1141,7 +1268,10 @@ CREATE TABLE stripe.tax_ids (
     synced_at timestamp with time zone DEFAULT now() NOT NULL,
     deleted_at timestamp with time zone,
     livemode boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'livemode'::text))) STORED,
-    created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED
+    created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -1166,7 +1296,10 @@ CREATE TABLE stripe.tax_rates (
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     percentage numeric GENERATED ALWAYS AS (syncd.json_numeric((raw ->> 'percentage'::text))) STORED,
     inclusive boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'inclusive'::text))) STORED,
-    active boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'active'::text))) STORED
+    active boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'active'::text))) STORED,
+    fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    fetched_by bigint,
+    fetched_local double precision[]
 );
 
 --
@@ -1214,6 +1347,18 @@ CREATE TABLE syncd.instances (
     last_success jsonb DEFAULT '{}'::jsonb NOT NULL,
     http_bind text DEFAULT ''::text NOT NULL,
     problems jsonb DEFAULT '{}'::jsonb NOT NULL
+);
+
+--
+-- Name: refetch_queue; Type: TABLE; Schema: syncd; Owner: -
+--
+
+CREATE TABLE syncd.refetch_queue (
+    table_name text NOT NULL,
+    object_id text NOT NULL,
+    parent_id text,
+    not_before timestamp with time zone NOT NULL,
+    queued_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 --
@@ -1741,6 +1886,13 @@ ALTER TABLE ONLY syncd.events_ledger
 
 ALTER TABLE ONLY syncd.instances
     ADD CONSTRAINT instances_pkey PRIMARY KEY (instance_id);
+
+--
+-- Name: refetch_queue refetch_queue_pkey; Type: CONSTRAINT; Schema: syncd; Owner: -
+--
+
+ALTER TABLE ONLY syncd.refetch_queue
+    ADD CONSTRAINT refetch_queue_pkey PRIMARY KEY (table_name, object_id);
 
 --
 -- Name: rejected_objects rejected_objects_pkey; Type: CONSTRAINT; Schema: syncd; Owner: -

@@ -6,9 +6,10 @@ becomes one `Change`, made in one of two ways:
 
 * refetch (default): the object is retrieved again at the pinned API version, so the row holds
   its current state in one API shape, stamped with the fetch time on Stripe's clock;
-* snapshot: the newest event's `data.object` is written, stamped with the event's `created`.
-  Two events of the object in that second, a row version in that same second, another API
-  version, or a truncated child list make it a refetch instead: a tie is never guessed.
+* snapshot: the newest event's `data.object` is written, its version the event's `created`
+  second. Two events of the object in that second, a row whose version overlaps that second,
+  another API version, or a truncated child list make it a refetch instead: a tie is never
+  guessed (versions are intervals, `syncd.versions`).
 
 Deletes (`*.deleted`, a refetch answering `deleted: true` or 404) write tombstones, which are
 final. `customer.subscription.deleted` is a cancellation and updates the row like any other.
@@ -21,7 +22,7 @@ runs inside the caller's transaction together with the ledger rows and the curso
 
 from __future__ import annotations
 
-import math
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from syncd.quarantine import Quarantine, refusal
 from syncd.registry import BY_OBJECT, BY_TABLE, Child, Resource
 from syncd.storable import storable
 from syncd.stripe_api import StripeAPI
+from syncd.versions import Version
 from syncd.writer import Writer
 
 Event = dict[str, Any]
@@ -57,7 +59,7 @@ class Change:
 
     resource: Resource | None  # None: only the children change (entitlement summaries)
     obj: dict[str, Any] | None
-    version: float
+    version: Version
     api_version: str | None
     parent_id: str = ""
     children: list[tuple[Resource, list[dict[str, Any]]]] = field(default_factory=list)
@@ -65,7 +67,12 @@ class Change:
     unexpanded: list[Child] = field(default_factory=list)
     # Other objects this change implies changed without an event of theirs (IMPLIED), listed
     # again: (resource, objects, version), upserted under the version guard.
-    related: list[tuple[Resource, list[dict[str, Any]], float]] = field(default_factory=list)
+    related: list[tuple[Resource, list[dict[str, Any]], Version]] = field(default_factory=list)
+    # The owned children of those related objects (a listed subscription's items): (child
+    # type, parent id, the complete set, its version), replaced as a parent's children are.
+    related_children: list[tuple[Resource, str, list[dict[str, Any]], Version]] = field(
+        default_factory=list
+    )
 
 
 # Changes Stripe makes to other objects without an event of those objects, caught from the
@@ -75,6 +82,19 @@ IMPLIED: dict[str, list[Child]] = {
     # An invoice takes up the customer's pending invoice items (their `invoice` is set): Stripe
     # has no invoiceitem.updated event.
     "invoices": [Child("invoice_items", None, "/v1/invoiceitems", {"invoice": "{id}"})],
+    # Subscription items embed their price: a changed price changes them, without an event of
+    # theirs. The subscriptions with that price are listed again, their items with them.
+    "prices": [
+        Child("subscriptions", None, "/v1/subscriptions", {"price": "{id}", "status": "all"})
+    ],
+}
+# Events that change another object they name, without an event of that object: the object is
+# retrieved again. Finalizing an invoice numbers it from the customer's `next_invoice_sequence`
+# and applies the customer's `balance`; a credit note may credit that balance.
+REFERENCED: dict[str, tuple[str, str]] = {
+    "invoice.finalized": ("customer", "customers"),
+    "credit_note.created": ("customer", "customers"),
+    "credit_note.voided": ("customer", "customers"),
 }
 
 
@@ -132,11 +152,14 @@ class Applier:
         self.tables = {r.table for r in resources}
         self.fetch_limit = anyio.CapacityLimiter(cfg.events.fetch_concurrency)
         self.quarantine = Quarantine(db)
+        self._listed_before = time.monotonic()
 
     # ---- planning (network, no transaction) -------------------------------------------------
 
     async def prepare(self, events: list[Event]) -> list[Group]:
         """Coalesce `events` by object and decide each object's change (refetching as needed)."""
+        # Every event of the batch was listed before now: its change came before this moment.
+        self._listed_before = time.monotonic()
         ordered = sorted(events, key=lambda e: (int(e.get("created") or 0), str(e.get("id"))))
         groups: dict[tuple[str, str], Group] = {}
         out: list[Group] = []
@@ -167,7 +190,7 @@ class Applier:
                         tg.start_soon(self._add_unexpanded_children, group)
             except BaseExceptionGroup as errors:
                 raise one_error(errors) from None
-        implying = [g for g in routed if self._implied(g)]
+        implying = [g for g in routed if self._implied(g) or self._referenced(g)]
         if implying:
             try:
                 async with anyio.create_task_group() as tg:
@@ -183,20 +206,59 @@ class Applier:
             return []
         return [r for r in IMPLIED.get(c.resource.table, []) if r.table in self.tables]
 
+    def _referenced(self, group: Group) -> list[tuple[Resource, str]]:
+        """The objects `group`'s events name and change without an event of theirs
+        (REFERENCED): (resource, id) to retrieve again."""
+        c = group.change
+        if c is None or c.obj is None:
+            return []
+        out: list[tuple[Resource, str]] = []
+        for event in group.events:
+            field_name, table = REFERENCED.get(str(event.get("type")), ("", ""))
+            ref = c.obj.get(field_name) if field_name else None
+            ref = ref.get("id") if isinstance(ref, dict) else ref
+            target = (BY_TABLE[table], ref) if isinstance(ref, str) and ref else None
+            if target is not None and table in self.tables and target not in out:
+                out.append(target)
+        return out
+
     async def _add_related(self, group: Group) -> None:
-        """List again what the change implies changed (IMPLIED), stamped with its fetch time."""
+        """List again what the change implies changed (IMPLIED), and retrieve again the objects
+        its events changed (REFERENCED), each with the version of its own answers."""
         change = group.change
         assert change is not None and change.obj is not None
         for related in self._implied(group):
             async with self.fetch_limit:
                 try:
-                    data = await self._page_children(related, str(change.obj["id"]))
+                    data, version = await self._page_children(related, str(change.obj["id"]))
                 except StripeError as exc:
                     if exc.retryable:
                         raise
                     log.warning("related_list_failed", table=related.table, error=str(exc))
                     continue
-            change.related.append((BY_TABLE[related.table], data, self.api.clock.now()))
+            resource = BY_TABLE[related.table]
+            change.related.append((resource, data, version))
+            for obj in data if self._owned_children(resource) else []:
+                async with self.fetch_limit:
+                    kids, kids_version = await self._fetch_children(resource, obj, version)
+                for kid_resource, kid_objs in kids:
+                    change.related_children.append(
+                        (kid_resource, str(obj["id"]), kid_objs, kids_version)
+                    )
+        for resource, ref in self._referenced(group):
+            assert resource.retrieve_path is not None
+            async with self.fetch_limit:
+                try:
+                    reply = await self.api.request(
+                        "GET", resource.retrieve_path.replace("{id}", quote(ref, safe=""))
+                    )
+                except StripeError as exc:
+                    if exc.retryable:
+                        raise
+                    # Gone or unreadable: its own events (`*.deleted`) say what happened.
+                    log.info("referenced_fetch_failed", table=resource.table, error=str(exc))
+                    continue
+            change.related.append((resource, [reply.object()], reply.version))
 
     def _route(self, event: Event) -> tuple[tuple[str, str] | None, Group | None]:
         event_type = str(event.get("type") or "")
@@ -225,13 +287,15 @@ class Applier:
             return None, Group([event], object_type, object_id, "ignored", "no_type")
         return (resource.table, object_id), None
 
-    async def _row_versions(self, groups: list[Group]) -> dict[tuple[str, str], tuple[float, bool]]:
+    async def _row_versions(
+        self, groups: list[Group]
+    ) -> dict[tuple[str, str], tuple[Version, bool]]:
         by_table: dict[str, list[str]] = defaultdict(list)
         for g in groups:
             if g.object_type in self.tables and g.object_id:
                 by_table[g.object_type].append(g.object_id)
 
-        found: dict[tuple[str, str], tuple[float, bool]] = {}
+        found: dict[tuple[str, str], tuple[Version, bool]] = {}
         async with self.db.session() as conn:
             for table, ids in by_table.items():
                 rows = await self.writer.versions(conn, BY_TABLE[table], ids)
@@ -239,7 +303,7 @@ class Applier:
         return found
 
     def _plan_snapshot(
-        self, group: Group, versions: dict[tuple[str, str], tuple[float, bool]]
+        self, group: Group, versions: dict[tuple[str, str], tuple[Version, bool]]
     ) -> bool:
         """Plan `group` from its newest snapshot; False when it must be refetched instead."""
         latest = group.events[-1]
@@ -250,23 +314,24 @@ class Applier:
         resource = BY_TABLE[str(group.object_type)]
         if self.mode != "snapshot" and resource.retrieve_path is not None:
             return False
-        tie = sum(1 for e in group.events if int(e.get("created") or 0) == created) > 1
+        version = self._event_version(created)
         row = versions.get((resource.table, str(group.object_id)))
+        if row is not None and (row[1] or row[0].newer_than(version)):
+            group.reason = "superseded"  # the row already holds newer content (or a tombstone)
+            return True
+        tie = sum(1 for e in group.events if int(e.get("created") or 0) == created) > 1
         if resource.retrieve_path is not None and (
             tie
             or latest.get("api_version") != self.pinned
-            or (row is not None and math.floor(row[0]) == created)
+            or (row is not None and not version.newer_than(row[0]))
         ):
             return False
-        if row is not None and (row[1] or row[0] > created):
-            group.reason = "superseded"  # the row already holds newer content (or a tombstone)
-            return True
         if is_deletion(str(latest.get("type"))):
             group.reason = "tombstone"
             group.change = Change(
                 resource,
                 {**obj, "deleted": True},
-                float(created),
+                version,
                 _str(latest.get("api_version")),
                 children=[(c, []) for c in self._owned_children(resource)],
             )
@@ -278,7 +343,7 @@ class Applier:
         group.change = Change(
             resource,
             obj,
-            float(created),
+            version,
             _str(latest.get("api_version")),
             children=children,
             unexpanded=[
@@ -289,13 +354,16 @@ class Applier:
         )
         return True
 
+    def _event_version(self, created: int) -> Version:
+        return self.api.clock.event_version(created, self._listed_before)
+
     async def _add_unexpanded_children(self, group: Group) -> None:
         change = group.change
         assert change is not None and change.obj is not None
         async with self.fetch_limit:
             for child in change.unexpanded:
                 try:
-                    data = await self._page_children(child, str(change.obj["id"]))
+                    data, _ = await self._page_children(child, str(change.obj["id"]))
                 except StripeError as exc:
                     if exc.retryable:
                         raise
@@ -306,7 +374,9 @@ class Applier:
         # Cannot be retrieved alone and its children are truncated: keep the object, not the list.
         resource = BY_TABLE[str(group.object_type)]
         group.reason = "snapshot"
-        group.change = Change(resource, obj, float(created), _str(group.events[-1]["api_version"]))
+        group.change = Change(
+            resource, obj, self._event_version(created), _str(group.events[-1]["api_version"])
+        )
         return True
 
     def _plan_summary(self, group: Group, obj: dict[str, Any], created: int) -> bool:
@@ -319,7 +389,7 @@ class Applier:
         group.change = Change(
             None,
             None,
-            float(created),
+            self._event_version(created),
             _str(group.events[-1].get("api_version")),
             parent_id=str(group.object_id),
             children=[(BY_TABLE["active_entitlements"], data)],
@@ -350,12 +420,49 @@ class Applier:
             out.append((child_resource, [o for o in inline.get("data") or [] if "id" in o]))
         return out
 
+    def overlap_groups(self, entries: Sequence[tuple[str, str, str | None]]) -> list[Group]:
+        """Groups (with no events) that fetch again the objects of refetch_queue entries
+        (table, object id, parent id): owned children through their parent. Entries of types
+        no longer mirrored, or that cannot be fetched, are left out (logged)."""
+        keys: dict[tuple[str, str], Group] = {}
+        for table, object_id, parent_id in entries:
+            resource = BY_TABLE.get(table)
+            if resource is None or table not in self.tables:
+                log.info("overlap_refetch_skipped", table=table, object_id=object_id)
+                continue
+            if resource.owned and parent_id is not None:
+                child = _child_spec(resource)
+                key = (
+                    (resource.parent or "", parent_id)
+                    if child.inline_field
+                    else (resource.table, parent_id)
+                )
+            elif resource.retrieve_path is not None:
+                key = (table, object_id)
+            else:
+                log.warning("overlap_refetch_impossible", table=table, object_id=object_id)
+                continue
+            keys.setdefault(key, Group([], key[0], key[1]))
+        return list(keys.values())
+
+    async def refetch(self, groups: list[Group]) -> None:
+        """Fetch the objects of `groups` again (`overlap_groups`), `fetch_concurrency` at once."""
+        try:
+            async with anyio.create_task_group() as tg:
+                for group in groups:
+                    tg.start_soon(self._refetch, group)
+        except BaseExceptionGroup as errors:
+            raise one_error(errors) from None
+
     async def _refetch(self, group: Group) -> None:
         async with self.fetch_limit:
             if group.object_type == SUMMARY_OBJECT:
-                await self._refetch_entitlements(group)
+                await self._relist(group, _child_spec(BY_TABLE["active_entitlements"]))
                 return
             resource = BY_TABLE[str(group.object_type)]
+            if resource.owned:  # a child set listed on its own under its parent (group's id)
+                await self._relist(group, _child_spec(resource))
+                return
             object_id = str(group.object_id)
             assert resource.retrieve_path is not None
             expand = [c.parent_expand for c in resource.children if c.parent_expand]
@@ -368,7 +475,7 @@ class Applier:
                 version = reply.version
                 children = None if obj.get("deleted") else self._inline_children(resource, obj)
                 if children is None and not obj.get("deleted"):
-                    children = await self._fetch_children(resource, obj)
+                    children, version = await self._fetch_children(resource, obj, version)
                 # What was expanded only to reach the children is not part of the object as
                 # Stripe serves it (nor as a resync stores it): `raw` leaves it out.
                 for child in resource.children:
@@ -376,7 +483,7 @@ class Applier:
                         obj.pop(child.inline_field, None)
             except StripeNotFound:
                 obj = {"id": object_id, "object": resource.object, "deleted": True}
-                version = self.api.clock.now()
+                version = Version.at(self.api.clock.now())
             except StripeError as exc:
                 if exc.retryable:
                     raise
@@ -389,34 +496,31 @@ class Applier:
                 group.reason = "refetch"
             group.change = Change(resource, obj, version, self.pinned, children=children or [])
 
-    async def _refetch_entitlements(self, group: Group) -> None:
-        child = Child(
-            "active_entitlements",
-            None,
-            "/v1/entitlements/active_entitlements",
-            {"customer": "{id}"},
-        )
-        version = self.api.clock.now()
+    async def _relist(self, group: Group, child: Child) -> None:
+        """A parent's complete child set (an entitlement summary's customer, or a child set
+        whose versions overlapped) listed again from the child endpoint."""
         try:
-            data = await self._page_children(child, str(group.object_id))
+            data, version = await self._page_children(child, str(group.object_id))
         except StripeError as exc:
             if exc.retryable:
                 raise
             group.outcome, group.reason = "ignored", f"refetch_failed: {exc.status}"
             return
-        group.reason = "entitlements"
+        group.reason = "entitlements" if child.table == "active_entitlements" else "children"
         group.change = Change(
             None,
             None,
             version,
             self.pinned,
             parent_id=str(group.object_id),
-            children=[(BY_TABLE["active_entitlements"], data)],
+            children=[(BY_TABLE[child.table], data)],
         )
 
     async def _fetch_children(
-        self, resource: Resource, obj: dict[str, Any]
-    ) -> list[tuple[Resource, list[dict[str, Any]]]]:
+        self, resource: Resource, obj: dict[str, Any], version: Version
+    ) -> tuple[list[tuple[Resource, list[dict[str, Any]]]], Version]:
+        """The complete child lists of `obj`, and the version of the parent (`version`) and
+        its children together: from the parent's request to the last child page's answer."""
         out: list[tuple[Resource, list[dict[str, Any]]]] = []
         for child in resource.children:
             child_resource = BY_TABLE[child.table]
@@ -426,12 +530,16 @@ class Applier:
             if isinstance(inline, dict) and not inline.get("has_more"):
                 data = inline.get("data") or []
             else:
-                data = await self._page_children(child, str(obj["id"]))
+                data, paged = await self._page_children(child, str(obj["id"]))
+                version = version.spanning(paged)
             out.append((child_resource, data))
-        return out
+        return out, version
 
-    async def _page_children(self, child: Child, parent_id: str) -> list[dict[str, Any]]:
-        """Every child of one parent from the child endpoint (when the inline list has more)."""
+    async def _page_children(
+        self, child: Child, parent_id: str
+    ) -> tuple[list[dict[str, Any]], Version]:
+        """Every child of one parent from the child endpoint (when the inline list has more),
+        and the version of the whole list (from its first request to its last answer)."""
         path = child.path.replace("{id}", quote(parent_id, safe=""))
         base = {
             k: (v.replace("{id}", parent_id) if isinstance(v, str) else v)
@@ -440,9 +548,12 @@ class Applier:
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
         after: str | None = None
+        version: Version | None = None
         for _ in range(_MAX_CHILD_PAGES):
             params = {**base, "limit": 100, **({"starting_after": after} if after else {})}
-            page = await self.api.get_page(path, params)
+            reply = await self.api.request("GET", path, params)
+            page = reply.page()
+            version = reply.version if version is None else version.spanning(reply.version)
             data = [o for o in page.get("data") or [] if isinstance(o, dict) and "id" in o]
             fresh = [o for o in data if o["id"] not in seen]
             if data and not fresh:
@@ -450,7 +561,7 @@ class Applier:
             seen.update(o["id"] for o in fresh)
             out.extend(fresh)
             if not page.get("has_more") or not data:
-                return out
+                return out, version
             after = data[-1]["id"]
         raise StripeError(f"child list {path} has more than {_MAX_CHILD_PAGES} pages")
 
@@ -459,8 +570,8 @@ class Applier:
     async def write(self, conn: Tx, groups: list[Group]) -> int:
         """Write the changes and ledger rows of `groups`; returns how many rows changed."""
         changed = 0
-        # One statement per table, each object with its own version (fetch time or `created`).
-        batches: dict[str, list[tuple[dict[str, Any], float, str | None]]] = defaultdict(list)
+        # One statement per table, each object with its own version (its fetch or event).
+        batches: dict[str, list[tuple[dict[str, Any], Version, str | None]]] = defaultdict(list)
         for g in groups:
             c = g.change
             if c is not None and c.resource is not None and c.obj is not None:
@@ -480,6 +591,11 @@ class Applier:
                         conn, related, objs, version=version, api_version=self.pinned
                     )
                     changed += len(written.changed)
+            for kid_resource, parent, kids, version in c.related_children:
+                written = await self.writer.replace_children(
+                    conn, kid_resource, parent, kids, version=version, api_version=self.pinned
+                )
+                changed += len(written.changed)
             for child_resource, objs in c.children:
                 written = await self.writer.replace_children(
                     conn,
@@ -496,6 +612,20 @@ class Applier:
         return changed
 
     @staticmethod
+    def without_related(group: Group, error: BaseException) -> bool:
+        """Drop what `group`'s change implied about other objects; False when there was none."""
+        c = group.change
+        if c is None or not (c.related or c.related_children):
+            return False
+        log.warning(
+            "related_objects_refused",
+            tables=sorted({r.table for r, _, _ in c.related}),
+            error=refusal(error)[:200],
+        )
+        c.related, c.related_children = [], []
+        return True
+
+    @staticmethod
     def as_stub_tombstone(group: Group) -> bool:
         """Make a deletion's change carry the id alone (its content was refused); False when
         the change is not a deletion."""
@@ -503,7 +633,7 @@ class Applier:
         if c is None or c.resource is None or c.obj is None or not c.obj.get("deleted"):
             return False
         c.obj = {"id": c.obj.get("id"), "object": c.obj.get("object"), "deleted": True}
-        c.related = []
+        c.related, c.related_children = [], []
         return True
 
     async def quarantine_group(self, conn: Tx, group: Group, error: BaseException) -> None:
@@ -524,6 +654,12 @@ class Applier:
             source="event " + ",".join(str(e.get("id")) for e in group.events[-3:]),
         )
         await self.write(conn, [group])
+
+
+def _child_spec(resource: Resource) -> Child:
+    """How an owned child type is listed under its parent (the parent's `Child` entry)."""
+    parent = BY_TABLE[str(resource.parent)]
+    return next(c for c in parent.children if c.table == resource.table)
 
 
 def _str(value: Any) -> str | None:

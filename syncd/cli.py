@@ -12,7 +12,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncd import __version__, lifecycle, migrations, resync, resync_schedule, usage_schedule
+from syncd import (
+    __version__,
+    lifecycle,
+    migrations,
+    resync,
+    resync_schedule,
+    usage_schedule,
+    verify,
+)
 from syncd.config import Config, default_config_path, load_config, redacted, to_toml
 from syncd.daemon import run_daemon, session_settings
 from syncd.db import Database, describe_target
@@ -172,6 +180,12 @@ COMMANDS: dict[str, Command] = {
     ),
     "check": Command(
         cmd_check, "check the configuration, PostgreSQL and Stripe; exit 0 when all is well"
+    ),
+    "verify": Command(
+        verify.cmd_verify,
+        "compare the mirror with Stripe per table; exit 1 on drift (--repair: write what"
+        " Stripe holds)",
+        verify.verify_arguments,
     ),
     "status": Command(
         cmd_status,

@@ -338,7 +338,7 @@ class Database:
             inner = "upsert_objects" if name == "resync_write_page" else "insert_objects"
             written = self.statement(inner, table).rstrip().rstrip(";")
             return self.queries["resync_write_page"].replace("{upsert}", written)
-        sql = self.queries[name]
+        sql = self.queries[name].replace("{version_set}", self.queries["version_set"].strip())
         if "{table}" not in sql:
             return sql
         if table is None or not _PLAIN_IDENT.match(table):

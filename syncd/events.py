@@ -59,6 +59,8 @@ PAGE = 100
 DAY = 86400.0
 WRITE_PROBLEM = "events_write"
 PRUNE_EVERY = 3600.0
+# Objects with overlapping versions fetched again per poll, at most.
+SETTLE_BATCH = 100
 
 
 @dataclass
@@ -259,7 +261,7 @@ class EventStream:
                     # cursor's age again before applying anything.
                     first = False
                     position = await self.cursor()
-                    if position is not None and await self._too_old(position, reply.version):
+                    if position is not None and await self._too_old(position, reply.version.latest):
                         result.restarted = True
                         return
                 page = reply.page()
@@ -343,6 +345,15 @@ class EventStream:
                 continue
             except (DatabaseDataError, orjson.JSONEncodeError) as exc:
                 refused: BaseException = exc
+            if self.applier.without_related(group, refused):
+                # What the change implied about other objects (a customer an invoice named)
+                # was refused, not the object itself: write it without them. The others'
+                # own events bring them, or quarantine them.
+                try:
+                    changed += await self.db.transact(one)
+                    continue
+                except (DatabaseDataError, orjson.JSONEncodeError) as exc:
+                    refused = exc
             if self.applier.as_stub_tombstone(group):
                 # A deletion needs none of the content the database refused: the tombstone
                 # is written with the id alone.
@@ -383,6 +394,33 @@ class EventStream:
             rows_changed=changed,
         )
 
+    # ---- overlapping versions --------------------------------------------------------------
+
+    async def settle_overlaps(self) -> int:
+        """Fetch again the objects the writer found two overlapping versions of, with different
+        content (refetch_queue, migration 0064), once Stripe's clock has certainly passed both:
+        the new answer is newer than either. Written with the entries' removal in one
+        transaction; returns how many objects were fetched."""
+        due = self.api.clock.earliest()
+        rows = await self.db.fetch("refetch_queue_due", due, SETTLE_BATCH)
+        if not rows:
+            return 0
+        entries = [(r["table_name"], r["object_id"], r["parent_id"]) for r in rows]
+        groups = self.applier.overlap_groups(entries)
+        await self.applier.refetch(groups)
+        for group in groups:
+            metrics.overlap_refetches.labels(str(group.object_type)).inc()
+
+        async def tx(conn: Tx) -> None:
+            await self.applier.write(conn, groups)
+            await conn.execute(
+                "refetch_queue_done", [e[0] for e in entries], [e[1] for e in entries], due
+            )
+
+        await self.db.transact(tx)
+        log.info("overlaps_settled", objects=len(groups), entries=len(entries))
+        return len(groups)
+
     # ---- loops -----------------------------------------------------------------------------
 
     async def run(self, lifecycle: Lifecycle) -> None:
@@ -401,6 +439,7 @@ class EventStream:
                     await self.sweep(lifecycle.stopping)
                     last_sweep = started
                 await self.poll_head(lifecycle.stopping)
+                await self.settle_overlaps()
             except SyncdError as exc:
                 delay = backoff.retry_in(exc, "events_poll_failed")
                 last_sweep = -math.inf  # a gap in polling: sweep first once it works again

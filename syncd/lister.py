@@ -19,7 +19,7 @@ slices never overlap and never leave a gap, and their counts add up exactly.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ import orjson
 from syncd.errors import StripeError, StripeNotFound
 from syncd.registry import Child, Resource
 from syncd.stripe_api import Reply, parse_page
+from syncd.versions import Version
 
 PAGE_LIMIT = 100
 # A child pager that has not ended after this many pages is looping (SYNC_PITFALLS 5).
@@ -93,7 +94,7 @@ class ChildWrite:
     resource: Resource
     parent_id: str | None
     objects: list[dict[str, Any]]
-    version: float
+    version: Version
 
 
 @dataclass
@@ -102,7 +103,7 @@ class Page:
     resource: Resource
     data: bytes  # JSON array of the accepted objects
     count: int
-    version: float
+    version: Version
     done: bool
     # The slice's state once this page is written: (cursor, cursor_created, objects, pages,
     # rejected, children, done), saved in the page's transaction.
@@ -112,7 +113,12 @@ class Page:
     committed: anyio.Event = field(default_factory=anyio.Event)
 
 
-def list_params(resource: Resource, variant: int, s: Slice) -> dict[str, Any]:
+def list_params(
+    resource: Resource, variant: int, s: Slice, children: Sequence[Child] | None = None
+) -> dict[str, Any]:
+    """The list request for slice `s`; inline child lists that need an expand are expanded
+    for `children` (None: every child of the type), only for mirrored children: an expanded
+    list is taken out of the stored object, so one nobody reads would be stored in `raw`."""
     params: dict[str, Any] = {"limit": PAGE_LIMIT, **resource.list_variants[variant]}
     created: dict[str, int] = {}
     if s.lo > 0:
@@ -123,7 +129,7 @@ def list_params(resource: Resource, variant: int, s: Slice) -> dict[str, Any]:
         params["created"] = created
     if s.cursor:
         params["starting_after"] = s.cursor
-    for child in resource.children:
+    for child in resource.children if children is None else children:
         if child.parent_expand:
             params["expand"] = [f"data.{child.parent_expand}"]
     return params
@@ -185,19 +191,19 @@ def check_object(resource: Resource, o: Any) -> str | None:
 
 async def fetch_all(
     fetch: Fetch, path: str, params: Mapping[str, Any], child: Resource
-) -> tuple[list[dict[str, Any]], list[Rejected], float]:
-    """Every entry of a child list, paged; the version of its first page (the oldest answer)."""
+) -> tuple[list[dict[str, Any]], list[Rejected], Version]:
+    """Every entry of a child list, paged; its version spans every page's."""
     out: list[dict[str, Any]] = []
     rejected: list[Rejected] = []
     cursor: str | None = None
-    version: float | None = None
+    version: Version | None = None
     seen: set[str] = set()
     for _ in range(MAX_CHILD_PAGES):
         p = {**params, "limit": PAGE_LIMIT}
         if cursor:
             p["starting_after"] = cursor
         reply = await fetch(path, p)
-        version = reply.version if version is None else version
+        version = reply.version if version is None else version.spanning(reply.version)
         data, has_more = parse_list(reply.body, path)
         for o in data:
             reason = check_object(child, o)
@@ -207,7 +213,7 @@ async def fetch_all(
             out.append(o)
         last = next((o.get("id") for o in reversed(data) if isinstance(o, dict)), None)
         if not has_more or not data:
-            return out, rejected, version
+            return out, rejected, version.spanning(reply.version)
         if not isinstance(last, str) or last in seen:
             raise StripeError(f"{path}: child pager repeats cursor {last!r}")
         seen.add(last)
@@ -367,7 +373,7 @@ class PageReader:
         )
 
     async def _children(
-        self, parents: list[dict[str, Any]], rejected: list[Rejected], version: float
+        self, parents: list[dict[str, Any]], rejected: list[Rejected], version: Version
     ) -> list[ChildWrite]:
         out: list[ChildWrite] = []
         if not self.children or not parents:

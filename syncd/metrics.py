@@ -57,6 +57,12 @@ events_refetches = Counter(
     ["table"],
     registry=REGISTRY,
 )
+overlap_refetches = Counter(
+    "syncd_overlap_refetches",
+    "Objects retrieved again because two versions overlapped with different content, by table",
+    ["table"],
+    registry=REGISTRY,
+)
 events_lag_seconds = Histogram(
     "syncd_event_lag_seconds",
     "Stripe time from an event's creation to the commit of its change",

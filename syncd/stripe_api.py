@@ -21,6 +21,7 @@ it had, and the loop that sent it stops between batches as usual.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -46,6 +47,7 @@ from syncd.errors import (
 )
 from syncd.logs import get_logger
 from syncd.storable import loads_lax
+from syncd.versions import Version
 
 log = get_logger(__name__)
 
@@ -77,49 +79,89 @@ _sdk_log_only_when_shown()
 
 
 class StripeClock:
-    """Stripe's time, estimated from the `Date` header of its answers, strictly increasing.
+    """Stripe's clock, bounded from the `Date` header of its answers.
 
-    Every row carries the Stripe time at which its content was known (the ordering guard). Event
-    snapshots are stamped with the event's `created` (Stripe's clock), so fetches must be stamped
-    on the same clock: local time plus an offset kept within the one-second band the last `Date`
-    header allows. Readings never go backwards, so two fetches in one second still order.
+    Rows are ordered by when Stripe held their content (`syncd.versions`), and event snapshots
+    carry Stripe's own `created`, so fetches must be placed on Stripe's clock too, with honest
+    bounds. A header saying second S, on an answer to a request sent at local time `sent` and
+    received at `received`, was written while the request was in flight: Stripe's clock minus
+    ours lay in `[S - received, S + 1 - sent]` then. Each answer's band is intersected with the
+    last (widened by the drift the local clock may have had since), so after answers that land
+    on different fractions of a second the band narrows to about one round trip. A band that
+    contradicts the last one (Stripe's clock stepped, or an emulator's was moved) starts over.
+    The local clock is `time.monotonic`, which never steps.
     """
 
-    def __init__(self) -> None:
-        self.offset = 0.0
-        self._last = 0.0
-        self._synced = False
+    # How far the local monotonic clock may drift from Stripe's, per second (100 ppm).
+    DRIFT = 1e-4
 
-    def observe(self, date_header: str | None) -> None:
+    def __init__(self) -> None:
+        # Before the first answer nothing bounds Stripe's clock (the system clock may be off).
+        self.low, self.high = -math.inf, math.inf
+        self._observed_at = time.monotonic()
+        self._last = 0.0
+
+    def observe(self, date_header: str | None, sent: float, received: float) -> float | None:
+        """Narrow the band with an answer's `Date`; the second it names + 1 (an upper bound on
+        when the answer was written), or None without a usable header."""
         if not date_header:
-            return
+            return None
         try:
             server = parsedate_to_datetime(date_header).timestamp()
         except (TypeError, ValueError):
-            return
-        local = time.time()
-        if not self._synced:
-            self.offset = server + 0.5 - local
-            self._synced = True
-            return
-        # Keep local + offset inside [server, server + 1): the band the header's second allows.
-        low, high = server - local, server + 1 - local
-        if self.offset < low:
-            self.offset = low
-        elif self.offset >= high:
-            self.offset = high - 1e-6
+            return None
+        low, high = server - received, server + 1.0 - sent
+        slack = (received - self._observed_at) * self.DRIFT
+        self._observed_at = received
+        narrowed = max(self.low - slack, low), min(self.high + slack, high)
+        self.low, self.high = narrowed if narrowed[0] <= narrowed[1] else (low, high)
+        return server + 1.0
 
     def now(self) -> float:
-        reading = max(time.time() + self.offset, self._last + 1e-6)
+        """The best single estimate of Stripe's time (the band's middle), strictly increasing."""
+        if math.isinf(self.low) or math.isinf(self.high):  # no answer yet: the system clock
+            middle = time.time() - time.monotonic()
+        else:
+            middle = (self.low + self.high) / 2
+        reading = max(time.monotonic() + middle, self._last + 1e-6)
         self._last = reading
         return reading
+
+    def earliest(self, local: float | None = None) -> float:
+        """Stripe's time at local monotonic time `local` (now) is at least this."""
+        return (time.monotonic() if local is None else local) + self.low
+
+    def version(
+        self, sent: float, earliest: float, received: float, written_before: float | None
+    ) -> Version:
+        """The version of an answer: Stripe read its content after the request left (local
+        `sent`, Stripe time `earliest`: `self.earliest(sent)` taken then, before the answer
+        could move the band) and before the answer arrived (`received`) or was written
+        (`written_before`)."""
+        latest = received + self.high
+        if written_before is not None:
+            latest = min(latest, written_before)
+        return Version(min(earliest, latest), latest, (sent, received))
+
+    def event_version(self, created: float, listed_before: float) -> Version:
+        """The version of an event's snapshot listed by this process: Stripe's state at some
+        moment of its `created` second, which came before the list's answer arrived (local
+        `listed_before`)."""
+        version = Version.of_event(created)
+        start = min(created - self.high, listed_before)
+        return Version(version.earliest, version.latest, (start, listed_before))
+
+    def since(self, local: float) -> Version:
+        """The version of something learnt between local monotonic time `local` and now
+        (a 404, or a list read over several pages)."""
+        return self.version(local, self.earliest(local), time.monotonic(), None)
 
 
 @dataclass(frozen=True)
 class Reply:
     body: bytes
-    # Stripe time at which the answer was complete: the version of the content it carries.
-    version: float
+    # When Stripe held the content it carries (`syncd.versions`).
+    version: Version
     # The request's path (for bad-answer errors and their metric).
     path: str = ""
 
@@ -305,13 +347,19 @@ class StripeAPI:
         label = endpoint_label(path)
         while True:
             await self.limiter.acquire()
+            sent = time.monotonic()
+            # Stripe's time as the request leaves, from the band as it is now: an answer that
+            # shows Stripe's clock jumped (an emulator's, moved) says nothing of before.
+            earliest = self.clock.earliest(sent)
             status, body, headers = await self._send(method, path, params, idempotency_key, base)
+            received = time.monotonic()
             metrics.api_requests.labels(label, str(status)).inc()
-            self.clock.observe(_header(headers, "date"))
+            written_before = self.clock.observe(_header(headers, "date"), sent, received)
             framed = _framed(body)
             if 200 <= status < 300 and framed:
                 _bad_answers.good()
-                return Reply(body, self.clock.now(), path)
+                version = self.clock.version(sent, earliest, received, written_before)
+                return Reply(body, version, path)
             if status and not framed:
                 kind = _header(headers, "content-type") or "no content type"
                 err: StripeError = bad_answer(path, f"not a JSON object ({kind})", body, status)

@@ -1,7 +1,9 @@
 """Writes Stripe objects into the mirror: the one place rows change.
 
 Both the full resync and the event stream come through here, so the invariants hold for every
-write: an older version never overwrites a newer one, tombstones are final, a whole list page is
+write: only content certainly newer than the row's replaces it (versions are intervals of
+Stripe's clock, `syncd.versions`; an overlap with other content queues the object to be fetched
+again instead of guessing), tombstones are final, a whole list page is
 one statement (the page's JSON is unpacked by PostgreSQL), and every change is announced with
 NOTIFY on `events.notify_channel`, which PostgreSQL delivers only if the transaction commits.
 """
@@ -19,6 +21,7 @@ from syncd import metrics
 from syncd.db import Database, Tx
 from syncd.registry import Resource
 from syncd.storable import storable
+from syncd.versions import Version
 
 # NOTIFY payloads are limited to 8000 bytes; stay well below with room for the envelope.
 _NOTIFY_BUDGET = 7000
@@ -53,11 +56,12 @@ class Writer:
         resource: Resource,
         objects: Objects,
         *,
-        version: float,
+        version: Version,
         api_version: str | None,
         parent_id: str | None = None,
     ) -> Written:
-        """Upsert a batch (a JSON array, as bytes/str or parsed) stamped with `version`."""
+        """Upsert a batch (a JSON array, as bytes/str or parsed) whose content Stripe held at
+        some moment of `version`."""
         if isinstance(objects, str):
             objects = objects.encode()
         payload = storable(objects if isinstance(objects, bytes) else orjson.dumps(list(objects)))
@@ -69,7 +73,7 @@ class Writer:
                 payload,
                 self.account_id,
                 api_version,
-                version,
+                version.bounds(),
                 parent_id,
                 table=resource.table,
             )
@@ -79,7 +83,7 @@ class Writer:
                 payload,
                 self.account_id,
                 api_version,
-                version,
+                version.bounds(),
                 table=resource.table,
             )
         written = Written([(r["id"], r["op"]) for r in rows])
@@ -90,13 +94,13 @@ class Writer:
         self,
         conn: Tx,
         resource: Resource,
-        items: Sequence[tuple[dict[str, Any], float, str | None]],
+        items: Sequence[tuple[dict[str, Any], Version, str | None]],
     ) -> Written:
         """Upsert (object, version, api_version) triples in one statement: event snapshots,
-        each stamped with its own event's `created` (not for owned children)."""
+        each with its own version (not for owned children)."""
         if resource.owned:
             raise ValueError(f"{resource.table} rows need their parent's id: use upsert")
-        payload = storable(orjson.dumps([{"o": o, "v": v, "a": a} for o, v, a in items]))
+        payload = storable(orjson.dumps([{"o": o, "v": v.bounds(), "a": a} for o, v, a in items]))
         rows = await conn.fetch(
             "upsert_objects_each", payload, self.account_id, table=resource.table
         )
@@ -105,9 +109,9 @@ class Writer:
         return written
 
     async def tombstone(
-        self, conn: Tx, resource: Resource, ids: Iterable[str], *, version: float
+        self, conn: Tx, resource: Resource, ids: Iterable[str], *, version: Version
     ) -> Written:
-        rows = await conn.fetch("tombstone_ids", list(ids), version, table=resource.table)
+        rows = await conn.fetch("tombstone_ids", list(ids), version.bounds(), table=resource.table)
         written = Written([(r["id"], "delete") for r in rows])
         await self._announce(conn, resource, written.ops)
         return written
@@ -119,7 +123,7 @@ class Writer:
         parent_id: str,
         objects: Sequence[dict[str, Any]],
         *,
-        version: float,
+        version: Version,
         api_version: str | None,
     ) -> Written:
         """Make `objects` the complete child set of `parent_id`: upsert them, tombstone the rest.
@@ -142,11 +146,15 @@ class Writer:
         parent_id: str,
         keep: Sequence[str],
         *,
-        version: float,
+        version: Version,
     ) -> Written:
         """Tombstone the children of `parent_id` other than `keep` (its complete list's ids)."""
         rows = await conn.fetch(
-            "tombstone_missing_children", parent_id, list(keep), version, table=resource.table
+            "tombstone_missing_children",
+            parent_id,
+            list(keep),
+            version.bounds(),
+            table=resource.table,
         )
         gone = Written([(r["id"], "delete") for r in rows])
         await self._announce(conn, resource, gone.ops)
@@ -158,7 +166,7 @@ class Writer:
         resource: Resource,
         sets: Mapping[str, Sequence[dict[str, Any]]],
         *,
-        version: float,
+        version: Version,
         api_version: str | None,
     ) -> Written:
         """`replace_children` for many parents in two statements (a list page's inline items).
@@ -174,7 +182,7 @@ class Writer:
                 storable(orjson.dumps(objects)),
                 self.account_id,
                 api_version,
-                version,
+                version.bounds(),
                 parents,
                 table=resource.table,
             )
@@ -182,7 +190,11 @@ class Writer:
             await self._announce(conn, resource, written.changed)
         keep = [o["id"] for o in objects if "id" in o]
         rows = await conn.fetch(
-            "tombstone_missing_children_of_many", list(sets), keep, version, table=resource.table
+            "tombstone_missing_children_of_many",
+            list(sets),
+            keep,
+            version.bounds(),
+            table=resource.table,
         )
         gone = Written([(r["id"], "delete") for r in rows])
         await self._announce(conn, resource, gone.ops)
@@ -191,10 +203,10 @@ class Writer:
 
     async def versions(
         self, conn: Tx, resource: Resource, ids: Iterable[str]
-    ) -> dict[str, tuple[float, bool]]:
+    ) -> dict[str, tuple[Version, bool]]:
         """Current (version, deleted) of the rows that exist among `ids`."""
         rows = await conn.fetch("versions_of", list(ids), table=resource.table)
-        return {r["id"]: (r["version"], r["deleted"]) for r in rows}
+        return {r["id"]: (Version.stored(r), r["deleted"]) for r in rows}
 
     @staticmethod
     def count_rows(resource: Resource, ops: Mapping[str, int]) -> None:

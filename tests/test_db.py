@@ -97,7 +97,7 @@ async def test_the_wrapper_translates_and_nests_savepoints(db: Database) -> None
     """`Tx` raises syncd's classes only (a unique violation: DatabaseDuplicate, which the
     resync's plain insert falls back on), and a nested transaction is a savepoint."""
     customer = orjson.dumps([{"id": "cus_1", "object": "customer", "metadata": {}}])
-    args = (customer, "", None, 1.0)
+    args = (customer, "", None, [1.0, 1.0, None, None, None])
 
     async def go(conn: Tx) -> int:
         await conn.fetch("insert_objects", *args, table="customers")

@@ -13,6 +13,7 @@ import structlog.testing
 from syncd import metrics
 from syncd.emulator import Emulator
 from syncd.registry import BY_TABLE
+from syncd.versions import Version
 from tests.support.events import Harness, differences, harness, ledger, mirror
 
 CORE = ("customer", "product", "price", "plan", "subscription", "subscription_item")
@@ -339,7 +340,10 @@ async def test_upsert_each_keeps_the_newest_version_per_object(
             return {"id": "cus_1", "object": "customer", "created": 1, "email": email}
 
         async def write(items: list[tuple[dict[str, Any], float, str | None]]) -> list[Any]:
-            return (await h.db.transact(lambda c: h.writer.upsert_each(c, customers, items))).ops
+            versioned = [(o, Version.of_event(v), a) for o, v, a in items]
+            return (
+                await h.db.transact(lambda c: h.writer.upsert_each(c, customers, versioned))
+            ).ops
 
         # Within one statement the newest of an object's versions is the one written.
         assert await write([(cus("b@x"), 200.0, "v"), (cus("a@x"), 100.0, "v")]) == [

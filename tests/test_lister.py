@@ -12,6 +12,7 @@ import pytest
 from syncd.lister import Page, PageReader, Slice, read_plain_page
 from syncd.registry import BY_TABLE
 from syncd.stripe_api import Reply
+from syncd.versions import Version
 
 CUSTOMERS = BY_TABLE["customers"]
 
@@ -37,7 +38,7 @@ def body(data: list[Any], has_more: bool = True, indent: bool = False) -> bytes:
 async def both(data: bytes, lo: int = 0) -> tuple[Page, Page, Slice, Slice]:
     reader = PageReader(CUSTOMERS, [], None, set())  # type: ignore[arg-type]
     plain, full = Slice("customers", 0, 0, lo=lo), Slice("customers", 0, 0, lo=lo)
-    reply = Reply(data, 1234.5)
+    reply = Reply(data, Version.at(1234.5))
     return await reader.read(plain, reply), await reader.read_objects(full, reply), plain, full
 
 

@@ -20,6 +20,7 @@ from syncd.lifecycle import Lifecycle
 from syncd.registry import BY_TABLE
 from syncd.resync import Resync, has_completed_resync
 from syncd.stripe_api import StripeAPI
+from syncd.versions import Version
 from syncd.writer import Writer
 from tests.conftest import emulator_config, make_config
 from tests.support.resync import (
@@ -219,8 +220,10 @@ async def test_newer_rows_win_and_only_unconfirmed_rows_are_swept(
         async def seed_rows(conn: Tx) -> None:
             w = rs.writer
             res = BY_TABLE["customers"]
-            await w.upsert(conn, res, [newer, ghost_new], version=future, api_version=None)
-            await w.upsert(conn, res, [ghost_old], version=1000.0, api_version=None)
+            await w.upsert(
+                conn, res, [newer, ghost_new], version=Version.at(future), api_version=None
+            )
+            await w.upsert(conn, res, [ghost_old], version=Version.at(1000.0), api_version=None)
 
         await rs.db.transact(seed_rows)
         result = await rs.run(reason="test")
@@ -332,7 +335,7 @@ async def test_replace_children_of_many_parents_at_once(db_url: str) -> None:
         async def replace(sets: dict[str, list[dict[str, Any]]], version: float) -> list[Any]:
             async def go(conn: Tx) -> list[Any]:
                 done = await w.replace_children_of_many(
-                    conn, items, sets, version=version, api_version=None
+                    conn, items, sets, version=Version.at(version), api_version=None
                 )
                 return sorted(done.changed)
 
@@ -410,7 +413,7 @@ async def test_page_statement_cuts_long_announcements(db_url: str, new: bool) ->
                     orjson.dumps(objects),
                     "",
                     None,
-                    1.0,
+                    Version.at(1.0).bounds(),
                     "long_ids",
                     "customers",
                     -1,  # no such slice: the checkpoint updates nothing
@@ -450,7 +453,11 @@ async def test_new_objects_are_inserted_plainly_and_a_present_row_falls_back(
     async with resyncer(cfg) as rs:
         await rs.db.transact(
             lambda c: rs.writer.upsert(
-                c, BY_TABLE["customers"], [present], version=time.time() + 3600, api_version=None
+                c,
+                BY_TABLE["customers"],
+                [present],
+                version=Version.at(time.time() + 3600),
+                api_version=None,
             )
         )
         await rs.run(reason="test")

@@ -20,6 +20,7 @@ from syncd.errors import DatabaseError
 from syncd.lifecycle import Lifecycle
 from syncd.registry import BY_TABLE
 from syncd.stripe_api import StripeAPI
+from syncd.versions import Version
 from syncd.writer import Writer
 from tests.conftest import emulator_config, make_config
 from tests.support.views import (
@@ -292,7 +293,9 @@ async def test_configured_schema_names(empty_db_url: str) -> None:
         writer = Writer(db)
         cus = {"id": "cus_1", "object": "customer", "metadata": {"supabase_user_id": USER}}
         await db.transact(
-            lambda c: writer.upsert(c, BY_TABLE["customers"], [cus], version=1, api_version=None)
+            lambda c: writer.upsert(
+                c, BY_TABLE["customers"], [cus], version=Version.at(1), api_version=None
+            )
         )
         mine = await as_role(db, "authenticated", "SELECT id FROM a_x.customers", user=USER)
         assert [r["id"] for r in mine] == [USER]

@@ -27,8 +27,11 @@ async def test_raw_list_page_and_version_on_stripes_clock(
         second = await api.request("GET", "/v1/customers", {"limit": 100})
     page = orjson.loads(first.body)
     assert len(page["data"]) == 30 and page["has_more"] is False
-    # Versions follow the emulator's (frozen) clock and still strictly increase.
-    assert 1_800_000_000 <= first.version < second.version < 1_800_000_001
+    # Versions are on the emulator's (frozen) clock: read before the end of the second its
+    # Date names; from the second answer on, also known to begin about then (before the first,
+    # nothing bounded Stripe's clock).
+    assert first.version.latest <= 1_800_000_001 and second.version.latest <= 1_800_000_001
+    assert 1_800_000_000 - 1 <= second.version.earliest <= second.version.latest
 
 
 async def test_retries_5xx_and_429_then_succeeds(api_cfg: Config, emulator: Emulator) -> None:

@@ -12,6 +12,7 @@ import pytest
 from syncd.config import Config
 from syncd.db import Database, Tx
 from syncd.registry import BY_TABLE
+from syncd.versions import Version
 from syncd.writer import Writer
 from tests.support.views import VIEWS, Synced, ts
 
@@ -241,8 +242,9 @@ def session(sid: str, ref: str | None, created: int, status: str = "complete") -
 
 async def write(db: Database, table: str, objs: list[dict[str, Any]], version: float) -> None:
     writer = Writer(db)
+    v = Version.at(version)
     await db.transact(
-        lambda c: writer.upsert(c, BY_TABLE[table], objs, version=version, api_version=None)
+        lambda c: writer.upsert(c, BY_TABLE[table], objs, version=v, api_version=None)
     )
 
 
@@ -294,7 +296,7 @@ async def test_customer_written_while_its_session_commits_keeps_the_mapping(db: 
             Tx(db, sessions_conn),
             BY_TABLE["checkout_sessions"],
             [session("cs_1", "user-a", 10)],
-            version=2,
+            version=Version.at(2),
             api_version=None,
         )
         # the customers writer starts its statement now, then waits for the session's lock
@@ -303,7 +305,7 @@ async def test_customer_written_while_its_session_commits_keeps_the_mapping(db: 
                 Tx(db, customers_conn),
                 BY_TABLE["customers"],
                 [{**CUS, "metadata": {}, "email": "x@example.com"}],
-                version=3,
+                version=Version.at(3),
                 api_version=None,
             )
         )
@@ -328,12 +330,14 @@ async def test_first_writes_of_customer_and_session_at_once(db: Database, first:
         tx = first_conn.transaction()
         await tx.start()
         res, objs = writes[first]
-        await writer.upsert(Tx(db, first_conn), res, objs, version=1, api_version=None)
+        await writer.upsert(Tx(db, first_conn), res, objs, version=Version.at(1), api_version=None)
         res2, objs2 = writes[second]
 
         async def later() -> None:
             async with second_conn.transaction():
-                await writer.upsert(Tx(db, second_conn), res2, objs2, version=1, api_version=None)
+                await writer.upsert(
+                    Tx(db, second_conn), res2, objs2, version=Version.at(1), api_version=None
+                )
 
         pending = asyncio.ensure_future(later())
         await asyncio.sleep(0.3)
@@ -394,7 +398,9 @@ async def test_page_of_customers_maps_each_from_metadata_or_checkout(db: Databas
     async def counted(c: Any) -> tuple[int, int]:
         # PL/pgSQL calls within this transaction: the row trigger must not run for syncd's writes
         await c.execute("SET LOCAL track_functions = 'pl'")
-        await writer.upsert(Tx(db, c), BY_TABLE["customers"], page, version=2, api_version=None)
+        await writer.upsert(
+            Tx(db, c), BY_TABLE["customers"], page, version=Version.at(2), api_version=None
+        )
         row = await c.fetchrow(
             "SELECT pg_stat_get_xact_function_calls('stripe.customers_set_user_id'::regproc) AS row,"
             " pg_stat_get_xact_function_calls('stripe.customers_map_users'::regproc) AS stmt"

@@ -12,6 +12,7 @@ from syncd import appschema, migrations
 from syncd.db import Database, sql_dir
 from syncd.errors import DatabaseError
 from syncd.registry import BY_TABLE
+from syncd.versions import Version
 from syncd.writer import Writer
 from tests.conftest import make_config
 from tests.support.views import SUPABASE
@@ -60,7 +61,7 @@ async def test_writer_and_reader_roles(empty_db_url: str) -> None:
                 c,
                 BY_TABLE["customers"],
                 [customer("cus_a", "user-a", 1)],
-                version=1,
+                version=Version.at(1),
                 api_version=None,
             )
         )
@@ -98,7 +99,7 @@ async def test_writer_and_reader_roles(empty_db_url: str) -> None:
                 c,
                 BY_TABLE["customers"],
                 [customer("cus_a", "user-a2", 2), customer("cus_b", "user-b", 2)],
-                version=2,
+                version=Version.at(2),
                 api_version=None,
             )
         )

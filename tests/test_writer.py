@@ -15,6 +15,7 @@ from syncd.config import Config
 from syncd.daemon import session_settings
 from syncd.db import Database, Tx
 from syncd.registry import BY_TABLE
+from syncd.versions import Version
 from syncd.writer import Writer
 
 STRIPE_DATA = Path(__file__).resolve().parent / "data" / "stripe"
@@ -35,13 +36,14 @@ def customer(cid: str, **fields: Any) -> dict[str, Any]:
 
 
 async def write(
-    db: Database, writer: Writer, objs: list[dict[str, Any]], version: float
+    db: Database, writer: Writer, objs: list[dict[str, Any]], version: float | Version
 ) -> list[tuple[str, str]]:
+    """Upsert `objs` with `version` (a float: known to the instant)."""
+    v = version if isinstance(version, Version) else Version.at(version)
+
     async def go(conn: Tx) -> list[tuple[str, str]]:
         return (
-            await writer.upsert(
-                conn, CUSTOMERS, objs, version=version, api_version="2025-03-31.basil"
-            )
+            await writer.upsert(conn, CUSTOMERS, objs, version=v, api_version="2025-03-31.basil")
         ).ops
 
     return await db.transact(go)
@@ -59,10 +61,67 @@ async def test_older_version_never_overwrites_newer(db: Database) -> None:
         ("cus_1", "insert")
     ]
     assert await write(db, writer, [customer("cus_1", email="old@x")], 100.0) == []
-    assert await write(db, writer, [customer("cus_1", email="tie@x")], 200.0) == []
     r = await row(db, "cus_1")
     assert r is not None and r["email"] == "new@x"
     assert await write(db, writer, [customer("cus_1", email="newer@x")], 300.0) == [
+        ("cus_1", "update")
+    ]
+
+
+async def queued(db: Database) -> list[tuple[str, str, str | None, float]]:
+    rows = await db.run(
+        lambda c: c.fetch(
+            "SELECT table_name, object_id, parent_id, extract(epoch FROM not_before) AS nb"
+            " FROM syncd.refetch_queue ORDER BY 1, 2"
+        ),
+        transaction=False,
+    )
+    return [(r[0], r[1], r[2], float(r[3])) for r in rows]
+
+
+async def test_a_slow_answer_never_overwrites_a_fresher_fetch(db: Database) -> None:
+    """Issue 14, divergence 1: a list page sent before a rename but answered after the rename's
+    refetch used to carry the later stamp (its arrival) and win with the old name."""
+    writer = Writer(db)
+    assert await write(db, writer, [customer("cus_1", name="old")], Version(90.0, 90.2))
+    # The rename is refetched: sent at 100, answered at 100.2.
+    await write(db, writer, [customer("cus_1", name="new")], Version(100.0, 100.2))
+    # The slow page: sent at 99.5 (before the rename), answered at 105 (after the refetch).
+    assert await write(db, writer, [customer("cus_1", name="old")], Version(99.5, 105.0)) == []
+    r = await row(db, "cus_1")
+    assert r is not None and r["name"] == "new"
+    # Which of the two is newer is unknown: the object is queued to be fetched again once
+    # Stripe's clock has passed both versions.
+    assert await queued(db) == [("customers", "cus_1", None, 105.0)]
+
+
+async def test_overlapping_versions_with_the_same_content_merge(db: Database) -> None:
+    writer = Writer(db)
+    await write(db, writer, [customer("cus_1", name="a")], Version(100.0, 101.0))
+    assert await write(db, writer, [customer("cus_1", name="a")], Version(100.5, 103.0)) == [
+        ("cus_1", "same")
+    ]
+    r = await row(db, "cus_1")
+    assert r is not None
+    # The content was Stripe's at the later of the two moments: [100.5, 103).
+    assert (r["fetched_from"].timestamp(), r["fetched_at"].timestamp()) == (100.5, 103.0)
+    assert await queued(db) == []
+    # Certainly newer content replaces it; certainly older is stale; neither queues anything.
+    assert await write(db, writer, [customer("cus_1", name="b")], Version(103.0, 104.0)) == [
+        ("cus_1", "update")
+    ]
+    assert await write(db, writer, [customer("cus_1", name="z")], Version(99.0, 103.0)) == []
+    assert await queued(db) == []
+
+
+async def test_an_event_second_and_a_fetch_overlapping_it_are_not_ordered(db: Database) -> None:
+    """Snapshot mode: an event's content is Stripe's at some moment of its `created` second."""
+    writer = Writer(db)
+    await write(db, writer, [customer("cus_1", name="event")], Version.of_event(200))
+    assert await write(db, writer, [customer("cus_1", name="page")], Version(199.2, 200.4)) == []
+    assert await queued(db) == [("customers", "cus_1", None, 201.0)]
+    # The next second's event is certainly newer.
+    assert await write(db, writer, [customer("cus_1", name="next")], Version.of_event(201)) == [
         ("cus_1", "update")
     ]
 
@@ -99,15 +158,19 @@ async def test_tombstones_are_final(db: Database) -> None:
     assert r2 is not None and r2["deleted_at"] is not None
 
 
-async def test_tombstone_ids_respects_the_guard(db: Database) -> None:
+async def test_tombstone_ids_are_final_whatever_their_version(db: Database) -> None:
+    # Stripe never undeletes: an answer saying "deleted" wins over any live version, even one
+    # that looks newer (the live row was read before the deletion, whatever its stamp says).
     writer = Writer(db)
     await write(db, writer, [customer("cus_1"), customer("cus_2")], 100.0)
     ops = await db.transact(
-        lambda c: writer.tombstone(c, CUSTOMERS, ["cus_1", "cus_2", "cus_404"], version=50.0)
+        lambda c: writer.tombstone(c, CUSTOMERS, ["cus_1", "cus_404"], version=Version.at(50.0))
     )
-    assert ops.ops == []  # older than what we hold
-    ops = await db.transact(lambda c: writer.tombstone(c, CUSTOMERS, ["cus_1"], version=150.0))
-    assert ops.ops == [("cus_1", "delete")]
+    assert ops.ops == [("cus_1", "delete")]  # cus_404 is not in the mirror: nothing to mark
+    ops = await db.transact(
+        lambda c: writer.tombstone(c, CUSTOMERS, ["cus_1"], version=Version.at(150.0))
+    )
+    assert ops.ops == []  # already a tombstone
 
 
 async def test_duplicate_ids_in_one_page_and_objects_without_id(db: Database) -> None:
@@ -127,7 +190,13 @@ async def test_page_bytes_go_through_unparsed(db: Database) -> None:
     body = orjson.dumps([customer(f"cus_{i}", email=f"{i}@x") for i in range(100)])
 
     async def go(conn: Tx) -> int:
-        return len((await writer.upsert(conn, CUSTOMERS, body, version=1.0, api_version=None)).ops)
+        return len(
+            (
+                await writer.upsert(
+                    conn, CUSTOMERS, body, version=Version.at(1.0), api_version=None
+                )
+            ).ops
+        )
 
     assert await db.transact(go) == 100
 
@@ -167,7 +236,11 @@ async def test_typed_columns_follow_raw_in_both_api_shapes(db: Database) -> None
 
     async def go(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         await writer.upsert(
-            Tx(db, conn), SUBSCRIPTIONS, [old_shape, basil], version=1.0, api_version=None
+            Tx(db, conn),
+            SUBSCRIPTIONS,
+            [old_shape, basil],
+            version=Version.at(1.0),
+            api_version=None,
         )
         return await conn.fetch(
             "SELECT id, customer_id, price_id, quantity, extract(epoch FROM current_period_start) AS cps "
@@ -193,7 +266,7 @@ async def test_replace_children_tombstones_missing_ones(db: Database) -> None:
         async def go(conn: Tx) -> list[tuple[str, str]]:
             return (
                 await writer.replace_children(
-                    conn, ITEMS, "sub_1", objs, version=version, api_version=None
+                    conn, ITEMS, "sub_1", objs, version=Version.at(version), api_version=None
                 )
             ).changed
 
@@ -208,6 +281,31 @@ async def test_replace_children_tombstones_missing_ones(db: Database) -> None:
         transaction=False,
     )
     assert [r["id"] for r in live] == ["si_0", "si_1"]
+
+
+async def test_a_child_missing_from_an_overlapping_list_is_fetched_again(db: Database) -> None:
+    """A child added after its parent's list was read must not be tombstoned by that list."""
+    writer = Writer(db)
+    items = [
+        {"id": f"si_{i}", "object": "subscription_item", "subscription": "sub_1"} for i in range(2)
+    ]
+
+    async def replace(objs: list[dict[str, Any]], version: Version) -> list[tuple[str, str]]:
+        async def go(conn: Tx) -> list[tuple[str, str]]:
+            return (
+                await writer.replace_children(
+                    conn, ITEMS, "sub_1", objs, version=version, api_version=None
+                )
+            ).changed
+
+        return await db.transact(go)
+
+    await replace(items, Version(100.0, 100.5))
+    # A list read from 99.8 to 104 lacks si_1: removed, or added after the list was read?
+    assert await replace(items[:1], Version(99.8, 104.0)) == []
+    assert await queued(db) == [("subscription_items", "si_1", "sub_1", 104.0)]
+    # A list certainly newer than si_1's row settles it.
+    assert await replace(items[:1], Version(105.0, 105.5)) == [("si_1", "delete")]
 
 
 async def test_changes_are_notified_on_commit_only(cfg: Config) -> None:
@@ -227,7 +325,7 @@ async def test_changes_are_notified_on_commit_only(cfg: Config) -> None:
 
             async def rolled_back(conn: Tx) -> None:
                 await writer.upsert(
-                    conn, CUSTOMERS, [customer("cus_x")], version=1.0, api_version=None
+                    conn, CUSTOMERS, [customer("cus_x")], version=Version.at(1.0), api_version=None
                 )
                 raise RuntimeError("roll back")
 
@@ -274,7 +372,12 @@ async def test_every_fixture_type_in_the_registry_round_trips(db: Database) -> N
 
         async def go(conn: asyncpg.Connection, resource: Any = resource, obj: Any = obj) -> Any:
             await writer.upsert(
-                Tx(db, conn), resource, [obj], version=1.0, api_version=None, parent_id="parent_1"
+                Tx(db, conn),
+                resource,
+                [obj],
+                version=Version.at(1.0),
+                api_version=None,
+                parent_id="parent_1",
             )
             return await conn.fetchval(
                 f"SELECT raw FROM stripe.{resource.table} WHERE id = $1", obj["id"]

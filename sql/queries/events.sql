@@ -41,3 +41,21 @@ DELETE FROM {state}.events_ledger WHERE processed_at < now() - $1 * interval '1 
 
 -- name: events_ledger_counts
 SELECT outcome, reason, count(*) AS n FROM {state}.events_ledger GROUP BY outcome, reason;
+
+-- name: refetch_queue_due
+-- Objects whose versions overlapped with other content (migration 0064), once Stripe's clock
+-- ($1: a lower bound of it) has passed the end of both: a fetch sent now is newer than both.
+SELECT table_name, object_id, parent_id, not_before
+  FROM {state}.refetch_queue
+ WHERE not_before < to_timestamp($1)
+ ORDER BY not_before LIMIT $2;
+
+-- name: refetch_queue_done
+-- Entries settled by a fetch; one queued again meanwhile (a later not_before) stays.
+DELETE FROM {state}.refetch_queue q
+ USING unnest($1::text[], $2::text[]) AS d(table_name, object_id)
+ WHERE q.table_name = d.table_name AND q.object_id = d.object_id
+   AND q.not_before < to_timestamp($3);
+
+-- name: refetch_queue_size
+SELECT count(*) FROM {state}.refetch_queue;

@@ -93,7 +93,7 @@ UPDATE {state}.resync_slices SET hi = $5, cursor = NULL
 -- (BEGIN, upsert, NOTIFY, checkpoint, COMMIT), a page kept its writer's connection idle in
 -- transaction a third of the time, waiting for syncd's busy event loop between round trips.
 -- * the table's upsert from writer.sql, embedded where `written` says so ($1 objects,
---   $2 account, $3 API version, $4 version);
+--   $2 account, $3 API version, $4 version: [earliest, latest]);
 -- * the NOTIFY of what changed ($5 channel, '' for none; $6 table), in messages shaped as
 --   Writer's (`{table, changes: [{id, op}]}`) and cut below PostgreSQL's 8000-byte limit;
 -- * the slice's checkpoint ($6 its table, $7 the run, $8-$9 the slice, $10-$16 its progress),

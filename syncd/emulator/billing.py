@@ -93,6 +93,22 @@ def refresh_items(sub: Record) -> None:
     sub.invalidate()
 
 
+def price_changed(ctx: Ctx, price_id: str) -> None:
+    """Items embed their price (and plan) as Stripe renders them when read: after the price
+    changes, every item and subscription embedding it answers with the new one (no event)."""
+    for sub in ctx.state.iter_type("subscription"):
+        items: list[Record] = sub.extra.get("items") or []
+        hit = [r for r in items if (r.obj.get("price") or {}).get("id") == price_id]
+        if hit:
+            for r in hit:
+                price = ctx.state.get("price", price_id)
+                if price is not None:
+                    r.obj["price"] = price.obj
+                    r.obj["plan"] = _plan_obj(ctx, price)
+                r.invalidate()
+            refresh_items(sub)
+
+
 def new_item(ctx: Ctx, sub: Record, item: JSON, param: str) -> Record:
     price = _price_for(ctx, item, param)
     obj = new_object(ctx, "subscription_item", "si_")

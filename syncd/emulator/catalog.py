@@ -359,11 +359,18 @@ def _sync_plan(ctx: Ctx, price: Record) -> None:
         update_record(ctx, plan, lambda o: o.update(new), "plan.updated")
 
 
+def _price_changed(ctx: Ctx, price_id: str) -> None:
+    from .billing import price_changed  # billing imports catalog
+
+    price_changed(ctx, price_id)
+
+
 @route("POST", "/v1/prices/{id}")
 def update_price(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
     rec = get_or_404(ctx, "price", m["id"])
     update_record(ctx, rec, lambda o: apply_params(o, params, PRICE_FIELDS), "price.updated")
     _sync_plan(ctx, rec)
+    _price_changed(ctx, rec.id)
     return ctx.ok(rec)
 
 
@@ -422,6 +429,7 @@ def update_plan(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
     price = get_or_404(ctx, "price", m["id"])
     update_record(ctx, price, lambda o: apply_params(o, params, PRICE_FIELDS), "price.updated")
     _sync_plan(ctx, price)
+    _price_changed(ctx, price.id)
     return ctx.ok(get_or_404(ctx, "plan", m["id"]))
 
 

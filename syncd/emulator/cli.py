@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import signal
 import sys
 
 from syncd import lifecycle
 
 from .emulator import Emulator
+from .limits import ENDPOINT_RATE, MODES, LimitConfig
 
 
 def _seed_spec(text: str) -> dict[str, int | bool]:
@@ -45,7 +47,42 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         default=None,
         help="accept exactly this key (default: any sk_test_/rk_test_ key)",
     )
-    p.add_argument("--rate-limit", type=float, default=None, help="requests/s (token bucket)")
+    p.add_argument("--rate-limit", type=float, default=None, help="older name of --global-rate")
+    limits = p.add_argument_group(
+        "Stripe's limits", "off by default; 429s as Stripe answers them (docs/emulator.md)"
+    )
+    limits.add_argument(
+        "--stripe-limits",
+        choices=MODES,
+        default=None,
+        help="Stripe's documented limits: test 25/s global, live 100/s global and 1000/s meter "
+        "events; both 25/s per endpoint and one meter event in flight per customer and meter",
+    )
+    limits.add_argument(
+        "--global-rate", type=float, default=None, metavar="R", help="requests/s per account"
+    )
+    limits.add_argument(
+        "--endpoint-rate",
+        type=float,
+        nargs="?",
+        const=ENDPOINT_RATE,
+        default=None,
+        metavar="R",
+        help=f"requests/s per endpoint (method + path template); {ENDPOINT_RATE:g} if no R",
+    )
+    limits.add_argument(
+        "--meter-event-rate",
+        type=float,
+        default=None,
+        metavar="R",
+        help="meter events/s, a separate limit that exempts them from the others (live mode)",
+    )
+    limits.add_argument(
+        "--meter-event-concurrency",
+        action="store_true",
+        default=None,
+        help="one meter event in flight per customer and meter",
+    )
     p.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every call")
     p.add_argument(
         "--late-visibility-ms",
@@ -57,8 +94,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-seed", type=int, default=0, help="seed for ids and randomness")
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    emu = Emulator(
+def emulator_from_args(args: argparse.Namespace) -> Emulator:
+    return Emulator(
         host=args.host,
         port=args.port,
         seed=args.random_seed,
@@ -66,11 +103,24 @@ async def _serve(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit,
         latency_ms=args.latency_ms,
         late_visibility_ms=args.late_visibility_ms,
+        stripe_limits=args.stripe_limits,
+        global_rate=args.global_rate,
+        endpoint_rate=args.endpoint_rate,
+        meter_event_rate=args.meter_event_rate,
+        meter_event_concurrency=args.meter_event_concurrency,
     )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    emu = emulator_from_args(args)
     if args.seed:
         counts = emu.seed(**args.seed)
         print(f"seeded: {counts}", file=sys.stderr)
     await emu.start()
+    if emu.limits.config != LimitConfig():
+        # Said up front: a benchmark's 429s must not look like a syncd bug.
+        on = {k: v for k, v in dataclasses.asdict(emu.limits.config).items() if v}
+        print(f"Stripe limits enforced: {on}", file=sys.stderr)
     print(
         f"Stripe emulator listening on {emu.url} (api key: {emu.api_key})",
         file=sys.stderr,

@@ -1,8 +1,9 @@
-"""The ``/_emulator/`` control API (no API key): clock, faults, rate limit, seeding, import,
-inspection, counters, realism switches and test helpers."""
+"""The ``/_emulator/`` control API (no API key): clock, faults, Stripe's limits, seeding,
+import, inspection, counters, realism switches and test helpers."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from .errors import StripeError
 from .forms import decode
+from .limits import ENDPOINT_RATE, LimitConfig
 
 if TYPE_CHECKING:
     from .emulator import Emulator
@@ -30,6 +32,47 @@ async def _body(request: web.Request) -> Any:
     if request.content_type == "application/json" or raw[:1] in (b"{", b"["):
         return orjson.loads(raw)
     return decode(raw.decode())
+
+
+def _rate(v: Any, default: float | None = None) -> float | None:
+    if v is True:
+        if default is None:
+            raise ValueError("a rate must be a number, or null to turn it off")
+        return default
+    return float(v) if v not in (None, "", 0) else None  # False == 0: off
+
+
+def _truthy(v: Any) -> bool:
+    return v in (True, "true", "1", 1)
+
+
+def limit_config(current: LimitConfig, b: Any) -> LimitConfig:
+    """The configuration a ``POST /_emulator/limits`` body asks for: ``stripe_limits`` (a preset,
+    or null for all off) first, then the individual fields; absent fields keep their value."""
+    if not isinstance(b, dict):
+        raise ValueError("expected a JSON object")
+    unknown = set(b) - {"stripe_limits", *LimitConfig.__dataclass_fields__}
+    if unknown:
+        raise ValueError(f"unknown fields: {sorted(unknown)}")
+    cfg = current
+    if "stripe_limits" in b:
+        cfg = LimitConfig.stripe(str(b["stripe_limits"])) if b["stripe_limits"] else LimitConfig()
+    changes: dict[str, Any] = {}
+    for k in ("global_rate", "global_burst", "meter_event_rate"):
+        if k in b:
+            changes[k] = _rate(b[k])
+    if "endpoint_rate" in b:
+        changes["endpoint_rate"] = _rate(b["endpoint_rate"], ENDPOINT_RATE)
+    if "endpoint_rates" in b:
+        rates = b["endpoint_rates"] or {}
+        if not isinstance(rates, dict):
+            raise ValueError("endpoint_rates must map 'METHOD /path' to a rate")
+        changes["endpoint_rates"] = {k: float(v) for k, v in rates.items()}
+    if "meter_event_concurrency" in b:
+        changes["meter_event_concurrency"] = _truthy(b["meter_event_concurrency"])
+    if "mode" in b:
+        changes["mode"] = b["mode"] or None
+    return dataclasses.replace(cfg, **changes)
 
 
 def add_control_routes(app: web.Application, emu: Emulator) -> None:
@@ -96,6 +139,24 @@ def add_control_routes(app: web.Application, emu: Emulator) -> None:
             float(burst) if burst not in (None, "") else None,
         )
         return _json(emu.limiter.as_json())
+
+    async def limits_get(req: web.Request) -> web.Response:
+        return _json(emu.limits.as_json())
+
+    async def limits_post(req: web.Request) -> web.Response:
+        try:
+            emu.limits.set_config(limit_config(emu.limits.config, await _body(req)))
+        except (TypeError, ValueError) as e:
+            return _json({"error": str(e)}, 400)
+        return _json(emu.limits.as_json())
+
+    async def limits_delete(req: web.Request) -> web.Response:
+        emu.limits.clear()
+        return _json(emu.limits.as_json())
+
+    async def limit_counters_delete(req: web.Request) -> web.Response:
+        emu.limits.reset_counters()
+        return _json(emu.limits.as_json())
 
     async def seed(req: web.Request) -> web.Response:
         b = await _body(req)
@@ -181,6 +242,10 @@ def add_control_routes(app: web.Application, emu: Emulator) -> None:
     r.add_delete("/_emulator/faults", faults_delete)
     r.add_get("/_emulator/ratelimit", ratelimit_get)
     r.add_post("/_emulator/ratelimit", ratelimit_post)
+    r.add_get("/_emulator/limits", limits_get)
+    r.add_post("/_emulator/limits", limits_post)
+    r.add_delete("/_emulator/limits", limits_delete)
+    r.add_delete("/_emulator/limits/counters", limit_counters_delete)
     r.add_post("/_emulator/seed", seed)
     r.add_post("/_emulator/import", import_)
     r.add_get("/_emulator/objects/{type}", objects)

@@ -4,6 +4,7 @@ its clock, faults, seeding and inspection from tests."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -13,8 +14,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 from aiohttp import web
 
-from .faults import Faults, RateLimiter, Stats
+from .faults import Faults, Stats
 from .framework import Ctx
+from .limits import LegacyRateLimiter, LimitConfig, Limits
 from .state import JSON, Clock, State
 
 if TYPE_CHECKING:
@@ -29,6 +31,11 @@ class Emulator:
 
     ``api_key=None`` accepts any key starting with ``sk_test_`` or ``rk_test_``; a string accepts
     exactly that key.
+
+    Stripe's limits are off unless asked for: ``stripe_limits="test"|"live"`` applies Stripe's
+    documented numbers, then ``global_rate``, ``endpoint_rate``, ``meter_event_rate`` and
+    ``meter_event_concurrency`` override them; ``rate_limit`` is the older name of
+    ``global_rate``.
     """
 
     def __init__(
@@ -41,13 +48,29 @@ class Emulator:
         rate_limit: float | None = None,
         latency_ms: float = 0.0,
         late_visibility_ms: tuple[float, float] | None = None,
+        stripe_limits: str | None = None,
+        global_rate: float | None = None,
+        endpoint_rate: float | None = None,
+        meter_event_rate: float | None = None,
+        meter_event_concurrency: bool | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.state = State(seed)
         self.faults = Faults(seed)
         self.faults.base_latency_ms = latency_ms
-        self.limiter = RateLimiter(rate_limit)
+        self.limits = Limits()
+        base = LimitConfig.stripe(stripe_limits) if stripe_limits else LimitConfig()
+        overrides: dict[str, Any] = {
+            "global_rate": global_rate if global_rate is not None else rate_limit,
+            "endpoint_rate": endpoint_rate,
+            "meter_event_rate": meter_event_rate,
+            "meter_event_concurrency": meter_event_concurrency,
+        }
+        self.limits.set_config(
+            dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        )
+        self.limiter = LegacyRateLimiter(self.limits)
         self.stats = Stats()
         self.accepted_key = api_key
         self._api_server: ApiServer | None = None
@@ -163,7 +186,8 @@ class Emulator:
         with self.state.lock:
             self.state.reset(seed)
             self.faults.clear()
-            self.limiter.configure(None)
+            self.limits.clear()
+            self.limits.reset_counters()
             self.stats.reset()
             if self._api_server is not None:
                 self._api_server.idempotency.clear()

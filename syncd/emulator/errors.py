@@ -61,6 +61,16 @@ RATE_LIMIT_MESSAGE = (
     "Testmode request rate limit exceeded, the rate limits in testmode are lower than livemode. "
     "You can learn more about rate limits here https://stripe.com/docs/rate-limits."
 )
+LIVE_RATE_LIMIT_MESSAGE = (
+    "Request rate limit exceeded. You can learn more about rate limits here "
+    "https://stripe.com/docs/rate-limits."
+)
+# Stripe's wording for this one is not published; ours names the documented rule.
+METER_CONCURRENCY_MESSAGE = (
+    "Too many concurrent requests for this customer and meter: meter events allow one "
+    "concurrent request per customer per meter. Send them serially. You can learn more about "
+    "rate limits here https://stripe.com/docs/rate-limits."
+)
 LOCK_TIMEOUT_MESSAGE = (
     "This object cannot be accessed right now because another API request or Stripe process is "
     "currently accessing it. If you see this error intermittently, retry the request. If you see "
@@ -70,9 +80,11 @@ LOCK_TIMEOUT_MESSAGE = (
 )
 
 
-def rate_limited() -> StripeError:
+def rate_limited(reason: str = "global-rate", message: str = RATE_LIMIT_MESSAGE) -> StripeError:
+    """The 429 of Stripe's limiters. No ``Stripe-Should-Retry``: the SDKs retry whenever it says
+    true, and Stripe's SDKs do not retry real rate limits (only lock timeouts)."""
     return StripeError(
-        429, RATE_LIMIT_MESSAGE, code="rate_limit", headers={"Stripe-Should-Retry": "true"}
+        429, message, code="rate_limit", headers={"Stripe-Rate-Limited-Reason": reason}
     )
 
 

@@ -1,11 +1,10 @@
-"""Fault injection, the token-bucket rate limiter and request counters."""
+"""Fault injection and request counters (Stripe's limits live in limits.py)."""
 
 from __future__ import annotations
 
 import fnmatch
 import random
 import threading
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -127,35 +126,6 @@ class Faults:
 
     def as_json(self) -> dict[str, Any]:
         return {"latency_ms": self.base_latency_ms, "rules": [r.as_json() for r in self.rules]}
-
-
-class RateLimiter:
-    """Token bucket on a real monotonic clock; off when ``rate`` is None (the default)."""
-
-    def __init__(self, rate: float | None = None, burst: float | None = None) -> None:
-        self.configure(rate, burst)
-        self._lock = threading.Lock()
-
-    def configure(self, rate: float | None, burst: float | None = None) -> None:
-        self.rate = rate
-        self.burst = burst if burst is not None else (rate or 0.0)
-        self.tokens = self.burst
-        self.last = time.monotonic()
-
-    def allow(self) -> bool:
-        if self.rate is None:
-            return True
-        with self._lock:
-            now = time.monotonic()
-            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-            self.last = now
-            if self.tokens >= 1.0:
-                self.tokens -= 1.0
-                return True
-            return False
-
-    def as_json(self) -> dict[str, Any]:
-        return {"rate": self.rate, "burst": self.burst}
 
 
 @dataclass

@@ -24,7 +24,7 @@ from .framework import (
     update_record,
 )
 from .lists import list_body, page_sequence, parse_list_params
-from .state import JSON, Record
+from .state import JSON, Record, State
 
 IDENTIFIER_TTL = 24 * 3600
 PAST_LIMIT = 35 * 86400
@@ -150,6 +150,19 @@ def _meter_for(ctx: Ctx, event_name: str) -> Record:
         if r.obj["event_name"] == event_name and r.obj["status"] == "active":
             return r
     raise invalid(f"No active meter was found with event_name `{event_name}`.", param="event_name")
+
+
+def concurrency_key(state: State, params: JSON) -> tuple[str, str] | None:
+    """The (meter id, customer id) a meter event reports on, for Stripe's one-concurrent-call
+    rule; None when the event names no active meter or customer (the handler answers 400)."""
+    payload = params.get("payload")
+    if not isinstance(payload, dict):
+        return None
+    for r in state.iter_type("billing.meter"):
+        if r.obj["event_name"] == params.get("event_name") and r.obj["status"] == "active":
+            cus = payload.get(r.obj["customer_mapping"]["event_payload_key"])
+            return (r.id, str(cus)) if cus else None
+    return None
 
 
 @route("POST", "/v1/billing/meter_events")

@@ -1,4 +1,4 @@
-"""aiohttp application: auth, rate limiting, faults, form decoding, idempotency, errors."""
+"""aiohttp application: auth, Stripe's limits, faults, form decoding, idempotency, errors."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import orjson
 from aiohttp import web
 
 from . import billing, catalog, events, meters, payments  # noqa: F401  (register routes)
-from .errors import StripeError, lock_timeout, rate_limited
+from .errors import StripeError, lock_timeout
 from .forms import decode
 from .framework import ROUTES, Ctx, Handler, Resp, unknown_endpoint
+from .limits import METER_EVENTS, REASON_ENDPOINT_CONCURRENCY, endpoint_template
+from .meters import concurrency_key
 from .state import API_VERSION
 
 if TYPE_CHECKING:
@@ -83,14 +85,14 @@ class ApiServer:
         return key
 
     # request handling --------------------------------------------------------------------
-    def wrap(self, handler: Handler) -> Any:
+    def wrap(self, handler: Handler, template: str) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
             endpoint = (
                 f"{request.method} {request.match_info.route.resource.canonical}"
                 if request.match_info.route.resource is not None
                 else request.path
             )
-            resp = await self.serve(request, handler, endpoint)
+            resp = await self.serve(request, handler, endpoint, template)
             if resp is None:
                 self.emu.stats.dropped[endpoint] += 1
                 tr = request.transport
@@ -106,110 +108,141 @@ class ApiServer:
 
         return handle
 
+    def _meter_slot(self, body: str) -> tuple[str, str] | None:
+        try:
+            params = decode(body) if body else {}
+        except StripeError:
+            return None  # the handler answers the malformed body
+        with self.emu.state.lock:
+            return concurrency_key(self.emu.state, params)
+
     async def serve(
-        self, request: web.Request, handler: Handler, endpoint: str
+        self, request: web.Request, handler: Handler, endpoint: str, template: str
     ) -> web.Response | None:
         emu = self.emu
         version = request.headers.get("Stripe-Version", API_VERSION)
         base_headers = {"Stripe-Version": version}
+        slot: tuple[str, str] | None = None
         try:
             api_key = self.check_key(request)
-            if not emu.limiter.allow():
-                raise rate_limited()
+            reason = emu.limits.admit(template)
+            if reason is not None:
+                raise emu.limits.error(reason)
             body = await request.text() if request.can_read_body else ""
-            query = request.query_string
-            d = emu.faults.decide(request.method, request.path, query + "&" + body)
-            if d.delay > 0:
-                await asyncio.sleep(d.delay)
-            if d.drop:
-                return None
-            if d.lock:
-                raise lock_timeout()
-            if d.bad_body == "html" and d.status is not None:
-                # A proxy or load balancer answered instead of the API.
-                return web.Response(
-                    body=_html_page(d.status), status=d.status, content_type="text/html"
-                )
-            if d.status is not None:
-                raise StripeError(
-                    d.status,
-                    "Too many requests hit the API too quickly."
-                    if d.status == 429
-                    else "An unknown error occurred (injected by the emulator).",
-                    type_="invalid_request_error" if d.status == 429 else "api_error",
-                    code="rate_limit" if d.status == 429 else None,
-                    # Stripe asks for a retry of 429 and 5xx only (an injected 403 is final).
-                    headers={"Stripe-Should-Retry": "true"}
-                    if d.status == 429 or d.status >= 500
-                    else {},
-                )
-            params = decode(query) if query else {}
-            if body:
-                params.update(decode(body))
-            idem_key = request.headers.get("Idempotency-Key")
-            idem_slot: tuple[str, str] | None = None
-            fingerprint = ""
-            if idem_key and request.method == "POST":
-                base_headers["Idempotency-Key"] = idem_key
-                idem_slot = (api_key, idem_key)
-                fingerprint = hashlib.sha256(
-                    orjson.dumps(
-                        [request.method, request.path, params], option=orjson.OPT_SORT_KEYS
-                    )
-                ).hexdigest()
-                with emu.state.lock:
-                    now = emu.state.clock.now()
-                    prior = self.idempotency.get(idem_slot)
-                    if prior is not None and prior.created > now - IDEMPOTENCY_TTL:
-                        if prior.fingerprint != fingerprint:
-                            raise StripeError(
-                                400,
-                                "Keys for idempotent requests can only be used with the same "
-                                "parameters they were first used with. Try using a key other "
-                                f"than '{idem_key}' if you meant to execute a different "
-                                "request.",
-                                type_="idempotency_error",
-                            )
-                        return web.Response(
-                            body=prior.body,
-                            status=prior.status,
-                            content_type=JSON_CT,
-                            headers={
-                                **base_headers,
-                                "Idempotent-Replayed": "true",
-                                "Request-Id": emu.state.new_id("req_", 14),
-                            },
-                        )
-            expand = params.pop("expand", [])
-            if isinstance(expand, str):
-                expand = [expand]
-            with emu.state.lock:
-                request_id = emu.state.new_id("req_", 14)
-                ctx = Ctx(emu.state, request_id, idem_key, list(expand))
-                try:
-                    result: Resp = handler(ctx, params, dict(request.match_info))
-                    status, out = result.status, result.body
-                    headers = {}
-                except StripeError as e:
-                    status, out, headers = e.status, e.body(), dict(e.headers)
-                if idem_slot is not None and status < 500:
-                    self.idempotency[idem_slot] = IdemEntry(
-                        fingerprint, status, out, emu.state.clock.now()
-                    )
-            base_headers["Request-Id"] = request_id
-            if d.after > 0:
-                await asyncio.sleep(d.after)  # the request took effect; the answer is late
-            if d.bad_body == "truncated":
-                out = out[: len(out) // 2]  # the answer cut short on its way
-            return web.Response(
-                body=out, status=status, content_type=JSON_CT, headers={**base_headers, **headers}
-            )
+            if template == METER_EVENTS and emu.limits.meter_concurrency:
+                # Taken before the injected latency, so a slow request holds its slot as long as
+                # it is in flight, like a slow request at Stripe.
+                slot = self._meter_slot(body)
+                if slot is not None and not emu.limits.acquire(template, slot):
+                    slot = None
+                    raise emu.limits.error(REASON_ENDPOINT_CONCURRENCY)
+            return await self._execute(request, handler, body, api_key, base_headers)
         except StripeError as e:
             return _error_response(e, base_headers)
+        finally:
+            if slot is not None:
+                emu.limits.release(slot)
+
+    async def _execute(
+        self,
+        request: web.Request,
+        handler: Handler,
+        body: str,
+        api_key: str,
+        base_headers: dict[str, str],
+    ) -> web.Response | None:
+        """What follows the limiters: faults, decoding, idempotency and the handler."""
+        emu = self.emu
+        query = request.query_string
+        d = emu.faults.decide(request.method, request.path, query + "&" + body)
+        if d.delay > 0:
+            await asyncio.sleep(d.delay)
+        if d.drop:
+            return None
+        if d.lock:
+            raise lock_timeout()
+        if d.bad_body == "html" and d.status is not None:
+            # A proxy or load balancer answered instead of the API.
+            return web.Response(
+                body=_html_page(d.status), status=d.status, content_type="text/html"
+            )
+        if d.status is not None:
+            raise StripeError(
+                d.status,
+                "Too many requests hit the API too quickly."
+                if d.status == 429
+                else "An unknown error occurred (injected by the emulator).",
+                type_="invalid_request_error" if d.status == 429 else "api_error",
+                code="rate_limit" if d.status == 429 else None,
+                # Stripe asks for a retry of 429 and 5xx only (an injected 403 is final).
+                headers={"Stripe-Should-Retry": "true"}
+                if d.status == 429 or d.status >= 500
+                else {},
+            )
+        params = decode(query) if query else {}
+        if body:
+            params.update(decode(body))
+        idem_key = request.headers.get("Idempotency-Key")
+        idem_slot: tuple[str, str] | None = None
+        fingerprint = ""
+        if idem_key and request.method == "POST":
+            base_headers["Idempotency-Key"] = idem_key
+            idem_slot = (api_key, idem_key)
+            fingerprint = hashlib.sha256(
+                orjson.dumps([request.method, request.path, params], option=orjson.OPT_SORT_KEYS)
+            ).hexdigest()
+            with emu.state.lock:
+                now = emu.state.clock.now()
+                prior = self.idempotency.get(idem_slot)
+                if prior is not None and prior.created > now - IDEMPOTENCY_TTL:
+                    if prior.fingerprint != fingerprint:
+                        raise StripeError(
+                            400,
+                            "Keys for idempotent requests can only be used with the same "
+                            "parameters they were first used with. Try using a key other "
+                            f"than '{idem_key}' if you meant to execute a different "
+                            "request.",
+                            type_="idempotency_error",
+                        )
+                    return web.Response(
+                        body=prior.body,
+                        status=prior.status,
+                        content_type=JSON_CT,
+                        headers={
+                            **base_headers,
+                            "Idempotent-Replayed": "true",
+                            "Request-Id": emu.state.new_id("req_", 14),
+                        },
+                    )
+        expand = params.pop("expand", [])
+        if isinstance(expand, str):
+            expand = [expand]
+        with emu.state.lock:
+            request_id = emu.state.new_id("req_", 14)
+            ctx = Ctx(emu.state, request_id, idem_key, list(expand))
+            try:
+                result: Resp = handler(ctx, params, dict(request.match_info))
+                status, out = result.status, result.body
+                headers = {}
+            except StripeError as e:
+                status, out, headers = e.status, e.body(), dict(e.headers)
+            if idem_slot is not None and status < 500:
+                self.idempotency[idem_slot] = IdemEntry(
+                    fingerprint, status, out, emu.state.clock.now()
+                )
+        base_headers["Request-Id"] = request_id
+        if d.after > 0:
+            await asyncio.sleep(d.after)  # the request took effect; the answer is late
+        if d.bad_body == "truncated":
+            out = out[: len(out) // 2]  # the answer cut short on its way
+        return web.Response(
+            body=out, status=status, content_type=JSON_CT, headers={**base_headers, **headers}
+        )
 
     def add_routes(self, app: web.Application) -> None:
         for r in ROUTES:
-            app.router.add_route(r.method, r.path, self.wrap(r.handler))
+            template = endpoint_template(r.method, r.path)
+            app.router.add_route(r.method, r.path, self.wrap(r.handler, template))
 
 
 @web.middleware

@@ -33,6 +33,7 @@ from syncd.quarantine import Quarantine, object_id, refusal
 from syncd.registry import BY_TABLE, Child, Resource
 from syncd.storable import loads_lax, storable
 from syncd.stripe_api import StripeClock
+from syncd.versions import Version
 from syncd.writer import Writer
 
 log = get_logger(__name__)
@@ -212,7 +213,7 @@ class Listing:
         previous: Page | None = None
         with bind_context(resource=s.table):
             while not s.done and self._active(s.table):
-                params = list_params(res, s.variant, s)
+                params = list_params(res, s.variant, s, [c for c, _ in reader.children])
                 try:
                     reply = await self.fetch(res.list_path, params)
                 except StripeError as exc:
@@ -335,7 +336,7 @@ class Listing:
             storable(page.data),
             w.account_id,
             self.api_version,
-            page.version,
+            page.version.bounds(),
             w.notify_channel,
             res.table,  # the slice's table too
             self.run_id,
@@ -361,8 +362,8 @@ class Listing:
         w = self.writer
         # Children with the same table and version (the page's inline lists share its version)
         # are written together: two statements per child table, not two per parent.
-        owned: dict[tuple[str, float], dict[str, list[dict[str, Any]]]] = {}
-        loose: dict[tuple[str, float], list[dict[str, Any]]] = {}
+        owned: dict[tuple[str, Version], dict[str, list[dict[str, Any]]]] = {}
+        loose: dict[tuple[str, Version], list[dict[str, Any]]] = {}
         for c in page.children:
             key = (c.resource.table, c.version)
             if c.resource.owned and c.parent_id is not None:
@@ -441,7 +442,7 @@ async def write_or_quarantine(
     res: Resource,
     objects: list[Any],
     *,
-    version: float,
+    version: Version,
     api_version: str | None,
     source: str,
     run_id: int | None = None,

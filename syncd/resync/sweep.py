@@ -16,6 +16,7 @@ from syncd.errors import StripeError, StripeNotFound
 from syncd.logs import bind_context, get_logger
 from syncd.registry import Resource
 from syncd.resync.listing import RunContext
+from syncd.versions import Version
 
 log = get_logger(__name__)
 
@@ -72,15 +73,15 @@ class Sweep:
     async def _verify(self, res: Resource, ids: list[str], owner: str) -> bool:
         """Retrieve each candidate: tombstone the gone ones, refresh the ones still there."""
         assert res.retrieve_path is not None
-        gone: list[tuple[str, float]] = []
-        alive: list[tuple[dict[str, Any], float]] = []
+        gone: list[tuple[str, Version]] = []
+        alive: list[tuple[dict[str, Any], Version]] = []
         denied: list[StripeError] = []
 
         async def one(oid: str) -> None:
             try:
                 reply = await self.fetch(res.retrieve_path.replace("{id}", oid), {})  # type: ignore[union-attr]
             except StripeNotFound:
-                gone.append((oid, self.clock.now()))
+                gone.append((oid, Version.at(self.clock.now())))
                 return
             except StripeError as exc:
                 if exc.retryable:
@@ -106,23 +107,17 @@ class Sweep:
         self,
         conn: Tx,
         res: Resource,
-        gone: list[tuple[str, float]],
-        alive: list[tuple[dict[str, Any], float]],
+        gone: list[tuple[str, Version]],
+        alive: list[tuple[dict[str, Any], Version]],
         owner: str,
     ) -> None:
         w = self.writer
         count = 0
         if gone:
-            version = max(v for _, v in gone)
-            count = len((await w.tombstone(conn, res, [i for i, _ in gone], version=version)).ops)
-        if alive:
-            await w.upsert(
-                conn,
-                res,
-                [o for o, _ in alive],
-                version=min(v for _, v in alive),
-                api_version=self.api_version,
-            )
+            ids = [i for i, _ in gone]
+            count = len((await w.tombstone(conn, res, ids, version=gone[-1][1])).ops)
+        for obj, version in alive:  # each with its own answer's version
+            await w.upsert(conn, res, [obj], version=version, api_version=self.api_version)
         if count:
             await conn.execute("resync_count_tombstones", self.run_id, res.table, count)
             metrics.resync_tombstoned.labels(res.table).inc(count)
@@ -149,7 +144,9 @@ class Sweep:
                 dead = [r["id"] for r in rows if states.get(r["parent_id"], (0.0, False))[1]]
                 if not dead:
                     return
-                done = await self.writer.tombstone(conn, res, dead, version=self.clock.now())
+                done = await self.writer.tombstone(
+                    conn, res, dead, version=Version.at(self.clock.now())
+                )
                 if done.ops:
                     await conn.execute(
                         "resync_count_tombstones", self.run_id, res.table, len(done.ops)

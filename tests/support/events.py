@@ -80,24 +80,8 @@ async def mirror(db: Database, table: str) -> dict[str, tuple[dict[str, Any], bo
     return {r["id"]: (r["raw"], r["deleted_at"] is not None) for r in rows}
 
 
-# Fields Stripe changes without emitting an event for their object: only a re-list sees them.
-# (A customer's next_invoice_sequence moves when an invoice is numbered; no customer.updated.)
-NO_EVENT_FIELDS = {"customer": {"next_invoice_sequence"}}
-
-
-def _embedded_ids(object_type: str, obj: dict[str, Any]) -> dict[str, Any]:
-    """Embedded copies of other objects (the price inside a subscription item) are refreshed in
-    Stripe's answers whenever they are read, but no event of the parent says so: compare ids."""
-
-    def item(i: dict[str, Any]) -> dict[str, Any]:
-        return {**i, **{k: (i[k] or {}).get("id") for k in ("price", "plan") if k in i}}
-
-    if object_type == "subscription_item":
-        return item(obj)
-    if object_type == "subscription" and isinstance(obj.get("items"), dict):
-        items = obj["items"]
-        return {**obj, "items": {**items, "data": [item(i) for i in items.get("data") or []]}}
-    return obj
+# Fields Stripe changes without an event of their object are followed from the events that
+# imply them (apply.IMPLIED, apply.REFERENCED): the comparison below is of every field.
 
 
 async def differences(
@@ -111,9 +95,9 @@ async def differences(
     for object_type in types:
         table = BY_OBJECT[object_type].table
         rows = await mirror(db, table)
-        expected = {o["id"]: _embedded_ids(object_type, o) for o in emu.objects(object_type)}
+        expected = {o["id"]: o for o in emu.objects(object_type)}
         # NUL characters are stored escaped (syncd.storable): compare what Stripe sent.
-        rows = {i: (_embedded_ids(object_type, unescape(r[0])), r[1]) for i, r in rows.items()}
+        rows = {i: (unescape(r[0]), r[1]) for i, r in rows.items()}
         for oid, obj in expected.items():
             row = rows.get(oid)
             if obj.get("deleted"):
@@ -125,9 +109,7 @@ async def differences(
             elif row[1]:
                 problems.append(f"{table} {oid}: tombstoned but alive in Stripe")
             else:
-                skip = NO_EVENT_FIELDS.get(object_type, set()) | (skip_fields or {}).get(
-                    object_type, set()
-                )
+                skip = (skip_fields or {}).get(object_type, set())
                 diff = sorted(
                     k
                     for k in set(obj) | set(row[0])
@@ -148,15 +130,21 @@ async def ledger(db: Database) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-async def assert_ledger_complete(db: Database, emu: Emulator, seed: int) -> None:
+async def assert_ledger_complete(
+    db: Database, emu: Emulator, seed: int, *, ignored_ok: bool = False
+) -> None:
+    """Every event recorded once; none ignored unless `ignored_ok` (types not selected)."""
     rows = await db.run(
-        lambda c: c.fetch("SELECT event_id, outcome FROM syncd.events_ledger"), transaction=False
+        lambda c: c.fetch("SELECT event_id, outcome, reason FROM syncd.events_ledger"),
+        transaction=False,
     )
     recorded = {r["event_id"] for r in rows}
     events = {e["id"] for e in emu.events()}
     # Every event once (the primary key makes twice impossible), none lost, none invented.
     assert recorded == events, f"seed {seed}: ledger differs from the events"
-    assert {r["outcome"] for r in rows} <= {"applied", "quarantined"}, f"seed {seed}"
+    outcomes = {(r["outcome"], r["reason"] if r["outcome"] == "ignored" else "") for r in rows}
+    allowed = {"applied", "quarantined", *(["ignored"] if ignored_ok else [])}
+    assert {o for o, _ in outcomes} <= allowed, f"seed {seed}: {sorted(outcomes)}"
 
 
 async def converge(emu: Emulator, h: Harness, types: tuple[str, ...], within: float = 60) -> None:

@@ -28,6 +28,7 @@ from syncd.lifecycle import Lifecycle
 from syncd.registry import BY_TABLE, RESOURCES, Resource
 from syncd.resync import Resync
 from syncd.stripe_api import StripeAPI
+from syncd.versions import Version
 from syncd.writer import Writer
 from tests.conftest import emulator_config
 
@@ -67,7 +68,7 @@ async def sync_emulator(
     """Write the emulator's objects into the mirror; returns rows written per table."""
     wanted = set(tables) if tables is not None else {r.table for r in RESOURCES}
     writer = Writer(db)
-    version = float(emu.clock.now())
+    version = Version.at(float(emu.clock.now()))
     counts: dict[str, int] = {}
 
     async def write(resource: Resource, objs: list[JSON], parent_id: str | None = None) -> None:
