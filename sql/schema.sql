@@ -20,6 +20,12 @@ CREATE SCHEMA billing;
 CREATE SCHEMA stripe;
 
 --
+-- Name: stripe_history; Type: SCHEMA; Schema: -; Owner: -
+--
+
+CREATE SCHEMA stripe_history;
+
+--
 -- Name: syncd; Type: SCHEMA; Schema: -; Owner: -
 --
 
@@ -261,7 +267,8 @@ CREATE TABLE stripe.active_entitlements (
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -290,7 +297,8 @@ CREATE TABLE stripe.customers (
     delinquent boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'delinquent'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -313,7 +321,8 @@ CREATE TABLE stripe.entitlement_features (
     active boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'active'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -382,7 +391,8 @@ CREATE TABLE stripe.invoices (
     paid_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time(((raw -> 'status_transitions'::text) ->> 'paid_at'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -438,7 +448,8 @@ CREATE TABLE stripe.checkout_session_line_items (
     amount_total bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount_total'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -471,7 +482,8 @@ CREATE TABLE stripe.checkout_sessions (
     expires_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'expires_at'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -541,7 +553,8 @@ CREATE TABLE stripe.prices (
     trial_period_days integer GENERATED ALWAYS AS (syncd.json_integer(((raw -> 'recurring'::text) ->> 'trial_period_days'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -569,7 +582,8 @@ CREATE TABLE stripe.products (
     updated timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'updated'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -604,6 +618,46 @@ CREATE VIEW billing.pricing_plans WITH (security_invoker='true') AS
   WHERE ((pr.deleted_at IS NULL) AND (p.deleted_at IS NULL));
 
 --
+-- Name: subscriptions; Type: TABLE; Schema: stripe_history; Owner: -
+--
+
+CREATE TABLE stripe_history.subscriptions (
+    version bigint NOT NULL,
+    id text NOT NULL,
+    account_id text NOT NULL,
+    raw jsonb NOT NULL,
+    api_version text,
+    operation text NOT NULL,
+    source text,
+    valid_from timestamp with time zone NOT NULL,
+    valid_to timestamp with time zone,
+    fetched_from timestamp with time zone NOT NULL,
+    fetched_at timestamp with time zone NOT NULL,
+    CONSTRAINT subscriptions_operation_check CHECK ((operation = ANY (ARRAY['insert'::text, 'update'::text, 'delete'::text, 'baseline'::text])))
+);
+
+--
+-- Name: subscription_history; Type: VIEW; Schema: billing; Owner: -
+--
+
+CREATE VIEW billing.subscription_history WITH (security_invoker='true') AS
+ SELECT h.id,
+    c.user_id,
+    COALESCE(((h.raw -> 'customer'::text) ->> 'id'::text), (h.raw ->> 'customer'::text)) AS customer_id,
+    (h.raw ->> 'status'::text) AS status,
+    (((((h.raw -> 'items'::text) -> 'data'::text) -> 0) -> 'price'::text) ->> 'id'::text) AS price_id,
+    COALESCE(((((((h.raw -> 'items'::text) -> 'data'::text) -> 0) -> 'price'::text) -> 'product'::text) ->> 'id'::text), (((((h.raw -> 'items'::text) -> 'data'::text) -> 0) -> 'price'::text) ->> 'product'::text)) AS product_id,
+    syncd.json_bigint(((((h.raw -> 'items'::text) -> 'data'::text) -> 0) ->> 'quantity'::text)) AS quantity,
+    syncd.json_boolean((h.raw ->> 'cancel_at_period_end'::text)) AS cancel_at_period_end,
+    syncd.json_time((h.raw ->> 'canceled_at'::text)) AS canceled_at,
+    h.operation AS change,
+    h.valid_from,
+    h.valid_to,
+    h.version
+   FROM (stripe_history.subscriptions h
+     LEFT JOIN stripe.customers c ON ((c.id = COALESCE(((h.raw -> 'customer'::text) ->> 'id'::text), (h.raw ->> 'customer'::text)))));
+
+--
 -- Name: subscription_items; Type: TABLE; Schema: stripe; Owner: -
 --
 
@@ -627,7 +681,8 @@ CREATE TABLE stripe.subscription_items (
     current_period_end timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'current_period_end'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -665,7 +720,8 @@ CREATE TABLE stripe.subscriptions (
     current_period_end timestamp with time zone GENERATED ALWAYS AS (syncd.json_time(COALESCE((raw ->> 'current_period_end'::text), ((((raw -> 'items'::text) -> 'data'::text) -> 0) ->> 'current_period_end'::text)))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -776,7 +832,8 @@ CREATE TABLE stripe.balance_transactions (
     available_on timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'available_on'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -803,7 +860,8 @@ CREATE TABLE stripe.billing_meters (
     updated timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'updated'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -841,7 +899,8 @@ CREATE TABLE stripe.charges (
     disputed boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'disputed'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -871,7 +930,8 @@ CREATE TABLE stripe.coupons (
     redeem_by timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'redeem_by'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -901,7 +961,8 @@ CREATE TABLE stripe.credit_notes (
     voided_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'voided_at'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -927,7 +988,8 @@ CREATE TABLE stripe.disputes (
     amount bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -950,7 +1012,8 @@ CREATE TABLE stripe.early_fraud_warnings (
     actionable boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'actionable'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -977,7 +1040,8 @@ CREATE TABLE stripe.invoice_items (
     date timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'date'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -1007,7 +1071,8 @@ CREATE TABLE stripe.invoice_line_items (
     period_end timestamp with time zone GENERATED ALWAYS AS (syncd.json_time(((raw -> 'period'::text) ->> 'end'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -1038,7 +1103,8 @@ CREATE TABLE stripe.payment_intents (
     canceled_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'canceled_at'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -1065,7 +1131,8 @@ CREATE TABLE stripe.payment_methods (
     card_exp_year integer GENERATED ALWAYS AS (syncd.json_integer(((raw -> 'card'::text) ->> 'exp_year'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -1092,7 +1159,8 @@ CREATE TABLE stripe.payouts (
     arrival_date timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'arrival_date'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -1121,7 +1189,8 @@ CREATE TABLE stripe.plans (
     trial_period_days integer GENERATED ALWAYS AS (syncd.json_integer((raw ->> 'trial_period_days'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -1144,7 +1213,8 @@ CREATE TABLE stripe.product_features (
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -1171,7 +1241,8 @@ CREATE TABLE stripe.promotion_codes (
     expires_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'expires_at'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -1197,7 +1268,8 @@ CREATE TABLE stripe.refunds (
     amount bigint GENERATED ALWAYS AS (syncd.json_bigint((raw ->> 'amount'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -1221,7 +1293,8 @@ CREATE TABLE stripe.setup_intents (
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -1247,7 +1320,8 @@ CREATE TABLE stripe.subscription_schedules (
     released_at timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'released_at'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -1271,7 +1345,8 @@ CREATE TABLE stripe.tax_ids (
     created timestamp with time zone GENERATED ALWAYS AS (syncd.json_time((raw ->> 'created'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
 );
 
 --
@@ -1299,7 +1374,21 @@ CREATE TABLE stripe.tax_rates (
     active boolean GENERATED ALWAYS AS (syncd.json_boolean((raw ->> 'active'::text))) STORED,
     fetched_from timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     fetched_by bigint,
-    fetched_local double precision[]
+    fetched_local double precision[],
+    changed_by text
+);
+
+--
+-- Name: subscriptions_version_seq; Type: SEQUENCE; Schema: stripe_history; Owner: -
+--
+
+ALTER TABLE stripe_history.subscriptions ALTER COLUMN version ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME stripe_history.subscriptions_version_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
 );
 
 --
@@ -1613,6 +1702,43 @@ CREATE TABLE syncd.usage_meters (
 );
 
 --
+-- Name: verify_runs; Type: TABLE; Schema: syncd; Owner: -
+--
+
+CREATE TABLE syncd.verify_runs (
+    run_id bigint NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    finished_at timestamp with time zone DEFAULT now() NOT NULL,
+    status text NOT NULL,
+    drift jsonb DEFAULT '{}'::jsonb NOT NULL,
+    unverified jsonb DEFAULT '{}'::jsonb NOT NULL,
+    drifted bigint DEFAULT 0 NOT NULL,
+    repaired bigint DEFAULT 0 NOT NULL,
+    requests bigint DEFAULT 0 NOT NULL,
+    sample integer,
+    repair boolean DEFAULT false NOT NULL,
+    error text,
+    CONSTRAINT verify_runs_status_check CHECK ((status = ANY (ARRAY['clean'::text, 'drift'::text, 'incomplete'::text, 'failed'::text, 'interrupted'::text])))
+);
+
+--
+-- Name: verify_runs_run_id_seq; Type: SEQUENCE; Schema: syncd; Owner: -
+--
+
+CREATE SEQUENCE syncd.verify_runs_run_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+--
+-- Name: verify_runs_run_id_seq; Type: SEQUENCE OWNED BY; Schema: syncd; Owner: -
+--
+
+ALTER SEQUENCE syncd.verify_runs_run_id_seq OWNED BY syncd.verify_runs.run_id;
+
+--
 -- Name: rejected_objects id; Type: DEFAULT; Schema: syncd; Owner: -
 --
 
@@ -1641,6 +1767,12 @@ ALTER TABLE ONLY syncd.usage_batches ALTER COLUMN id SET DEFAULT nextval('syncd.
 --
 
 ALTER TABLE ONLY syncd.usage_events ALTER COLUMN id SET DEFAULT nextval('syncd.usage_events_id_seq'::regclass);
+
+--
+-- Name: verify_runs run_id; Type: DEFAULT; Schema: syncd; Owner: -
+--
+
+ALTER TABLE ONLY syncd.verify_runs ALTER COLUMN run_id SET DEFAULT nextval('syncd.verify_runs_run_id_seq'::regclass);
 
 --
 -- Name: usage_records usage_records_idempotency_key_per_user; Type: CONSTRAINT; Schema: billing; Owner: -
@@ -1867,6 +1999,13 @@ ALTER TABLE ONLY stripe.tax_rates
     ADD CONSTRAINT tax_rates_pkey PRIMARY KEY (id);
 
 --
+-- Name: subscriptions subscriptions_pkey; Type: CONSTRAINT; Schema: stripe_history; Owner: -
+--
+
+ALTER TABLE ONLY stripe_history.subscriptions
+    ADD CONSTRAINT subscriptions_pkey PRIMARY KEY (id, version);
+
+--
 -- Name: events_cursor events_cursor_pkey; Type: CONSTRAINT; Schema: syncd; Owner: -
 --
 
@@ -1970,6 +2109,13 @@ ALTER TABLE ONLY syncd.usage_events
 
 ALTER TABLE ONLY syncd.usage_meters
     ADD CONSTRAINT usage_meters_pkey PRIMARY KEY (metric);
+
+--
+-- Name: verify_runs verify_runs_pkey; Type: CONSTRAINT; Schema: syncd; Owner: -
+--
+
+ALTER TABLE ONLY syncd.verify_runs
+    ADD CONSTRAINT verify_runs_pkey PRIMARY KEY (run_id);
 
 --
 -- Name: usage_records_failed; Type: INDEX; Schema: billing; Owner: -
@@ -2176,6 +2322,24 @@ CREATE INDEX subscriptions_status ON stripe.subscriptions USING btree (status);
 CREATE INDEX tax_ids_customer_id ON stripe.tax_ids USING btree (customer_id);
 
 --
+-- Name: subscriptions_customer; Type: INDEX; Schema: stripe_history; Owner: -
+--
+
+CREATE INDEX subscriptions_customer ON stripe_history.subscriptions USING btree (COALESCE(((raw -> 'customer'::text) ->> 'id'::text), (raw ->> 'customer'::text)));
+
+--
+-- Name: subscriptions_id_idx; Type: INDEX; Schema: stripe_history; Owner: -
+--
+
+CREATE UNIQUE INDEX subscriptions_id_idx ON stripe_history.subscriptions USING btree (id) WHERE (valid_to IS NULL);
+
+--
+-- Name: subscriptions_valid_to_idx; Type: INDEX; Schema: stripe_history; Owner: -
+--
+
+CREATE INDEX subscriptions_valid_to_idx ON stripe_history.subscriptions USING btree (valid_to) WHERE (valid_to IS NOT NULL);
+
+--
 -- Name: events_ledger_processed_at; Type: INDEX; Schema: syncd; Owner: -
 --
 
@@ -2216,6 +2380,12 @@ CREATE INDEX usage_batches_sending ON syncd.usage_batches USING btree (id) WHERE
 --
 
 CREATE INDEX usage_events_batch ON syncd.usage_events USING btree (batch_id) WHERE (status = 'sending'::text);
+
+--
+-- Name: verify_runs_status; Type: INDEX; Schema: syncd; Owner: -
+--
+
+CREATE INDEX verify_runs_status ON syncd.verify_runs USING btree (status, run_id DESC);
 
 --
 -- Name: checkout_sessions checkout_sessions_map_users_insert; Type: TRIGGER; Schema: stripe; Owner: -

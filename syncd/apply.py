@@ -46,6 +46,7 @@ from syncd.writer import Writer
 
 Event = dict[str, Any]
 SUMMARY_OBJECT = "entitlements.active_entitlement_summary"
+OVERLAP_SOURCE = "overlap refetch"
 # A child pager that keeps going past this many pages is looping (SYNC_PITFALLS 5).
 _MAX_CHILD_PAGES = 1000
 
@@ -108,6 +109,12 @@ class Group:
     outcome: str = "applied"
     reason: str = ""
     change: Change | None = None
+
+    @property
+    def source(self) -> str:
+        """What the change's writes record as their source (history): the newest event of the
+        object, or `overlap refetch` for a fetch settling overlapping versions (no events)."""
+        return str(self.events[-1].get("id")) if self.events else OVERLAP_SOURCE
 
     def ledger_rows(self) -> list[dict[str, Any]]:
         return [
@@ -178,7 +185,12 @@ class Applier:
         versions = await self._row_versions(routed) if self.mode == "snapshot" else {}
         to_fetch: list[Group] = []
         for group in routed:
-            if not self._plan_snapshot(group, versions):
+            if group.object_type not in self.tables and group.object_type != SUMMARY_OBJECT:
+                # Not mirrored itself, but what it changes elsewhere is (a price embedded in
+                # mirrored subscription items): only those are listed again.
+                group.reason = "implied"
+                group.change = Change(None, {"id": group.object_id}, Version.at(0.0), None)
+            elif not self._plan_snapshot(group, versions):
                 to_fetch.append(group)
         unexpanded = [g for g in routed if g.change is not None and g.change.unexpanded]
         if to_fetch or unexpanded:
@@ -200,11 +212,15 @@ class Applier:
                 raise one_error(errors) from None
         return out
 
+    def _implies_mirrored(self, table: str) -> bool:
+        return any(r.table in self.tables for r in IMPLIED.get(table, []))
+
     def _implied(self, group: Group) -> list[Child]:
         c = group.change
-        if c is None or c.resource is None or c.obj is None or c.obj.get("deleted"):
+        if c is None or c.obj is None or c.obj.get("deleted"):
             return []
-        return [r for r in IMPLIED.get(c.resource.table, []) if r.table in self.tables]
+        table = c.resource.table if c.resource is not None else str(group.object_type)
+        return [r for r in IMPLIED.get(table, []) if r.table in self.tables]
 
     def _referenced(self, group: Group) -> list[tuple[Resource, str]]:
         """The objects `group`'s events name and change without an event of theirs
@@ -276,7 +292,9 @@ class Applier:
         if resource is None:
             reason = "unknown_object" if object_type else "no_object_type"
             return None, Group([event], object_type or None, _str(object_id), "ignored", reason)
-        if resource.table not in self.tables:
+        if resource.table not in self.tables and not (
+            isinstance(object_id, str) and object_id and self._implies_mirrored(resource.table)
+        ):
             return None, Group([event], object_type, _str(object_id), "ignored", "not_selected")
         if not isinstance(object_id, str) or not object_id:
             return None, Group([event], object_type, None, "ignored", "no_object_id")
@@ -349,7 +367,10 @@ class Applier:
             unexpanded=[
                 c
                 for c in resource.children
-                if c.parent_expand and c.inline_field not in obj and c.table in self.tables
+                if c.parent_expand
+                and c.inline_field not in obj
+                and c.table in self.tables
+                and BY_TABLE[c.table].owned
             ],
         )
         return True
@@ -465,7 +486,13 @@ class Applier:
                 return
             object_id = str(group.object_id)
             assert resource.retrieve_path is not None
-            expand = [c.parent_expand for c in resource.children if c.parent_expand]
+            # Only owned children are replaced with the parent (a customer's tax ids, also
+            # embedded by an expand in lists, have events of their own).
+            expand = [
+                c.parent_expand
+                for c in resource.children
+                if c.parent_expand and BY_TABLE[c.table].owned and c.table in self.tables
+            ]
             params: dict[str, Any] = {"expand": expand} if expand else {}
             path = resource.retrieve_path.replace("{id}", quote(object_id, safe=""))
             metrics.events_refetches.labels(resource.table).inc()
@@ -479,7 +506,7 @@ class Applier:
                 # What was expanded only to reach the children is not part of the object as
                 # Stripe serves it (nor as a resync stores it): `raw` leaves it out.
                 for child in resource.children:
-                    if child.parent_expand and child.inline_field:
+                    if child.parent_expand in expand and child.inline_field:
                         obj.pop(child.inline_field, None)
             except StripeNotFound:
                 obj = {"id": object_id, "object": resource.object, "deleted": True}
@@ -571,11 +598,13 @@ class Applier:
         """Write the changes and ledger rows of `groups`; returns how many rows changed."""
         changed = 0
         # One statement per table, each object with its own version (its fetch or event).
-        batches: dict[str, list[tuple[dict[str, Any], Version, str | None]]] = defaultdict(list)
+        batches: dict[str, list[tuple[dict[str, Any], Version, str | None, str]]] = defaultdict(
+            list
+        )
         for g in groups:
             c = g.change
             if c is not None and c.resource is not None and c.obj is not None:
-                batches[c.resource.table].append((c.obj, c.version, c.api_version))
+                batches[c.resource.table].append((c.obj, c.version, c.api_version, g.source))
         for table, items in batches.items():
             written = await self.writer.upsert_each(conn, BY_TABLE[table], items)
             changed += len(written.changed)
@@ -588,12 +617,23 @@ class Applier:
             for related, objs, version in c.related:
                 if objs:
                     written = await self.writer.upsert(
-                        conn, related, objs, version=version, api_version=self.pinned
+                        conn,
+                        related,
+                        objs,
+                        version=version,
+                        api_version=self.pinned,
+                        source=g.source,
                     )
                     changed += len(written.changed)
             for kid_resource, parent, kids, version in c.related_children:
                 written = await self.writer.replace_children(
-                    conn, kid_resource, parent, kids, version=version, api_version=self.pinned
+                    conn,
+                    kid_resource,
+                    parent,
+                    kids,
+                    version=version,
+                    api_version=self.pinned,
+                    source=g.source,
                 )
                 changed += len(written.changed)
             for child_resource, objs in c.children:
@@ -604,6 +644,7 @@ class Applier:
                     objs,
                     version=c.version,
                     api_version=c.api_version,
+                    source=g.source,
                 )
                 changed += len(written.changed)
         rows = [row for g in groups for row in g.ledger_rows()]

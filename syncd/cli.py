@@ -14,6 +14,7 @@ from pathlib import Path
 
 from syncd import (
     __version__,
+    history,
     lifecycle,
     migrations,
     resync,
@@ -27,6 +28,7 @@ from syncd.db import Database, describe_target
 from syncd.errors import StripeError, SyncdError
 from syncd.health import cmd_health, health_arguments
 from syncd.logs import configure as configure_logging
+from syncd.ratelimit import describe_budget
 from syncd.redaction import scrub
 from syncd.status import cmd_status, live_after, status_arguments
 from syncd.stripe_api import StripeAPI
@@ -48,9 +50,16 @@ async def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
     async with Database.connect(cfg.database, min_size=1) as db:
         applied = await migrations.migrate(db, target=args.target)
         versions = await migrations.applied_versions(db)
+        # history.tables as configured (the daemon does the same at start). Not with --target:
+        # an older schema may lack what history needs.
+        kept = await history.apply_configured(db, cfg) if args.target is None else None
     names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "nothing to apply"
     version = max(versions, default=0)
-    print(f"migrated {describe_target(cfg.database.url)}: {names} (schema version {version})")
+    kept_for = "" if kept is None else f"; history: {', '.join(kept.tables) or 'off'}"
+    print(
+        f"migrated {describe_target(cfg.database.url)}: {names}"
+        f" (schema version {version}{kept_for})"
+    )
     return 0
 
 
@@ -84,6 +93,7 @@ async def cmd_check(cfg: Config, _args: argparse.Namespace) -> int:
             print(f"ok   stripe {cfg.stripe.api_base}: key accepted, events readable")
         except StripeError as exc:
             problems.append(f"stripe {cfg.stripe.api_base}: {exc}")
+    print(f"ok   {describe_budget(cfg)}")
     for line in problems:
         print(f"FAIL {scrub(line)}")
     return 1 if problems else 0

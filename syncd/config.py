@@ -31,6 +31,7 @@ from syncd.config_sections import (
     DaemonConfig,
     DatabaseConfig,
     EventsConfig,
+    HistoryConfig,
     HttpConfig,
     LogConfig,
     StripeConfig,
@@ -52,6 +53,7 @@ __all__ = [
     "DaemonConfig",
     "DatabaseConfig",
     "EventsConfig",
+    "HistoryConfig",
     "HttpConfig",
     "LogConfig",
     "StripeConfig",
@@ -264,18 +266,24 @@ def _show(value: Any, meta: Mapping[str, Any]) -> str:
 
 def _validate(cfg: Config) -> None:
     _validate_dsn(cfg.database.url)
-    for key in ("mirror_schema", "state_schema", "app_schema"):
+    for key in ("mirror_schema", "state_schema", "app_schema", "history_schema"):
         name = getattr(cfg.database, key)
         if not _IDENT.match(name):
             raise ConfigError(f"database.{key}: {name!r} is not a plain lower-case SQL identifier")
     schemas = [cfg.database.mirror_schema, cfg.database.state_schema, cfg.database.app_schema]
     if len(set(schemas)) != 3:
         raise ConfigError("database.mirror_schema, state_schema and app_schema must differ")
-    for key in ("include", "exclude"):
-        unknown = [name for name in getattr(cfg.sync, key) if name not in BY_TABLE]
+    if cfg.database.history_schema in schemas:
+        raise ConfigError("database.history_schema: must differ from the other schemas")
+    for key, names in (
+        ("sync.include", cfg.sync.include),
+        ("sync.exclude", cfg.sync.exclude),
+        ("history.tables", cfg.history.tables),
+    ):
+        unknown = [name for name in names if name not in BY_TABLE]
         if unknown:
             raise ConfigError(
-                f"sync.{key}: unknown table(s) {', '.join(map(repr, unknown))}"
+                f"{key}: unknown table(s) {', '.join(map(repr, unknown))}"
                 f"{_suggest(unknown[0], BY_TABLE)} (known: {', '.join(BY_TABLE)})"
             )
     if cfg.database.pool_min_size > cfg.database.pool_max_size:

@@ -44,6 +44,9 @@ class DatabaseConfig:
     mirror_schema: str = _opt("stripe", "schema of the mirrored Stripe tables")
     state_schema: str = _opt("syncd", "schema of the daemon's own state (cursors, ledger, jobs)")
     app_schema: str = _opt("billing", "schema of the application views and usage_records")
+    history_schema: str = _opt(
+        "stripe_history", "schema of the versions kept for history.tables (docs/history.md)"
+    )
     pool_min_size: int = _opt(2, "connections kept open", lo=1, hi=100)
     pool_max_size: int = _opt(8, "most connections the daemon opens", lo=2, hi=100)
     connect_timeout: float = _opt(10.0, "seconds to wait for a connection", lo=0.1, hi=300)
@@ -63,7 +66,23 @@ class StripeConfig:
     api_version: str = _opt(PINNED_API_VERSION, "Stripe-Version pinned on every request")
     account: str = _opt("", "connected account id (Stripe-Account header); empty: the key's own")
     rate_limit: float = _opt(
-        0.0, "requests per second shared by all loops; 0: 25 in test mode, 100 live", lo=0, hi=10000
+        0.0,
+        "requests per second shared by all loops; 0: rate_share of Stripe's limit"
+        " (25/s in test mode, 100/s live)",
+        lo=0,
+        hi=10000,
+    )
+    rate_share: float = _opt(
+        0.5,
+        "share of Stripe's limit used when rate_limit = 0; the rest is left to the application",
+        lo=0.01,
+        hi=1,
+    )
+    endpoint_rate_limit: float = _opt(
+        0.0,
+        "requests per second per endpoint (method + path); 0: the budget's share of Stripe's 25/s",
+        lo=0,
+        hi=10000,
     )
     max_retries: int = _opt(
         6, "retries of a 429, 5xx or network error before giving up", lo=0, hi=50
@@ -84,8 +103,16 @@ class SyncConfig:
     )
     per_parent_lists: bool = _opt(
         True,
-        "resync lists only Stripe lists per parent (customer tax ids, payment methods,"
-        " entitlements; product features): one request per parent; false: events only",
+        "resync lists what Stripe lists only per parent (customer payment methods and"
+        " entitlements, product features): one request per parent, after the main lists;"
+        " false: events only",
+    )
+    per_parent_concurrency: int = _opt(
+        4,
+        "per-parent list requests in flight at once, after a resync's main lists: a bounded"
+        " share of the rate budget (the event stream keeps the rest)",
+        lo=1,
+        hi=64,
     )
     resync_on_empty: bool = _opt(True, "run a full resync on first start with an empty mirror")
     reconcile_interval: float = _opt(
@@ -155,6 +182,25 @@ class UsageConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    interval: float = _opt(
+        0.0,
+        "seconds between the leader's verifies of the mirror against Stripe (on the daemon's"
+        " rate budget, docs/verify.md); 0: never",
+        lo=0,
+        hi=366 * 86400,
+    )
+    sample: int = _opt(
+        1000,
+        "objects deep-compared per table by each periodic verify (ids are always complete);"
+        " 0: every object",
+        lo=0,
+        hi=10_000_000,
+    )
+    repair: bool = _opt(False, "periodic verify writes what Stripe holds for the drift it finds")
+
+
+@dataclass(frozen=True)
 class AppConfig:
     user_id_metadata_key: str = _opt(
         "supabase_user_id", "customer metadata key holding the app's user id"
@@ -163,6 +209,16 @@ class AppConfig:
         True,
         "install row-level policies when auth.uid() exists (Supabase); false removes them "
         "and the anon/authenticated privileges",
+    )
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    tables: list[str] = _opt(
+        [], "tables whose every version is kept (e.g. subscriptions, prices); empty: none"
+    )
+    retention_days: int = _opt(
+        0, "days a replaced version is kept (pruned hourly by the leader); 0: forever", lo=0
     )
 
 
@@ -204,7 +260,9 @@ class Config:
     sync: SyncConfig = field(default_factory=SyncConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     app: AppConfig = field(default_factory=AppConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -228,10 +286,24 @@ class Config:
         return self.stripe.api_base
 
     @property
+    def account_rate_limit(self) -> float:
+        """Stripe's global limit for the mode (https://docs.stripe.com/rate-limits)."""
+        return 100.0 if self.stripe.mode == "live" else 25.0
+
+    @property
     def rate_limit(self) -> float:
+        """syncd's budget, requests/s: `stripe.rate_limit`, else `rate_share` of the account's."""
         if self.stripe.rate_limit > 0:
             return self.stripe.rate_limit
-        return 100.0 if self.stripe.mode == "live" else 25.0
+        return self.account_rate_limit * self.stripe.rate_share
+
+    @property
+    def endpoint_rate_limit(self) -> float:
+        """Per endpoint: `stripe.endpoint_rate_limit`, else Stripe's 25/s scaled as the budget
+        is scaled from the account's limit (the same share of both)."""
+        if self.stripe.endpoint_rate_limit > 0:
+            return self.stripe.endpoint_rate_limit
+        return 25.0 * self.rate_limit / self.account_rate_limit
 
 
 SECTIONS: dict[str, type[Any]] = {

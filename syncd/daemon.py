@@ -24,10 +24,12 @@ from syncd import (
     appschema,
     events,
     health,
+    history,
     metrics,
     migrations,
     resync_schedule,
     usage_schedule,
+    verify_schedule,
 )
 from syncd.config import Config, redacted
 from syncd.control import ControlLoop
@@ -174,7 +176,9 @@ def attach_features(runtime: Runtime) -> None:
     events.attach(runtime)
     resync_schedule.attach(runtime)
     runtime.startup.append(lambda: appschema.startup_step(runtime.db, runtime.cfg))
+    history.attach(runtime)  # its view's policy follows the views' just installed
     usage_schedule.attach(runtime)
+    verify_schedule.attach(runtime)
 
 
 async def run_daemon(cfg: Config, features: Callable[[Runtime], None] = attach_features) -> int:
@@ -188,6 +192,9 @@ async def run_daemon(cfg: Config, features: Callable[[Runtime], None] = attach_f
                 StripeAPI(cfg) as api,
             ):
                 applied = await migrations.migrate(db)
+                # History's triggers as configured, before any write of this process (every
+                # replica, as migrations: idempotent, one at a time).
+                await history.apply_configured(db, cfg)
                 log.info(
                     "daemon_started",
                     version=__version__,

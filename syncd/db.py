@@ -1,10 +1,10 @@
 """The database layer: the only module that runs SQL.
 
 Queries live in `sql/queries/*.sql` and are loaded by name (`-- name: upsert_heartbeat`). The
-schema names are configurable, so SQL text says `{mirror}`, `{state}` and `{app}` and they are
-replaced with the quoted identifiers once, at load time; a query written for any mirror table
-says `{table}`, and the statements made of several queries (the writer's upserts with a table's
-own columns, the plain insert, the resync's page statement) are composed here too
+schema names are configurable, so SQL text says `{mirror}`, `{state}`, `{app}` and `{history}`
+and they are replaced with the quoted identifiers once, at load time; a query written for any
+mirror table says `{table}`, and the statements made of several queries (the writer's upserts
+with a table's own columns, the plain insert, the resync's page statement) are composed here too
 (`Database.statement`). Other modules get a `Tx` (`Database.transact`, `Database.session`) or a
 `Dedicated` connection, never a driver connection: their methods take query names, and asyncpg
 errors are translated into syncd's error tree here and nowhere else (tests/test_sql_boundary.py
@@ -40,7 +40,7 @@ from syncd.errors import (
 T = TypeVar("T")
 # A result row, for the annotations of modules that read them (they do not import asyncpg).
 Row: TypeAlias = asyncpg.Record
-_TOKEN = re.compile(r"\{(mirror|state|app)\}")
+_TOKEN = re.compile(r"\{(mirror|state|app|history)\}")
 _PLAIN_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
@@ -59,13 +59,19 @@ class Schemas:
     mirror: str = "stripe"
     state: str = "syncd"
     app: str = "billing"
+    history: str = "stripe_history"
 
     @classmethod
     def from_config(cls, cfg: DatabaseConfig) -> Schemas:
-        return cls(cfg.mirror_schema, cfg.state_schema, cfg.app_schema)
+        return cls(cfg.mirror_schema, cfg.state_schema, cfg.app_schema, cfg.history_schema)
 
     def render(self, sql: str) -> str:
-        names = {"mirror": self.mirror, "state": self.state, "app": self.app}
+        names = {
+            "mirror": self.mirror,
+            "state": self.state,
+            "app": self.app,
+            "history": self.history,
+        }
         return _TOKEN.sub(lambda m: '"' + names[m.group(1)] + '"', sql)
 
 
@@ -240,6 +246,16 @@ COMPOSED = (
     "resync_insert_page",
 )
 _EXTRA_PARTS = ("columns", "values", "updates")
+# Where the upsert of whole objects reads the source of its changes (`{source}`, recorded in
+# `changed_by`): its own parameter when alone, the run id when the resync's page statement
+# embeds it (the page's parameters $1-$16 are fixed). The plain insert alone (tests, tools;
+# the resync embeds it) records none.
+_SOURCES = {
+    "upsert_objects": "$5::text",
+    "insert_objects": "NULL::text",
+    "resync_write_page": "('resync run ' || $7::bigint)",
+    "resync_insert_page": "('resync run ' || $7::bigint)",
+}
 
 
 class Database:
@@ -319,24 +335,32 @@ class Database:
           (`DatabaseDuplicate`) if a row is there after all, having changed nothing: the caller
           then writes the same objects with the upsert;
         * `resync_write_page`, `resync_insert_page`: resync.sql's page statement with the
-          table's `upsert_objects`, or its `insert_objects`, embedded (`{upsert}`).
+          table's `upsert_objects`, or its `insert_objects`, embedded (`{upsert}`);
+        * in each of these, the source of the changes (`{source}`): see `_SOURCES`.
         """
         key = (name, table)
         sql = self._statements.get(key)
         if sql is None:
-            sql = self._statements[key] = self._compose(name, table)
+            sql = self._compose(name, table)
+            if "{source}" in sql:
+                if name not in _SOURCES:
+                    raise DatabaseError(f"query {name!r}: no source for its {{source}}")
+                sql = sql.replace("{source}", _SOURCES[name])
+            self._statements[key] = sql
         return sql
 
     def _compose(self, name: str, table: str | None) -> str:
+        """`statement` before its `{source}` is filled in (that depends on the outermost
+        statement: an embedded upsert reads the page's parameters)."""
         if name == "insert_objects":
-            upsert = self.statement("upsert_objects", table)
+            upsert = self._compose("upsert_objects", table)
             head, conflict, _ = upsert.partition("\nON CONFLICT")
             if not conflict:
                 raise DatabaseError(f"{table}: upsert_objects has no ON CONFLICT clause")
             return head + "\nRETURNING t.id, 'insert' AS op"
         if name in ("resync_write_page", "resync_insert_page"):
             inner = "upsert_objects" if name == "resync_write_page" else "insert_objects"
-            written = self.statement(inner, table).rstrip().rstrip(";")
+            written = self._compose(inner, table).rstrip().rstrip(";")
             return self.queries["resync_write_page"].replace("{upsert}", written)
         sql = self.queries[name].replace("{version_set}", self.queries["version_set"].strip())
         if "{table}" not in sql:

@@ -129,9 +129,13 @@ def list_params(
         params["created"] = created
     if s.cursor:
         params["starting_after"] = s.cursor
-    for child in resource.children if children is None else children:
-        if child.parent_expand:
-            params["expand"] = [f"data.{child.parent_expand}"]
+    expand = [
+        f"data.{child.parent_expand}"
+        for child in (resource.children if children is None else children)
+        if child.parent_expand
+    ]
+    if expand:
+        params["expand"] = expand
     return params
 
 

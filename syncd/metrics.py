@@ -26,6 +26,18 @@ rate_limit_wait_seconds = Counter(
     "Seconds spent waiting for the shared rate limiter",
     registry=REGISTRY,
 )
+rate_limit_endpoint_wait_seconds = Counter(
+    "syncd_rate_limit_endpoint_wait_seconds",
+    "Seconds requests waited for the rate limiter, by endpoint (method and path template)",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+stripe_rate_limited = Counter(
+    "syncd_stripe_rate_limited",
+    "429s Stripe answered for its rate limits, by endpoint and Stripe-Rate-Limited-Reason",
+    ["endpoint", "reason"],
+    registry=REGISTRY,
+)
 request_seconds = Histogram(
     "syncd_stripe_request_seconds",
     "Stripe API request latency",
@@ -42,6 +54,12 @@ rows_written = Counter(
     "syncd_rows_written",
     "Mirror rows changed, by table and operation",
     ["table", "op"],
+    registry=REGISTRY,
+)
+history_pruned = Counter(
+    "syncd_history_pruned",
+    "Versions deleted from the history tables by history.retention_days, by table",
+    ["table"],
     registry=REGISTRY,
 )
 
@@ -131,6 +149,25 @@ resync_runs = Counter(
     "syncd_resync_runs", "Full resync runs ended, by outcome", ["status"], registry=REGISTRY
 )
 resync_running = Gauge("syncd_resync_running", "1 while a full resync runs", registry=REGISTRY)
+
+# The periodic verify (syncd/verify_schedule.py), set by the leader when a run ends.
+verify_drift = Gauge(
+    "syncd_verify_drift",
+    "Drifted objects the last periodic verify found, by verified table (0: equal to Stripe)",
+    ["table"],
+    registry=REGISTRY,
+)
+verify_last_clean = Gauge(
+    "syncd_verify_last_clean_timestamp_seconds",
+    "Unix time the last periodic verify that found the mirror equal to Stripe ended",
+    registry=REGISTRY,
+)
+verify_runs = Counter(
+    "syncd_verify_runs",
+    "Periodic verify runs ended, by result (clean, drift, incomplete, failed, interrupted)",
+    ["result"],
+    registry=REGISTRY,
+)
 
 usage_rows = Counter(
     "syncd_usage_rows",

@@ -27,7 +27,8 @@ class Child:
     # Path of the child list for one parent; `{id}` is the parent's id.
     path: str
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    # Expand needed on the parent for the inline list to appear (checkout line items).
+    # Expand needed on the parent for the inline list to appear (checkout line items, a
+    # customer's tax ids).
     parent_expand: str | None = None
 
 
@@ -64,10 +65,12 @@ RESOURCES: tuple[Resource, ...] = (
         "customer",
         "/v1/customers",
         "/v1/customers/{id}",
-        # Stripe lists these only per customer: one request per customer in a full resync.
+        # Stripe lists payment methods and entitlements only per customer (one request per
+        # customer, after the main lists: resync/parents.py). Tax ids come embedded in the
+        # customers list (`expand[]=data.tax_ids`, up to 10 per customer; more are paged).
         children=(
             Child("payment_methods", None, "/v1/customers/{id}/payment_methods"),
-            Child("tax_ids", None, "/v1/customers/{id}/tax_ids"),
+            Child("tax_ids", "tax_ids", "/v1/customers/{id}/tax_ids", parent_expand="tax_ids"),
             Child(
                 "active_entitlements",
                 None,

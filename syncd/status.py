@@ -2,7 +2,8 @@
 
 Leader and replicas (from their heartbeats), schema version and pending migrations, the last
 poll, operator requests, rows per mirror table, and the features' own state when their tables
-exist (events cursor and ledger, full resyncs, usage). Exit code 1 when unhealthy: no live
+exist (events cursor and ledger, full resyncs, usage, the periodic verify). Exit code 1 when
+unhealthy: no live
 leader, pending migrations, a stale poll or an events cursor too old; so `syncd status --quiet`
 works as a health check from anywhere that reaches the database.
 """
@@ -24,7 +25,7 @@ from syncd.registry import RESOURCES
 
 Report = dict[str, Any]
 # Problems the database tells in more detail (the resync run's attempts and next try).
-_SHOWN_FROM_DATABASE = {"resync_failing"}
+_SHOWN_FROM_DATABASE = {"resync_failing", "verify_failing"}
 
 
 def live_after(cfg: Config) -> float:
@@ -144,6 +145,9 @@ async def gather(db: Database, cfg: Config) -> Report:
             )
     if await _exists(db, f'"{db.schemas.app}".usage_records'):
         report["usage"] = await _usage(db)
+    if await _exists(db, f'"{state}".verify_runs'):
+        report["verify"] = await _verify(db)
+        _verify_warnings(report["verify"], warnings)
     return report
 
 
@@ -203,6 +207,60 @@ def _resync_problems(runs: list[dict[str, Any]], problems: list[str], warnings: 
         (problems if run["attempts"] >= 2 else warnings).append(line)
     elif run["status"] == "done_with_problems":
         warnings.append(f"resync #{run['run']} done with problems: {run['error']}")
+
+
+async def _verify(db: Database) -> dict[str, Any]:
+    """The periodic verify (syncd/verify_schedule.py): the newest run, the newest that ended
+    with a result (the same run, or an older one when the newest failed or gave way to a
+    resync), and when a run last found the mirror equal to Stripe."""
+    runs = await db.fetch("verify_last_runs")
+
+    def shown(r: Any) -> dict[str, Any]:
+        return {
+            "run": r["run_id"],
+            "status": r["status"],
+            "started_at": _iso(r["started_at"]),
+            "finished_at": _iso(r["finished_at"]),
+            "seconds": round(r["seconds"], 1),
+            "tables": len(r["drift"]),  # tables verified
+            "drifted": r["drifted"],
+            "drift": {t: n for t, n in sorted(r["drift"].items()) if n},
+            "unverified": r["unverified"],
+            "repaired": r["repaired"],
+            "requests": r["requests"],
+            "sample": r["sample"],
+            "repair": r["repair"],
+            "error": r["error"],
+        }
+
+    result = next((r for r in runs if r["result"]), None)
+    return {
+        "last_run": shown(runs[0]) if runs else None,
+        "last_result": shown(result) if result is not None else None,
+        "last_clean_at": _iso(runs[0]["last_clean_at"]) if runs else None,
+    }
+
+
+def _verify_warnings(verify: dict[str, Any], warnings: list[str]) -> None:
+    """Drift is a warning, not a problem (status exits 0, /readyz stays ready): the daemon
+    works; something made the mirror differ (a hand edit, a restore, a bug) and a person
+    should look. So is a table that could not be verified, and a run that failed."""
+    result, newest = verify["last_result"], verify["last_run"]
+    if result is not None and result["status"] == "drift":
+        tables = ", ".join(f"{t} {n}" for t, n in result["drift"].items())
+        repaired = f"; repaired {result['repaired']}" if result["repair"] else ""
+        warnings.append(
+            f"verify #{result['run']} ({result['finished_at']}) found {result['drifted']} drifted"
+            f" object(s) ({tables}){repaired}; `syncd verify` names them"
+        )
+    elif result is not None and result["status"] == "incomplete":
+        why = "; ".join(f"{t}: {e}" for t, e in result["unverified"].items())
+        warnings.append(f"verify #{result['run']} ({result['finished_at']}) incomplete: {why}")
+    if newest is not None and newest["status"] == "failed":
+        warnings.append(
+            f"verify #{newest['run']} failed ({newest['finished_at']}): {newest['error']}"
+            " (the daemon tries again with backoff)"
+        )
 
 
 async def _usage(db: Database) -> dict[str, Any]:
@@ -282,6 +340,8 @@ def render(report: Report) -> str:
             lines.append(f"  meter {problem['metric']}: {problem['problem']}")
         for error in usage["latest_errors"]:
             lines.append(f"  failed row {error['id']} ({error['metric']}): {error['error']}")
+    if "verify" in report:
+        lines.extend(_render_verify(report["verify"]))
     if report["requests"]:
         lines.append("requests")
         for r in report["requests"]:
@@ -296,6 +356,34 @@ def render(report: Report) -> str:
         deleted = f" (+{t['deleted']} deleted)" if t["deleted"] else ""
         lines.append(f"  {name:<28} {t['live']:>8}{deleted}")
     return "\n".join(lines) + "\n"
+
+
+def _render_verify(verify: dict[str, Any]) -> list[str]:
+    result, newest = verify["last_result"], verify["last_run"]
+    if newest is None:
+        return []
+    lines = []
+    clean = f"last clean {verify['last_clean_at'] or 'never'}"
+    if result is not None:
+        if result["status"] == "clean":
+            what = "clean"
+        elif result["status"] == "drift":
+            tables = ", ".join(f"{t} {n}" for t, n in result["drift"].items())
+            repaired = f", {result['repaired']} repaired" if result["repair"] else ""
+            what = f"drift: {result['drifted']} object(s) ({tables}){repaired}"
+        else:
+            what = f"incomplete: not verified {', '.join(result['unverified'])}"
+        lines.append(
+            f"verify      #{result['run']} {result['finished_at']}: {what}; {result['tables']}"
+            f" tables, {result['requests']} requests in {result['seconds']}s; {clean}"
+        )
+    else:
+        lines.append(f"verify      no run ended with a result yet; {clean}")
+    if result is None or newest["run"] != result["run"]:
+        lines.append(
+            f"  #{newest['run']} {newest['status']} {newest['finished_at']}: {newest['error']}"
+        )
+    return lines
 
 
 async def cmd_status(cfg: Config, args: argparse.Namespace) -> int:

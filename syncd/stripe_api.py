@@ -3,8 +3,9 @@
 It goes through the official SDK's raw requestor (so authentication, versioning, headers and
 encoding are Stripe's own) but skips building StripeObjects: list pages come back as bytes and
 are parsed with orjson, about 50x faster than the SDK's objects. Rate limiting and retries are
-ours and live here only: one token bucket shared by every loop, and jittered exponential backoff
-for 429, 5xx and network errors that honours `Stripe-Should-Retry` (the SDK retries no 429).
+ours: every request waits for the process's `ratelimit.RateLimiter` (a global budget and one per
+endpoint, slowed by Stripe's 429s), and 429, 5xx and network errors are retried here with
+jittered exponential backoff that honours `Stripe-Should-Retry` (the SDK retries no 429).
 Errors are translated into syncd's tree once, here.
 
 Bad answers: Stripe answers JSON objects, errors included. Anything else (a proxy's or load
@@ -29,7 +30,6 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, cast
 
-import anyio
 import orjson
 import stripe
 import stripe._api_requestor as _sdk_requestor
@@ -46,6 +46,7 @@ from syncd.errors import (
     StripeRetryable,
 )
 from syncd.logs import get_logger
+from syncd.ratelimit import RateLimiter, limiter_for
 from syncd.storable import loads_lax
 from syncd.versions import Version
 
@@ -266,36 +267,6 @@ def _framed(body: bytes) -> bool:
     return start < end and body[start] == 0x7B and body[end] == 0x7D
 
 
-class RateLimiter:
-    """A token bucket shared by every caller in the process (Stripe limits per account)."""
-
-    def __init__(self, rate: float, burst: float | None = None):
-        self.rate = rate
-        self.capacity = burst if burst is not None else max(1.0, rate / 10)
-        self._tokens = self.capacity
-        self._stamp = time.monotonic()
-        self._lock = anyio.Lock()
-
-    async def acquire(self) -> None:
-        async with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return
-            wait = (1 - self._tokens) / self.rate
-            self._tokens = 0.0
-            self._stamp = now + wait
-            metrics.rate_limit_wait_seconds.inc(wait)
-            # Sleeping under the lock keeps waiters in arrival order (fair, no thundering herd).
-            await anyio.sleep(wait)
-
-    def penalize(self, seconds: float) -> None:
-        """After a 429 from Stripe, hold everyone back briefly instead of hammering."""
-        self._tokens = min(self._tokens, 0.0) - seconds * self.rate
-
-
 def endpoint_label(path: str) -> str:
     """`/v1/customers/cus_123/tax_ids` -> `/v1/customers/{id}/tax_ids` (bounded label set)."""
     return _ID_SEGMENT.sub("/{id}", path.split("?", 1)[0])
@@ -306,7 +277,7 @@ class StripeAPI:
         self, cfg: Config, *, api_key: str | None = None, limiter: RateLimiter | None = None
     ):
         self.cfg = cfg
-        self.limiter = limiter or RateLimiter(cfg.rate_limit)
+        self.limiter = limiter or limiter_for(cfg)
         self._http = stripe.AIOHTTPClient(timeout=cfg.stripe.request_timeout)
         self._client = stripe.StripeClient(
             api_key or cfg.require_api_key(),
@@ -345,8 +316,9 @@ class StripeAPI:
         """
         backoff = lifecycle.Backoff(0.5, 20.0)
         label = endpoint_label(path)
+        key = f"{method.upper()} {label}"  # the endpoint Stripe limits
         while True:
-            await self.limiter.acquire()
+            await self.limiter.acquire(key)
             sent = time.monotonic()
             # Stripe's time as the request leaves, from the band as it is now: an answer that
             # shows Stripe's clock jumped (an emulator's, moved) says nothing of before.
@@ -365,10 +337,11 @@ class StripeAPI:
                 err: StripeError = bad_answer(path, f"not a JSON object ({kind})", body, status)
             else:
                 err = _translate(status, body, headers, path)
+            if status == 429:  # slows this endpoint, or everyone when the global limit was hit
+                reason = _header(headers, "stripe-rate-limited-reason")
+                self.limiter.limited(key, reason, err.code)
             if not (retry and err.retryable and backoff.attempt < self.max_retries):
                 raise err
-            if status == 429:
-                self.limiter.penalize(0.5)
             attempt = backoff.attempt
             delay = backoff.next()
             bad = isinstance(err, StripeBadAnswer)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -93,6 +94,18 @@ class _Outbound:
     base: str
     params: dict[str, Any]
     row_ids: list[int]
+
+
+def _interleaved(
+    outbound: list[_Outbound], key: Callable[[_Outbound], tuple[str, str]]
+) -> list[_Outbound]:
+    """`outbound` reordered round-robin over `key`: the first request of every key, then the
+    second of each, ... (order within a key kept), so that workers rarely wait on each other."""
+    groups: dict[tuple[str, str], list[_Outbound]] = defaultdict(list)
+    for ob in outbound:
+        groups[key(ob)].append(ob)
+    rounds = max((len(g) for g in groups.values()), default=0)
+    return [g[i] for i in range(rounds) for g in groups.values() if i < len(g)]
 
 
 @dataclass(frozen=True)
@@ -360,6 +373,10 @@ class UsageFlusher:
         if not recovered:
             result.batches += 1
         stop: list[str] = []
+        # Stripe takes one meter-event request at a time per customer and meter (more get 429):
+        # requests of one key are spread through the batch and never in flight together.
+        outbound = _interleaved(outbound, self._one_at_a_time)
+        in_flight: dict[tuple[str, str], anyio.Lock] = defaultdict(anyio.Lock)
         queue = iter(outbound)
         answered, answers = anyio.create_memory_object_stream[_Answer](max_buffer_size=math.inf)
         started = time.monotonic()
@@ -370,7 +387,8 @@ class UsageFlusher:
                 if stop or self._stopping():
                     return  # unsent requests stay in the outbox for the next flush
                 try:
-                    error = await self._send_one(ob)
+                    async with in_flight[self._one_at_a_time(ob)]:
+                        error = await self._send_one(ob)
                 except _Stop as exc:
                     stop.append(str(exc))
                     return
@@ -450,6 +468,15 @@ class UsageFlusher:
         result.rows_failed += failed
         metrics.usage_rows.labels("reported").inc(reported)
         metrics.usage_rows.labels("failed").inc(failed)
+
+    def _one_at_a_time(self, ob: _Outbound) -> tuple[str, str]:
+        """The (meter, customer) of a meter event; a legacy usage record's subscription item."""
+        event_name, payload = ob.params.get("event_name"), ob.params.get("payload")
+        if not isinstance(event_name, str) or not isinstance(payload, dict):
+            return (ob.path, "")
+        meter = next((m for m in self._meters.values() if m.event_name == event_name), None)
+        key = meter.customer_key if meter is not None else "stripe_customer_id"
+        return (event_name, str(payload.get(key, "")))
 
     async def _send_one(self, ob: _Outbound) -> str | None:
         """Send one request: None when delivered, Stripe's reason when refused for good."""

@@ -31,17 +31,17 @@ import orjson
 
 from syncd import migrations
 from syncd.config import Config
-from syncd.daemon import session_settings
 from syncd.db import Database, Row, Tx
 from syncd.errors import ConfigError, DatabaseError, StripeError, StripeNotFound, one_error
 from syncd.lister import ChildWrite, Fetch, Page, PageReader, Slice, fetch_all, list_params
 from syncd.logs import configure as configure_logging
 from syncd.quarantine import Quarantine, refusal
+from syncd.ratelimit import limiter_for
 from syncd.registry import BY_TABLE, Child, Resource, selected
 from syncd.resync import object_fault, write_or_quarantine
 from syncd.status import live_after
 from syncd.storable import loads_lax, unescape
-from syncd.stripe_api import RateLimiter, Reply, StripeAPI, endpoint_label
+from syncd.stripe_api import Reply, StripeAPI, endpoint_label
 from syncd.versions import Version
 from syncd.writer import Writer
 
@@ -51,6 +51,8 @@ T = TypeVar("T")
 MIRROR_BATCH = 10_000
 # Candidates confirmed at once: one task each, their requests under the concurrency limit.
 CONFIRM_BATCH = 100
+# Where repairs come from: in quarantine entries, and in the rows they change (changed_by,
+# recorded by history) alike.
 SOURCE = "syncd verify --repair"
 TOMBSTONED = "tombstoned in the mirror: tombstones are final, so --repair cannot bring it back"
 STALE = (
@@ -819,19 +821,26 @@ class Verifier:
         w = self.writer
         if isinstance(fix, Tombstone):
             version = fix.version
-            written = await w.tombstone(conn, res, ids, version=version)
+            written = await w.tombstone(conn, res, ids, version=version, source=SOURCE)
             for c in res.children:
                 kid = BY_TABLE[c.table]
                 if kid.owned and kid.table in self.scope.mirrored:
                     for oid in ids:
-                        await w.tombstone_missing_children(conn, kid, oid, [], version=version)
+                        await w.tombstone_missing_children(
+                            conn, kid, oid, [], version=version, source=SOURCE
+                        )
             done = {oid for oid, _ in written.ops}
             return {oid: None if oid in done else STALE for oid in ids}
         if isinstance(fix, Upsert):
             try:
                 async with conn.transaction():
                     written = await w.upsert(
-                        conn, res, [fix.obj], version=fix.reply.version, api_version=pinned
+                        conn,
+                        res,
+                        [fix.obj],
+                        version=fix.reply.version,
+                        api_version=pinned,
+                        source=SOURCE,
                     )
             except (DatabaseError, orjson.JSONEncodeError) as exc:
                 if not object_fault(exc):
@@ -844,7 +853,7 @@ class Verifier:
         elif fix.listed is None:
             assert fix.gone is not None
             written = await w.tombstone_missing_children(
-                conn, res, fix.parent_id, [], version=fix.gone
+                conn, res, fix.parent_id, [], version=fix.gone, source=SOURCE
             )
         else:
             listed = fix.listed
@@ -857,6 +866,7 @@ class Verifier:
                         listed.objects,
                         version=listed.version,
                         api_version=pinned,
+                        source=SOURCE,
                     )
             except (DatabaseError, orjson.JSONEncodeError) as exc:
                 if not object_fault(exc):
@@ -929,9 +939,23 @@ def verify_arguments(p: argparse.ArgumentParser) -> None:
         "--rate-limit",
         type=_positive_float,
         metavar="R",
-        help="Stripe requests per second for this verify; default: stripe.rate_limit, or half"
-        " of it while a daemon runs",
+        help="Stripe requests per second for this verify; default: syncd's rate budget"
+        " (stripe.rate_limit, or stripe.rate_share of Stripe's limit), half of it while a daemon"
+        " runs",
     )
+
+
+def session_settings(cfg: Config) -> dict[str, str]:
+    """The daemon's session settings (`syncd.daemon.session_settings`, which a test keeps equal
+    to this): the customers' user_id trigger reads one on --repair. Not imported from the
+    daemon, which imports this module for its periodic verify (syncd/verify_schedule.py)."""
+    return {"syncd.user_id_key": cfg.app.user_id_metadata_key}
+
+
+def settle_seconds(cfg: Config) -> float:
+    """How long drift waits to be read again while a daemon streams events (`Verifier.settle`):
+    two polls, at least 2 s, for a change made in Stripe moments ago to reach the mirror."""
+    return max(2.0, 2 * cfg.events.poll_interval) if cfg.events.enabled else 0.0
 
 
 async def live_leader(db: Database, live_after: float) -> str | None:
@@ -958,8 +982,8 @@ async def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
         # A process has its own token bucket: while a daemon runs, verify takes half the
         # configured budget by default, so the two stay within 1.5x of it (docs/verify.md).
         rate = args.rate_limit or (cfg.rate_limit / 2 if daemon else cfg.rate_limit)
-        settle = max(2.0, 2 * cfg.events.poll_interval) if daemon and cfg.events.enabled else 0.0
-        async with StripeAPI(cfg, limiter=RateLimiter(rate)) as api:
+        settle = settle_seconds(cfg) if daemon else 0.0
+        async with StripeAPI(cfg, limiter=limiter_for(cfg, rate)) as api:
             verifier = Verifier(
                 cfg, db, api, scope, sample=args.sample, repair=args.repair, settle=settle
             )

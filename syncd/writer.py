@@ -6,6 +6,10 @@ Stripe's clock, `syncd.versions`; an overlap with other content queues the objec
 again instead of guessing), tombstones are final, a whole list page is
 one statement (the page's JSON is unpacked by PostgreSQL), and every change is announced with
 NOTIFY on `events.notify_channel`, which PostgreSQL delivers only if the transaction commits.
+
+Every write names its `source` (an event id, `resync run N`, `resync run N sweep`, `overlap
+refetch`, `verify repair`): a row whose content changes, or that is tombstoned, keeps it in
+`changed_by`, and history (syncd.history) records it with the version. Empty: unknown (NULL).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Writer:
         version: Version,
         api_version: str | None,
         parent_id: str | None = None,
+        source: str = "",
     ) -> Written:
         """Upsert a batch (a JSON array, as bytes/str or parsed) whose content Stripe held at
         some moment of `version`."""
@@ -75,6 +80,7 @@ class Writer:
                 api_version,
                 version.bounds(),
                 parent_id,
+                source or None,
                 table=resource.table,
             )
         else:
@@ -84,6 +90,7 @@ class Writer:
                 self.account_id,
                 api_version,
                 version.bounds(),
+                source or None,
                 table=resource.table,
             )
         written = Written([(r["id"], r["op"]) for r in rows])
@@ -94,13 +101,17 @@ class Writer:
         self,
         conn: Tx,
         resource: Resource,
-        items: Sequence[tuple[dict[str, Any], Version, str | None]],
+        items: Sequence[tuple[dict[str, Any], Version, str | None, str]],
     ) -> Written:
-        """Upsert (object, version, api_version) triples in one statement: event snapshots,
-        each with its own version (not for owned children)."""
+        """Upsert (object, version, api_version, source) in one statement: event snapshots and
+        refetches, each with its own version and source (not for owned children)."""
         if resource.owned:
             raise ValueError(f"{resource.table} rows need their parent's id: use upsert")
-        payload = storable(orjson.dumps([{"o": o, "v": v.bounds(), "a": a} for o, v, a in items]))
+        payload = storable(
+            orjson.dumps(
+                [{"o": o, "v": v.bounds(), "a": a, "s": s or None} for o, v, a, s in items]
+            )
+        )
         rows = await conn.fetch(
             "upsert_objects_each", payload, self.account_id, table=resource.table
         )
@@ -109,9 +120,17 @@ class Writer:
         return written
 
     async def tombstone(
-        self, conn: Tx, resource: Resource, ids: Iterable[str], *, version: Version
+        self,
+        conn: Tx,
+        resource: Resource,
+        ids: Iterable[str],
+        *,
+        version: Version,
+        source: str = "",
     ) -> Written:
-        rows = await conn.fetch("tombstone_ids", list(ids), version.bounds(), table=resource.table)
+        rows = await conn.fetch(
+            "tombstone_ids", list(ids), version.bounds(), source or None, table=resource.table
+        )
         written = Written([(r["id"], "delete") for r in rows])
         await self._announce(conn, resource, written.ops)
         return written
@@ -125,17 +144,24 @@ class Writer:
         *,
         version: Version,
         api_version: str | None,
+        source: str = "",
     ) -> Written:
         """Make `objects` the complete child set of `parent_id`: upsert them, tombstone the rest.
 
         Call inside the caller's transaction so readers never see a half-replaced set.
         """
         written = await self.upsert(
-            conn, resource, objects, version=version, api_version=api_version, parent_id=parent_id
+            conn,
+            resource,
+            objects,
+            version=version,
+            api_version=api_version,
+            parent_id=parent_id,
+            source=source,
         )
         keep = [o["id"] for o in objects if "id" in o]
         written += await self.tombstone_missing_children(
-            conn, resource, parent_id, keep, version=version
+            conn, resource, parent_id, keep, version=version, source=source
         )
         return written
 
@@ -147,6 +173,7 @@ class Writer:
         keep: Sequence[str],
         *,
         version: Version,
+        source: str = "",
     ) -> Written:
         """Tombstone the children of `parent_id` other than `keep` (its complete list's ids)."""
         rows = await conn.fetch(
@@ -154,6 +181,7 @@ class Writer:
             parent_id,
             list(keep),
             version.bounds(),
+            source or None,
             table=resource.table,
         )
         gone = Written([(r["id"], "delete") for r in rows])
@@ -168,6 +196,7 @@ class Writer:
         *,
         version: Version,
         api_version: str | None,
+        source: str = "",
     ) -> Written:
         """`replace_children` for many parents in two statements (a list page's inline items).
 
@@ -184,6 +213,7 @@ class Writer:
                 api_version,
                 version.bounds(),
                 parents,
+                source or None,
                 table=resource.table,
             )
             written = Written([(r["id"], r["op"]) for r in rows])
@@ -194,6 +224,7 @@ class Writer:
             list(sets),
             keep,
             version.bounds(),
+            source or None,
             table=resource.table,
         )
         gone = Written([(r["id"], "delete") for r in rows])

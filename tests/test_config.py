@@ -64,9 +64,11 @@ def test_secrets_from_files(tmp_path: Path) -> None:
 
 
 def test_rate_limit_defaults_from_mode() -> None:
-    assert load_config(None, {}).rate_limit == 25
-    assert load_config(None, {"SYNCD_STRIPE_MODE": "live"}).rate_limit == 100
+    # stripe.rate_share (0.5) of Stripe's limit: 25/s in test mode, 100/s live.
+    assert load_config(None, {}).rate_limit == 12.5
+    assert load_config(None, {"SYNCD_STRIPE_MODE": "live"}).rate_limit == 50
     assert load_config(None, {"SYNCD_STRIPE_RATE_LIMIT": "7"}).rate_limit == 7
+    assert load_config(None, {"SYNCD_STRIPE_RATE_SHARE": "1"}).rate_limit == 25
 
 
 @pytest.mark.parametrize(
@@ -101,6 +103,10 @@ def test_rate_limit_defaults_from_mode() -> None:
         ("", {"SYNCD_LOG_LEVEL": "loud"}, r"^log.level: 'loud' is not one of"),
         ("[usage]\ncron = '* *'\n", {}, r"^usage.cron: '\* \*' must have 5 fields"),
         ("[sync]\nwriters = 7\n", {}, r"^sync.writers: 7 leaves too few of database.pool_max_size"),
+        ("[verify]\ninterval = -1\n", {}, r"^verify.interval: -1.0 is below the minimum 0"),
+        ("[verify]\ninterval = 'daily'\n", {}, r"^verify.interval: expected a number, got str"),
+        ("[verify]\nsample = 2.5\n", {}, r"^verify.sample: expected an integer, got float"),
+        ("[verify]\nrepair = 'yes'\n", {}, r"^verify.repair: expected a boolean, got str"),
     ],
 )
 def test_bad_config_names_the_key(

@@ -38,6 +38,7 @@ from tests.support.events import (
     differences,
     harness,
 )
+from tests.support.history import assert_history_replays, enable_history
 
 SCENARIOS = int(os.environ.get("SYNCD_CONVERGENCE_SCENARIOS", "200"))
 FIRST_SEED = int(os.environ.get("SYNCD_CONVERGENCE_SEED", "1"))
@@ -48,6 +49,8 @@ COMPARED = (*STREAMED_TYPES, "invoice", "checkout.session")
 NARROWED = ["products", "prices", "plans"]
 OVERLAP = 3600.0
 TABLES = sorted(BY_TABLE)
+# Types whose every version is kept (docs/history.md): replaying them must give the mirror.
+HISTORY = ["customers", "prices", "subscriptions"]
 
 
 def live(emu: Emulator, object_type: str, **match: Any) -> list[dict[str, Any]]:
@@ -289,6 +292,7 @@ async def run_scenario(db_url: str, emu: Emulator, seed: int) -> None:
         h.batch_size = rng.choice([1, 3, 10, 1000])
         h.new_stream()
         await reset_database(h.db)
+        await enable_history(h.db, HISTORY)
         user = User(emu, h.user, rng)
         for _ in range(rng.randrange(0, 4) + (6 if with_resync else 0)):
             await user.act()
@@ -339,6 +343,7 @@ async def run_scenario(db_url: str, emu: Emulator, seed: int) -> None:
         )
         await assert_ledger_complete(h.db, emu, seed, ignored_ok=narrowed)
         await assert_quarantine_resolved(h.db, emu, seed)
+        await assert_history_replays(h.db, HISTORY, label=f"seed {seed}")
 
 
 async def settle_overlaps(h: Harness) -> None:

@@ -340,7 +340,7 @@ async def test_upsert_each_keeps_the_newest_version_per_object(
             return {"id": "cus_1", "object": "customer", "created": 1, "email": email}
 
         async def write(items: list[tuple[dict[str, Any], float, str | None]]) -> list[Any]:
-            versioned = [(o, Version.of_event(v), a) for o, v, a in items]
+            versioned = [(o, Version.of_event(v), a, "evt_test") for o, v, a in items]
             return (
                 await h.db.transact(lambda c: h.writer.upsert_each(c, customers, versioned))
             ).ops

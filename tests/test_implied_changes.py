@@ -4,6 +4,8 @@ of the object that caused them (apply.IMPLIED): invoice items taken up by an inv
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from syncd.emulator import Emulator
@@ -64,11 +66,16 @@ async def test_a_finalized_invoice_refreshes_its_customer(
         assert (await mirror(h.db, "customers"))[customer["id"]][0] == served
 
 
-@pytest.mark.parametrize("mode", ["refetch", "snapshot"])
+@pytest.mark.parametrize(
+    ("mode", "exclude"), [("refetch", []), ("snapshot", []), ("snapshot", ["prices", "plans"])]
+)
 async def test_a_changed_price_refreshes_the_items_that_embed_it(
-    db_url: str, emulator: Emulator, mode: str
+    db_url: str, emulator: Emulator, mode: str, exclude: list[str]
 ) -> None:
+    """Also when prices are not mirrored themselves: the items embedding them are."""
     async with harness(db_url, emulator, apply_mode=mode) as h:
+        h.cfg = dataclasses.replace(h.cfg, sync=dataclasses.replace(h.cfg.sync, exclude=exclude))
+        h.new_stream()
         await h.stream.take_cursor()
         product = await h.user.post("/v1/products", {"name": "Plan"})
         price = await h.user.post(

@@ -16,6 +16,7 @@ import pytest
 from syncd import metrics
 from syncd.db import Database, Tx
 from syncd.emulator import Emulator
+from syncd.errors import SyncdError
 from syncd.lifecycle import Lifecycle
 from syncd.registry import BY_TABLE
 from syncd.resync import Resync, has_completed_resync
@@ -242,13 +243,117 @@ async def test_per_parent_lists_can_be_skipped(db_url: str, emulator: Emulator) 
     cfg = emulator_config(db_url, emulator, sync={"per_parent_lists": False})
     async with resyncer(cfg) as rs:
         await rs.run(reason="test")
-    assert emulator.stats.count("GET /v1/customers/*/tax_ids") == 0
+    assert emulator.stats.count("GET /v1/customers/*/payment_methods") == 0
     assert emulator.stats.count("GET /v1/entitlements/active_entitlements") == 0
     cfg = emulator_config(db_url, emulator)
     emulator.stats.reset()
     async with resyncer(cfg) as rs:
         await rs.run(reason="test")
-    assert emulator.stats.count("GET /v1/customers/*/tax_ids") == 30
+    assert emulator.stats.count("GET /v1/customers/*/payment_methods") == 30
+    # Tax ids come embedded in the customers list; no product has features, so no customer
+    # can have entitlements: neither costs a request per customer.
+    assert emulator.stats.count("GET /v1/customers/*/tax_ids") == 0
+    assert emulator.stats.count("GET /v1/entitlements/active_entitlements") == 0
+
+
+async def test_per_parent_lists_never_hold_back_the_main_lists(
+    db_url: str, emulator: Emulator
+) -> None:
+    """Payment methods are listed per customer after every main type is listed and swept:
+    while that endpoint fails, the customers (and the rest) are all in the mirror already."""
+    emulator.seed(customers=120, products=2, subscriptions=20)
+    emulator.faults.set(pattern="GET /v1/customers/*/payment_methods", status=500, error_rate=1.0)
+    cfg = emulator_config(db_url, emulator, stripe={"max_retries": 0})
+    async with resyncer(cfg) as rs:
+        with pytest.raises(SyncdError):
+            await rs.run(reason="test")
+        assert len(await rows(rs.db, "customers")) == 120
+        assert len(await rows(rs.db, "subscriptions")) == 20
+        tables = {r["table_name"]: r["status"] for r in await rs.db.fetch("resync_tables_of", 1)}
+        assert tables["customers"] == "swept" and tables["subscriptions"] == "swept"
+        assert tables["payment_methods"] == "listing"
+        # The walk resumes where it stopped, once the endpoint answers again.
+        emulator.faults.clear()
+        result = await rs.run(reason="test")
+        assert result.tables["payment_methods"].status == "swept"
+    assert emulator.stats.count("GET /v1/customers/*/payment_methods", status=200) == 120
+
+
+async def test_tax_ids_come_embedded_and_deleted_ones_are_swept(
+    db_url: str, emulator: Emulator
+) -> None:
+    emulator.seed(customers=5)
+    cfg = emulator_config(db_url, emulator)
+    async with resyncer(cfg) as rs, StripeAPI(cfg) as api:
+        customers = (await api.get("/v1/customers", {"limit": 5}))["data"]
+        many = customers[0]["id"]
+        made = [
+            await api.post(
+                f"/v1/customers/{many}/tax_ids", {"type": "eu_vat", "value": f"DE12345678{i}"}
+            )
+            for i in range(12)  # more than the 10 a list embeds: the rest is paged
+        ]
+        await rs.run(reason="test")
+        stored = await rows(rs.db, "tax_ids")
+        assert {t["id"] for t in made} == set(stored)
+        assert emulator.stats.count("GET /v1/customers/*/tax_ids") == 1  # the one with 12
+        gone = made[0]["id"]
+        await api.request("DELETE", f"/v1/customers/{many}/tax_ids/{gone}")
+        # Rows confirmed just before a run starts are left to it (sweep.SWEEP_MARGIN): age them.
+        await rs.db.run(
+            lambda c: c.execute(
+                "UPDATE stripe.tax_ids SET fetched_from = fetched_from - interval '1 hour',"
+                " fetched_at = fetched_at - interval '1 hour', fetched_by = NULL"
+            )
+        )
+        await rs.run(reason="test")
+        stored = await rows(rs.db, "tax_ids")
+        assert stored[gone]["deleted_at"] is not None
+        assert all(stored[t["id"]]["deleted_at"] is None for t in made[1:])
+        assert "tax_ids" not in stored[made[1]["id"]]["raw"]
+        customer_row = (await rows(rs.db, "customers"))[many]
+        assert "tax_ids" not in customer_row["raw"]  # as Stripe serves a customer
+
+
+async def test_entitlements_are_asked_only_of_customers_who_can_have_them(
+    db_url: str, emulator: Emulator
+) -> None:
+    cfg = emulator_config(db_url, emulator)
+    async with resyncer(cfg) as rs, StripeAPI(cfg) as api:
+        feature = await api.post("/v1/entitlements/features", {"name": "Pro", "lookup_key": "pro"})
+        rich = await api.post("/v1/products", {"name": "Rich"})
+        plain = await api.post("/v1/products", {"name": "Plain"})
+        await api.post(
+            f"/v1/products/{rich['id']}/features", {"entitlement_feature": feature["id"]}
+        )
+        prices = {}
+        for p in (rich, plain):
+            prices[p["id"]] = await api.post(
+                "/v1/prices",
+                {
+                    "product": p["id"],
+                    "currency": "usd",
+                    "unit_amount": 500,
+                    "recurring": {"interval": "month"},
+                },
+            )
+        entitled = await api.post("/v1/customers", {"email": "rich@example.com"})
+        other = await api.post("/v1/customers", {"email": "plain@example.com"})
+        await api.post("/v1/customers", {"email": "none@example.com"})
+        for cus, product in ((entitled, rich), (other, plain)):
+            await api.post(
+                "/v1/subscriptions",
+                {
+                    "customer": cus["id"],
+                    "items": [{"price": prices[product["id"]]["id"]}],
+                    "trial_period_days": 7,  # trialing: entitled without a payment
+                },
+            )
+        emulator.stats.reset()
+        await rs.run(reason="test")
+        assert emulator.stats.count("GET /v1/entitlements/active_entitlements") == 1
+        stored = await rows(rs.db, "active_entitlements")
+        assert [r["parent_id"] for r in stored.values()] == [entitled["id"]]
 
 
 async def test_only_requested_types_and_unknown_ones_refused(

@@ -15,16 +15,18 @@ async def test_per_parent_lists_answering_404_end_the_run_with_problems(
     db_url: str, emulator: Emulator
 ) -> None:
     emulator.seed(customers=6, products=1, subscriptions=0)
-    emulator.faults.set(pattern="GET /v1/customers/*/tax_ids", status=404, error_rate=1.0)
+    emulator.faults.set(pattern="GET /v1/customers/*/payment_methods", status=404, error_rate=1.0)
     cfg = emulator_config(
-        db_url, emulator, sync={"include": ["customers", "tax_ids"], "per_parent_lists": True}
+        db_url,
+        emulator,
+        sync={"include": ["customers", "payment_methods"], "per_parent_lists": True},
     )
     async with resyncer(cfg) as rs:
         result = await rs.run(reason="test")
         run = await rs.db.fetchrow("resync_get_run", result.run_id)
         assert run is not None and run["status"] == "done_with_problems"
-        assert "tax_ids" in run["error"] and "404" in run["error"]
-        assert "tax_ids" in (result.tables["customers"].error or "")
+        assert "payment_methods" in run["error"] and "404" in run["error"]
+        assert "payment_methods" in (result.tables["customers"].error or "")
     status = syncd_cli("status", "--json", env={"SYNCD_DATABASE_URL": db_url})
     warnings = json.loads(status.stdout)["warnings"]
-    assert any("done with problems" in w and "tax_ids" in w for w in warnings)
+    assert any("done with problems" in w and "payment_methods" in w for w in warnings)

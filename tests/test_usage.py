@@ -158,3 +158,26 @@ async def test_bad_inserts_fail_at_once_with_a_named_constraint(db_url: str) -> 
         assert await conn.fetchval("SELECT count(*) FROM billing.usage_records") == 2
     finally:
         await conn.close()
+
+
+async def test_one_request_in_flight_per_customer_and_meter(
+    db_url: str, emulator: Emulator
+) -> None:
+    """Stripe answers 429 to a second meter event in flight for the same customer and meter:
+    the flush never sends one (the emulator enforces the rule here), and every row is reported."""
+    meters = {"api_calls": await make_meter(emulator, "api_calls")}
+    ids = [c["id"] for c in customers(emulator, 3)]
+    # Many minutes per customer: many requests per (customer, meter), 32 senders at once.
+    start = datetime.now(UTC) - timedelta(hours=3)
+    rows = [
+        (None, None, ids[i % 3], "api_calls", Decimal(1 + i % 5), start + timedelta(minutes=i))
+        for i in range(150)
+    ]
+    await insert_rows(db_url, rows)
+    emulator.limits.configure(meter_event_concurrency=True)
+    emulator.faults.set(pattern="POST /v1/billing/meter_events", latency_ms=20)
+    cfg = usage_config(db_url, emulator, meters={"api_calls": "api_calls"}, concurrency=32)
+    result = await flush(cfg)
+    assert result.rows_reported == 150 and result.events_sent == 150
+    assert emulator.limits.count("POST /v1/billing/meter_events") == (150, 0)  # no 429
+    assert emulator_totals(emulator, meters) == await row_totals(db_url)

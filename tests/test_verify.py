@@ -356,8 +356,9 @@ async def test_json_shape_is_stable(db_url: str, emulator: Emulator) -> None:
     # One list request per variant at this size; products and prices have two variants.
     assert report["tables"]["customers"]["requests"] == 1
     assert report["tables"]["prices"]["requests"] == 2
-    # A per-parent list: one request per customer.
-    assert report["tables"]["tax_ids"]["requests"] == 12
+    # A per-parent list: one request per customer; tax ids come embedded in the customers list.
+    assert report["tables"]["payment_methods"]["requests"] == 12
+    assert report["tables"]["tax_ids"]["requests"] == 0  # counted with customers
 
     # Log lines (here a retried 503) never mix into the JSON on stdout.
     emulator.faults.set(pattern="GET /v1/customers", status=503, error_rate=1.0, times=1)
@@ -389,13 +390,13 @@ async def test_type_narrows_and_bad_usage_exits_2(db_url: str, emulator: Emulato
     for args, says in (
         (("--type", "custmers"), "verify: unknown type 'custmers' (known: customers, "),
         (
-            ("--type", "tax_ids"),
-            "verify: tax_ids cannot be verified: Stripe lists it only per parent",
+            ("--type", "payment_methods"),
+            "verify: payment_methods cannot be verified: Stripe lists it only per parent",
         ),
         (("--sample", "0"), "--sample: must be 1 or more"),
         (("--rate-limit", "nan"), "--rate-limit: must be above 0"),
     ):
-        extra = {"SYNCD_SYNC_PER_PARENT_LISTS": "false"} if "tax_ids" in args else {}
+        extra = {"SYNCD_SYNC_PER_PARENT_LISTS": "false"} if "payment_methods" in args else {}
         done = await cli("verify", *args, env={**env, **extra})
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         lines = done.stderr.strip().splitlines()

@@ -9,6 +9,10 @@ from collections.abc import Callable, Coroutine
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from syncd import history
+from syncd.registry import BY_TABLE
+from syncd.versions import Version
+from syncd.writer import Writer
 from tests.conftest import ROOT
 from tests.support.views import Synced, ts
 
@@ -237,6 +241,55 @@ async def check_mrr_by_plan(s: Synced, sql: str) -> None:
     got = await run(s, sql)
     assert len(got) >= 2
     assert got == [row for _, row in expected]
+
+
+@check
+async def check_plan_changes(s: Synced, sql: str) -> None:
+    """History on for subscriptions: each one as synced is its first version. Then a plan change
+    of the subscriber's, written as the event stream would, and back (the mirror ends as Stripe
+    holds it: the recipe is the last, the other checks read the mirror before)."""
+    await history.apply(s.db, ["subscriptions"])
+    prices = {p["id"]: p for p in s.emu.objects("price")}
+    names = {p["id"]: p["name"] for p in s.emu.objects("product")}
+
+    def plan(price: str) -> str:
+        return names[prices[price]["product"]]  # type: ignore[no-any-return]
+
+    subs = sorted(user_subs(s, s.acc.subscriber, ("active", "trialing", "past_due", "canceled")))
+    first = [(x["id"], x["status"], x["items"]["data"][0]["price"]["id"]) for x in subs]
+    assert first
+    assert sorted(r[:1] + r[2:] for r in await run(s, sql, s.acc.subscriber)) == sorted(
+        (sid, status, price, plan(price)) for sid, status, price in first
+    )
+    sub = next(x for x in s.emu.objects("subscription") if x["id"] == first[0][0])
+    other = next(
+        p
+        for p in prices.values()
+        if p.get("recurring")
+        and p["active"]
+        and p["id"].startswith("price_")  # a price, not a legacy plan (not in pricing_plans)
+        and p["id"] != first[0][2]
+    )
+    changed = {**sub, "items": {**sub["items"], "data": [dict(sub["items"]["data"][0])]}}
+    changed["items"]["data"][0]["price"] = other
+    writer = Writer(s.db)
+    for n, obj in enumerate((changed, sub)):
+        await s.db.transact(
+            lambda c, o=obj, n=n: writer.upsert(
+                c,
+                BY_TABLE["subscriptions"],
+                [o],
+                version=Version.at(s.emu.clock.now() + 3600 * (n + 1)),
+                api_version=None,
+                source=f"evt_plan_change_{n}",
+            )
+        )
+    got = [r[:1] + r[2:] for r in await run(s, sql, s.acc.subscriber)]
+    assert got[-2:] == [
+        (sub["id"], sub["status"], other["id"], plan(other["id"])),
+        (sub["id"], sub["status"], first[0][2], plan(first[0][2])),
+    ]
+    assert await run(s, sql, s.acc.guest) == []
 
 
 def test_every_recipe_has_a_check() -> None:

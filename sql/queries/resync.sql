@@ -193,3 +193,38 @@ ON CONFLICT (table_name) DO UPDATE SET run_id = EXCLUDED.run_id, covered_at = no
 
 -- name: resync_covered
 SELECT table_name FROM {state}.resync_coverage;
+
+-- name: resync_walk_of
+-- A per-parent walk's checkpoint (resync/parents.py): the last parent done, parents, children.
+SELECT cursor, objects, children, done FROM {state}.resync_slices
+ WHERE run_id = $1 AND table_name = $2 AND variant = $3 AND slice_no = 0;
+
+-- name: resync_walk_checkpoint
+INSERT INTO {state}.resync_slices (run_id, table_name, variant, slice_no, cursor, objects,
+                                   children, done)
+VALUES ($1, $2, $3, 0, $4, $5, $6, $7)
+ON CONFLICT (run_id, table_name, variant, slice_no) DO UPDATE
+   SET cursor = EXCLUDED.cursor, objects = EXCLUDED.objects, children = EXCLUDED.children,
+       done = EXCLUDED.done;
+
+-- name: resync_parent_ids
+-- The live parents of a per-parent walk, by id after $1.
+SELECT id FROM {mirror}.{table} WHERE deleted_at IS NULL AND id > $1 ORDER BY id LIMIT $2;
+
+-- name: resync_entitled_customers
+-- Customers ({table}) that can have active entitlements, by id after $1: a live subscription
+-- that grants them (Stripe: active, trialing or past_due) on a product with live features, or
+-- live entitlement rows in the mirror (their set may have become empty).
+SELECT c.id FROM {mirror}.{table} c
+ WHERE c.deleted_at IS NULL AND c.id > $1
+   AND (EXISTS (SELECT 1
+                  FROM {mirror}.subscriptions s
+                  JOIN {mirror}.subscription_items i
+                    ON i.parent_id = s.id AND i.deleted_at IS NULL
+                  JOIN {mirror}.product_features f
+                    ON f.parent_id = i.raw->'price'->>'product' AND f.deleted_at IS NULL
+                 WHERE s.customer_id = c.id AND s.deleted_at IS NULL
+                   AND s.status IN ('active', 'trialing', 'past_due'))
+        OR EXISTS (SELECT 1 FROM {mirror}.active_entitlements e
+                    WHERE e.parent_id = c.id AND e.deleted_at IS NULL))
+ ORDER BY c.id LIMIT $2;

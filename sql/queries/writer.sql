@@ -13,6 +13,10 @@
 -- version. Unchanged content keeps the stored datum (`t.raw`), so a large TOASTed object is not
 -- compressed and written again.
 -- The upserts' `{version_set}` is the query `version_set` below, spliced in by Database.statement.
+-- Every write records its source (an event id, `resync run N`, ...: docs/history.md) in
+-- `changed_by` when it changes the row's content or tombstones it, and keeps the row's otherwise;
+-- upsert_objects reads it from `{source}` (Database.statement: $5 alone, the run in a resync
+-- page), the other statements from a parameter of their own.
 -- The upserts of whole objects end their column list, select list and update list with
 -- `{extra_columns}`, `{extra_values}` and `{extra_updates}`: the columns a table computes itself,
 -- from sql/queries/writer_<table>.sql (Database.statement), nothing for most tables.
@@ -29,9 +33,9 @@ WITH incoming AS (
      WHERE o->>'id' IS NOT NULL
      ORDER BY o->>'id', n DESC
 )
-INSERT INTO {mirror}.{table} AS t (id, account_id, raw, api_version, fetched_from, fetched_at, fetched_by, fetched_local, deleted_at{extra_columns})
+INSERT INTO {mirror}.{table} AS t (id, account_id, raw, api_version, fetched_from, fetched_at, fetched_by, fetched_local, deleted_at, changed_by{extra_columns})
 SELECT id, $2, raw, $3, to_timestamp(v_from), to_timestamp(v_to), v_by, v_local,
-       CASE WHEN gone THEN to_timestamp(v_to) END{extra_values}
+       CASE WHEN gone THEN to_timestamp(v_to) END, {source}{extra_values}
   FROM incoming
 ON CONFLICT (id) DO UPDATE SET
     raw = CASE WHEN EXCLUDED.deleted_at IS NULL AND t.raw IS DISTINCT FROM EXCLUDED.raw
@@ -41,7 +45,9 @@ ON CONFLICT (id) DO UPDATE SET
     {version_set},
     deleted_at = EXCLUDED.deleted_at,
     synced_at = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
-                     THEN now() ELSE t.synced_at END{extra_updates}
+                     THEN now() ELSE t.synced_at END,
+    changed_by = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
+                      THEN EXCLUDED.changed_by ELSE t.changed_by END{extra_updates}
 WHERE t.deleted_at IS NULL
   AND {state}.version_admits(
           t.fetched_from, t.fetched_at, t.fetched_by, t.fetched_local, t.raw,
@@ -55,7 +61,7 @@ RETURNING t.id,
            ELSE 'same' END AS op;
 
 -- name: upsert_children
--- Same as upsert_objects for a child table: $5 is the parent's id.
+-- Same as upsert_objects for a child table: $5 is the parent's id, $6 the source.
 WITH incoming AS (
     SELECT DISTINCT ON (o->>'id') o->>'id' AS id, o AS raw,
            COALESCE((o->>'deleted')::boolean, false) AS gone,
@@ -64,9 +70,9 @@ WITH incoming AS (
      WHERE o->>'id' IS NOT NULL
      ORDER BY o->>'id', n DESC
 )
-INSERT INTO {mirror}.{table} AS t (id, account_id, parent_id, raw, api_version, fetched_from, fetched_at, fetched_by, fetched_local, deleted_at)
+INSERT INTO {mirror}.{table} AS t (id, account_id, parent_id, raw, api_version, fetched_from, fetched_at, fetched_by, fetched_local, deleted_at, changed_by)
 SELECT id, $2, $5, raw, $3, to_timestamp(v_from), to_timestamp(v_to), v_by, v_local,
-       CASE WHEN gone THEN to_timestamp(v_to) END
+       CASE WHEN gone THEN to_timestamp(v_to) END, $6
   FROM incoming
 ON CONFLICT (id) DO UPDATE SET
     raw = CASE WHEN EXCLUDED.deleted_at IS NULL AND t.raw IS DISTINCT FROM EXCLUDED.raw
@@ -77,7 +83,9 @@ ON CONFLICT (id) DO UPDATE SET
     {version_set},
     deleted_at = EXCLUDED.deleted_at,
     synced_at = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
-                     THEN now() ELSE t.synced_at END
+                     THEN now() ELSE t.synced_at END,
+    changed_by = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
+                      THEN EXCLUDED.changed_by ELSE t.changed_by END
 WHERE t.deleted_at IS NULL
   AND {state}.version_admits(
           t.fetched_from, t.fetched_at, t.fetched_by, t.fetched_local, t.raw,
@@ -92,9 +100,10 @@ RETURNING t.id,
 
 -- name: tombstone_ids
 -- Objects known to be deleted ($1 ids), e.g. a `*.deleted` event or a refetch answering 404:
--- final whatever the row's version ($2 [earliest, latest] of the answer that said so).
+-- final whatever the row's version ($2 [earliest, latest] of the answer that said so; $3 the
+-- source).
 UPDATE {mirror}.{table} t
-   SET deleted_at = to_timestamp(v[2]), synced_at = now(),
+   SET deleted_at = to_timestamp(v[2]), synced_at = now(), changed_by = $3,
        fetched_from = GREATEST(t.fetched_from, to_timestamp(v[1])),
        fetched_at = GREATEST(t.fetched_at, to_timestamp(v[2])), fetched_by = NULL, fetched_local = NULL
   FROM (SELECT CAST($2 AS float8[])) AS version(v)
@@ -104,11 +113,12 @@ RETURNING t.id;
 -- name: tombstone_missing_children
 -- Children of parent $1 that its complete child list (ids $2, read in $3 [earliest, latest]) no
 -- longer shows: gone if the list is certainly newer than the child's row (a child added after
--- the list was read is not), fetched again through the parent when the order is unknown.
+-- the list was read is not), fetched again through the parent when the order is unknown. $4 is
+-- the source.
 UPDATE {mirror}.{table} t
    SET deleted_at = to_timestamp(v[2]), fetched_from = to_timestamp(v[1]),
        fetched_at = to_timestamp(v[2]), fetched_by = v[3]::bigint, fetched_local = v[4:5],
-       synced_at = now()
+       synced_at = now(), changed_by = $4
   FROM (SELECT CAST($3 AS float8[])) AS version(v)
  WHERE t.parent_id = $1 AND NOT (t.id = ANY($2::text[])) AND t.deleted_at IS NULL
    AND {state}.version_admits(
@@ -129,23 +139,23 @@ SELECT pg_notify($1, $2);
 
 -- name: upsert_objects_each
 -- upsert_objects for objects that carry their own versions (event snapshots of one page):
--- $1 = [{"o": object, "v": version as in $4 of upsert_objects, "a": api_version}, ...]; the
--- newest per id is written.
+-- $1 = [{"o": object, "v": version as in $4 of upsert_objects, "a": api_version, "s": source},
+-- ...]; the newest per id is written.
 WITH incoming AS (
     SELECT DISTINCT ON (e->'o'->>'id') e->'o'->>'id' AS id, e->'o' AS raw,
            (e->'v'->>0)::float8 AS v_from, (e->'v'->>1)::float8 AS v_to,
            (e->'v'->>2)::float8::bigint AS v_by,
            CASE WHEN e->'v'->>3 IS NOT NULL
                 THEN ARRAY[(e->'v'->>3)::float8, (e->'v'->>4)::float8] END AS v_local,
-           e->>'a' AS api_version,
+           e->>'a' AS api_version, e->>'s' AS source,
            COALESCE((e->'o'->>'deleted')::boolean, false) AS gone
       FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS page(e, n)
      WHERE e->'o'->>'id' IS NOT NULL
      ORDER BY e->'o'->>'id', (e->'v'->>1)::double precision DESC, n DESC
 )
-INSERT INTO {mirror}.{table} AS t (id, account_id, raw, api_version, fetched_from, fetched_at, fetched_by, fetched_local, deleted_at{extra_columns})
+INSERT INTO {mirror}.{table} AS t (id, account_id, raw, api_version, fetched_from, fetched_at, fetched_by, fetched_local, deleted_at, changed_by{extra_columns})
 SELECT id, $2, raw, api_version, to_timestamp(v_from), to_timestamp(v_to), v_by, v_local,
-       CASE WHEN gone THEN to_timestamp(v_to) END{extra_values}
+       CASE WHEN gone THEN to_timestamp(v_to) END, source{extra_values}
   FROM incoming
 ON CONFLICT (id) DO UPDATE SET
     raw = CASE WHEN EXCLUDED.deleted_at IS NULL AND t.raw IS DISTINCT FROM EXCLUDED.raw
@@ -155,7 +165,9 @@ ON CONFLICT (id) DO UPDATE SET
     {version_set},
     deleted_at = EXCLUDED.deleted_at,
     synced_at = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
-                     THEN now() ELSE t.synced_at END{extra_updates}
+                     THEN now() ELSE t.synced_at END,
+    changed_by = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
+                      THEN EXCLUDED.changed_by ELSE t.changed_by END{extra_updates}
 WHERE t.deleted_at IS NULL
   AND {state}.version_admits(
           t.fetched_from, t.fetched_at, t.fetched_by, t.fetched_local, t.raw,
@@ -169,7 +181,7 @@ RETURNING t.id,
 
 -- name: upsert_children_of_many
 -- upsert_children for the children of many parents at once (a list page's inline items):
--- $5 holds each object's parent id, in the order of the objects in $1.
+-- $5 holds each object's parent id, in the order of the objects in $1; $6 is the source.
 WITH incoming AS (
     SELECT DISTINCT ON (o->>'id') o->>'id' AS id, o AS raw, p.parent_id,
            COALESCE((o->>'deleted')::boolean, false) AS gone,
@@ -180,9 +192,9 @@ WITH incoming AS (
      WHERE o->>'id' IS NOT NULL
      ORDER BY o->>'id', n DESC
 )
-INSERT INTO {mirror}.{table} AS t (id, account_id, parent_id, raw, api_version, fetched_from, fetched_at, fetched_by, fetched_local, deleted_at)
+INSERT INTO {mirror}.{table} AS t (id, account_id, parent_id, raw, api_version, fetched_from, fetched_at, fetched_by, fetched_local, deleted_at, changed_by)
 SELECT id, $2, parent_id, raw, $3, to_timestamp(v_from), to_timestamp(v_to), v_by, v_local,
-       CASE WHEN gone THEN to_timestamp(v_to) END
+       CASE WHEN gone THEN to_timestamp(v_to) END, $6
   FROM incoming
 ON CONFLICT (id) DO UPDATE SET
     raw = CASE WHEN EXCLUDED.deleted_at IS NULL AND t.raw IS DISTINCT FROM EXCLUDED.raw
@@ -193,7 +205,9 @@ ON CONFLICT (id) DO UPDATE SET
     {version_set},
     deleted_at = EXCLUDED.deleted_at,
     synced_at = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
-                     THEN now() ELSE t.synced_at END
+                     THEN now() ELSE t.synced_at END,
+    changed_by = CASE WHEN EXCLUDED.deleted_at IS NOT NULL OR t.raw IS DISTINCT FROM EXCLUDED.raw
+                      THEN EXCLUDED.changed_by ELSE t.changed_by END
 WHERE t.deleted_at IS NULL
   AND {state}.version_admits(
           t.fetched_from, t.fetched_at, t.fetched_by, t.fetched_local, t.raw,
@@ -207,11 +221,11 @@ RETURNING t.id,
 
 -- name: tombstone_missing_children_of_many
 -- Children of the parents $1 that their complete child lists (all ids kept: $2) no longer show,
--- under the same rule as tombstone_missing_children.
+-- under the same rule as tombstone_missing_children ($4: the source).
 UPDATE {mirror}.{table} t
    SET deleted_at = to_timestamp(v[2]), fetched_from = to_timestamp(v[1]),
        fetched_at = to_timestamp(v[2]), fetched_by = v[3]::bigint, fetched_local = v[4:5],
-       synced_at = now()
+       synced_at = now(), changed_by = $4
   FROM (SELECT CAST($3 AS float8[])) AS version(v)
  WHERE t.parent_id = ANY($1::text[]) AND NOT (t.id = ANY($2::text[])) AND t.deleted_at IS NULL
    AND {state}.version_admits(

@@ -9,6 +9,7 @@ from typing import Any
 
 from .errors import card_declined, invalid, missing
 from .framework import (
+    VIRTUAL_EXPAND,
     Ctx,
     Resp,
     all_of,
@@ -28,7 +29,7 @@ from .framework import (
     to_int,
     update_record,
 )
-from .lists import list_body, page_sequence, parse_list_params
+from .lists import list_body, nested_list, page_sequence, parse_list_params
 from .state import JSON, Record
 
 # ---------------------------------------------------------------------------------------------
@@ -637,6 +638,18 @@ def delete_customer_tax_id(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
 @route("DELETE", "/v1/tax_ids/{id}")
 def delete_tax_id(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
     return _delete_tax_id(ctx, _tax_id_for(ctx, m["id"], None))
+
+
+def _customer_tax_ids(state: Any, rec: Record) -> JSON:
+    """`customer.tax_ids`, included only when expanded (also `data.tax_ids` on lists), as
+    Stripe does: the newest 10 and `has_more`."""
+    mine = [
+        r.obj for r in state.iter_type("tax_id") if not r.deleted and r.obj["customer"] == rec.id
+    ]
+    return nested_list(mine[::-1], f"/v1/customers/{rec.id}/tax_ids")
+
+
+VIRTUAL_EXPAND.setdefault("customer", {})["tax_ids"] = _customer_tax_ids
 
 
 @route("GET", "/v1/customers/{cid}/tax_ids")

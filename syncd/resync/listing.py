@@ -83,8 +83,15 @@ class Listing:
         self.quarantine, self.problems, self.sync = quarantine, problems, sync
         state = run.state
         self.resources = {res.table: res for res in run.resources}
+        # Pages carry the children their objects embed; per-parent lists follow the listing
+        # (resync/parents.py) so that they never hold it back.
         self.readers = {
-            res.table: PageReader(res, run.children[res.table], run.fetch, state.disabled_children)
+            res.table: PageReader(
+                res,
+                [(c, r) for c, r in run.children[res.table] if c.inline_field],
+                run.fetch,
+                state.disabled_children,
+            )
             for res in run.resources
         }
         for reader in self.readers.values():
@@ -372,11 +379,21 @@ class Listing:
                 loose.setdefault(key, []).extend(c.objects)
         for (table, version), sets in owned.items():
             await w.replace_children_of_many(
-                conn, BY_TABLE[table], sets, version=version, api_version=self.api_version
+                conn,
+                BY_TABLE[table],
+                sets,
+                version=version,
+                api_version=self.api_version,
+                source=f"resync run {self.run_id}",
             )
         for (table, version), objects in loose.items():
             await w.upsert(
-                conn, BY_TABLE[table], objects, version=version, api_version=self.api_version
+                conn,
+                BY_TABLE[table],
+                objects,
+                version=version,
+                api_version=self.api_version,
+                source=f"resync run {self.run_id}",
             )
         await self._quarantine_rejected(conn, page)
 
@@ -459,7 +476,13 @@ async def write_or_quarantine(
         try:
             async with conn.transaction():
                 await writer.upsert(
-                    conn, res, batch, version=version, api_version=api_version, parent_id=parent_id
+                    conn,
+                    res,
+                    batch,
+                    version=version,
+                    api_version=api_version,
+                    parent_id=parent_id,
+                    source=source,
                 )
         except (DatabaseError, orjson.JSONEncodeError) as exc:
             if not object_fault(exc):
@@ -484,5 +507,7 @@ async def write_or_quarantine(
     await attempt(list(objects))
     if res.owned and parent_id is not None:
         keep = [oid for o in objects if (oid := object_id(o)) is not None]
-        await writer.tombstone_missing_children(conn, res, parent_id, keep, version=version)
+        await writer.tombstone_missing_children(
+            conn, res, parent_id, keep, version=version, source=source
+        )
     return bad

@@ -28,6 +28,7 @@ from syncd.resync.listing import (
     RunState,
     write_or_quarantine,
 )
+from syncd.resync.parents import WALK_VARIANT, ParentLists
 from syncd.resync.sweep import Sweep
 from syncd.stripe_api import Reply, StripeAPI
 from syncd.writer import Writer
@@ -179,7 +180,11 @@ class Resync:
                 state=state,
             )
             await Listing(run, self.quarantine, self.problems, self.cfg.sync).list_all()
-            await Sweep(run, version).sweep_all()
+            sweep = Sweep(run, version)
+            await sweep.sweep_all()
+            walks = ParentLists(run, self.quarantine, self.cfg.sync.per_parent_concurrency)
+            await walks.list_all()
+            await sweep.sweep_walks()
             await self._retry_quarantine(run_id, run_started_at, version, resources, state)
             problems = await self._report_problems(run_id, state)
             await self._record_coverage(run_id, resources, state)
@@ -331,6 +336,9 @@ class Resync:
         async def init(conn: Tx) -> None:
             for res in resources:
                 await conn.execute("resync_init_table", run_id, res.table)
+                for child, child_res in self.child_lists(res):
+                    if not child.inline_field:  # a per-parent walk: progress of its own
+                        await conn.execute("resync_init_table", run_id, child_res.table)
                 for variant in range(len(res.list_variants)):
                     await conn.execute(
                         "resync_insert_slice", run_id, res.table, variant, 0, 0, None
@@ -343,6 +351,8 @@ class Resync:
             if r["error"]:
                 state.errors[r["table_name"]] = r["error"]
         for r in await self.db.fetch("resync_slices_of", run_id):
+            if r["variant"] == WALK_VARIANT:
+                continue  # a per-parent walk's checkpoint (resync/parents.py), not a list slice
             s = Slice(
                 r["table_name"],
                 r["variant"],

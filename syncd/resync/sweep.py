@@ -36,8 +36,11 @@ class Sweep:
         self.children = run.children
         self.threshold = version - SWEEP_MARGIN
         self.resources = run.resources
+        self.source = f"resync run {self.run_id} sweep"  # what its writes record (history)
 
     async def sweep_all(self) -> None:
+        """The listed types, their owned children, and the loose children their pages carry
+        (a customer's tax ids); per-parent lists are swept after their walk (`sweep_walks`)."""
         for res in self.resources:
             if self.state.status.get(res.table) != "listed":
                 continue
@@ -47,14 +50,31 @@ class Sweep:
                 for child, child_res in self.children[res.table]:
                     if child_res.owned:
                         await self._sweep_orphans(res, child_res)
-                    elif (
-                        res.complete_list
-                        and not child.inline_field
-                        and child_res.table not in self.state.disabled_children
-                    ):
+                    elif child.inline_field and self._complete(res, child_res):
                         await self._sweep_table(child_res, res.table)
             self.state.status[res.table] = "swept"
             await self.db.execute("resync_set_table", self.run_id, res.table, "swept", None)
+
+    async def sweep_walks(self) -> None:
+        """Loose children listed per parent (payment methods), once their walk is done."""
+        for res in self.resources:
+            for child, child_res in self.children[res.table]:
+                if child.inline_field or child_res.owned:
+                    continue
+                if self.state.status.get(child_res.table) != "listed":
+                    continue
+                if self._complete(res, child_res):
+                    with bind_context(resource=child_res.table):
+                        await self._sweep_table(child_res, res.table)
+                self.state.status[child_res.table] = "swept"
+                await self.db.execute(
+                    "resync_set_table", self.run_id, child_res.table, "swept", None
+                )
+
+    def _complete(self, res: Resource, child_res: Resource) -> bool:
+        """Whether this run saw every child of every parent: a complete parent list and a
+        child list the key may read."""
+        return res.complete_list and child_res.table not in self.state.disabled_children
 
     async def _sweep_table(self, res: Resource, owner: str) -> None:
         """`owner`: the listed table the counts are kept under (children count with parents)."""
@@ -115,9 +135,17 @@ class Sweep:
         count = 0
         if gone:
             ids = [i for i, _ in gone]
-            count = len((await w.tombstone(conn, res, ids, version=gone[-1][1])).ops)
+            written = await w.tombstone(conn, res, ids, version=gone[-1][1], source=self.source)
+            count = len(written.ops)
         for obj, version in alive:  # each with its own answer's version
-            await w.upsert(conn, res, [obj], version=version, api_version=self.api_version)
+            await w.upsert(
+                conn,
+                res,
+                [obj],
+                version=version,
+                api_version=self.api_version,
+                source=self.source,
+            )
         if count:
             await conn.execute("resync_count_tombstones", self.run_id, res.table, count)
             metrics.resync_tombstoned.labels(res.table).inc(count)
@@ -145,7 +173,7 @@ class Sweep:
                 if not dead:
                     return
                 done = await self.writer.tombstone(
-                    conn, res, dead, version=Version.at(self.clock.now())
+                    conn, res, dead, version=Version.at(self.clock.now()), source=self.source
                 )
                 if done.ops:
                     await conn.execute(
