@@ -637,15 +637,21 @@ class Applier:
                 )
                 changed += len(written.changed)
             for child_resource, objs in c.children:
-                written = await self.writer.replace_children(
-                    conn,
-                    child_resource,
-                    parent_id,
-                    objs,
-                    version=c.version,
-                    api_version=c.api_version,
-                    source=g.source,
-                )
+                if c.obj is not None and c.obj.get("deleted"):
+                    # The parent is deleted: its children are, whatever their versions.
+                    written = await self.writer.tombstone_children(
+                        conn, child_resource, parent_id, version=c.version, source=g.source
+                    )
+                else:
+                    written = await self.writer.replace_children(
+                        conn,
+                        child_resource,
+                        parent_id,
+                        objs,
+                        version=c.version,
+                        api_version=c.api_version,
+                        source=g.source,
+                    )
                 changed += len(written.changed)
         rows = [row for g in groups for row in g.ledger_rows()]
         if rows:

@@ -826,9 +826,7 @@ class Verifier:
                 kid = BY_TABLE[c.table]
                 if kid.owned and kid.table in self.scope.mirrored:
                     for oid in ids:
-                        await w.tombstone_missing_children(
-                            conn, kid, oid, [], version=version, source=SOURCE
-                        )
+                        await w.tombstone_children(conn, kid, oid, version=version, source=SOURCE)
             done = {oid for oid, _ in written.ops}
             return {oid: None if oid in done else STALE for oid in ids}
         if isinstance(fix, Upsert):
@@ -852,8 +850,8 @@ class Verifier:
                 return {oid: f"quarantined, {reason}" for oid in ids}
         elif fix.listed is None:
             assert fix.gone is not None
-            written = await w.tombstone_missing_children(
-                conn, res, fix.parent_id, [], version=fix.gone, source=SOURCE
+            written = await w.tombstone_children(
+                conn, res, fix.parent_id, version=fix.gone, source=SOURCE
             )
         else:
             listed = fix.listed

@@ -135,6 +135,24 @@ class Writer:
         await self._announce(conn, resource, written.ops)
         return written
 
+    async def tombstone_children(
+        self,
+        conn: Tx,
+        resource: Resource,
+        parent_id: str,
+        *,
+        version: Version,
+        source: str = "",
+    ) -> Written:
+        """Every child of a deleted parent: gone with it, whatever the children's versions (a
+        complete list would need to be certainly newer than each child; a deletion is final)."""
+        rows = await conn.fetch(
+            "tombstone_children", parent_id, version.bounds(), source or None, table=resource.table
+        )
+        written = Written([(r["id"], "delete") for r in rows])
+        await self._announce(conn, resource, written.ops)
+        return written
+
     async def replace_children(
         self,
         conn: Tx,

@@ -110,6 +110,17 @@ UPDATE {mirror}.{table} t
  WHERE t.id = ANY($1::text[]) AND t.deleted_at IS NULL
 RETURNING t.id;
 
+-- name: tombstone_children
+-- Every live child of parent $1, whose parent is deleted: final as the parent's deletion,
+-- whatever the children's versions ($2 the deletion's [earliest, latest]; $3 the source).
+UPDATE {mirror}.{table} t
+   SET deleted_at = to_timestamp(v[2]), synced_at = now(), changed_by = $3,
+       fetched_from = GREATEST(t.fetched_from, to_timestamp(v[1])),
+       fetched_at = GREATEST(t.fetched_at, to_timestamp(v[2])), fetched_by = NULL, fetched_local = NULL
+  FROM (SELECT CAST($2 AS float8[])) AS version(v)
+ WHERE t.parent_id = $1 AND t.deleted_at IS NULL
+RETURNING t.id;
+
 -- name: tombstone_missing_children
 -- Children of parent $1 that its complete child list (ids $2, read in $3 [earliest, latest]) no
 -- longer shows: gone if the list is certainly newer than the child's row (a child added after
