@@ -567,11 +567,7 @@ class Applier:
     ) -> tuple[list[dict[str, Any]], Version]:
         """Every child of one parent from the child endpoint (when the inline list has more),
         and the version of the whole list (from its first request to its last answer)."""
-        path = child.path.replace("{id}", quote(parent_id, safe=""))
-        base = {
-            k: (v.replace("{id}", parent_id) if isinstance(v, str) else v)
-            for k, v in child.params.items()
-        }
+        path, base = child.for_parent(parent_id)
         out: list[dict[str, Any]] = []
         seen: set[str] = set()
         after: str | None = None

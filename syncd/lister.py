@@ -415,8 +415,7 @@ class PageReader:
         async def one(child: Child, res: Resource, pid: str) -> None:
             if res.table in self.disabled_children:
                 return
-            path = child.path.replace("{id}", pid)
-            params = {k: (pid if v == "{id}" else v) for k, v in child.params.items()}
+            path, params = child.for_parent(pid)
             try:
                 kids, bad, child_version = await fetch_all(self.fetch, path, params, res)
             except StripeNotFound:

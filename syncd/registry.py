@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import quote
 
 from syncd.errors import ConfigError
 
@@ -30,6 +31,15 @@ class Child:
     # Expand needed on the parent for the inline list to appear (checkout line items, a
     # customer's tax ids).
     parent_expand: str | None = None
+
+    def for_parent(self, parent_id: str) -> tuple[str, dict[str, Any]]:
+        """The child list's path and parameters for one parent (`{id}` filled in)."""
+        path = self.path.replace("{id}", quote(parent_id, safe=""))
+        params = {
+            k: (v.replace("{id}", parent_id) if isinstance(v, str) else v)
+            for k, v in self.params.items()
+        }
+        return path, params
 
 
 @dataclass(frozen=True)

@@ -728,8 +728,7 @@ class Verifier:
         sets: dict[str, ChildSet | str],
     ) -> None:
         res = check.resource
-        path = child.path.replace("{id}", quote(pid, safe=""))
-        params = {k: (pid if v == "{id}" else v) for k, v in child.params.items()}
+        path, params = child.for_parent(pid)
 
         async def fetch(p: str, q: Mapping[str, Any]) -> Reply:
             return await self._get(res.table, p, q)

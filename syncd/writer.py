@@ -128,12 +128,13 @@ class Writer:
         version: Version,
         source: str = "",
     ) -> Written:
-        rows = await conn.fetch(
-            "tombstone_ids", list(ids), version.bounds(), source or None, table=resource.table
+        return await self._tombstoned(
+            conn,
+            resource,
+            await conn.fetch(
+                "tombstone_ids", list(ids), version.bounds(), source or None, table=resource.table
+            ),
         )
-        written = Written([(r["id"], "delete") for r in rows])
-        await self._announce(conn, resource, written.ops)
-        return written
 
     async def tombstone_children(
         self,
@@ -146,12 +147,17 @@ class Writer:
     ) -> Written:
         """Every child of a deleted parent: gone with it, whatever the children's versions (a
         complete list would need to be certainly newer than each child; a deletion is final)."""
-        rows = await conn.fetch(
-            "tombstone_children", parent_id, version.bounds(), source or None, table=resource.table
+        return await self._tombstoned(
+            conn,
+            resource,
+            await conn.fetch(
+                "tombstone_children",
+                parent_id,
+                version.bounds(),
+                source or None,
+                table=resource.table,
+            ),
         )
-        written = Written([(r["id"], "delete") for r in rows])
-        await self._announce(conn, resource, written.ops)
-        return written
 
     async def replace_children(
         self,
@@ -194,17 +200,18 @@ class Writer:
         source: str = "",
     ) -> Written:
         """Tombstone the children of `parent_id` other than `keep` (its complete list's ids)."""
-        rows = await conn.fetch(
-            "tombstone_missing_children",
-            parent_id,
-            list(keep),
-            version.bounds(),
-            source or None,
-            table=resource.table,
+        return await self._tombstoned(
+            conn,
+            resource,
+            await conn.fetch(
+                "tombstone_missing_children",
+                parent_id,
+                list(keep),
+                version.bounds(),
+                source or None,
+                table=resource.table,
+            ),
         )
-        gone = Written([(r["id"], "delete") for r in rows])
-        await self._announce(conn, resource, gone.ops)
-        return gone
 
     async def replace_children_of_many(
         self,
@@ -237,17 +244,18 @@ class Writer:
             written = Written([(r["id"], r["op"]) for r in rows])
             await self._announce(conn, resource, written.changed)
         keep = [o["id"] for o in objects if "id" in o]
-        rows = await conn.fetch(
-            "tombstone_missing_children_of_many",
-            list(sets),
-            keep,
-            version.bounds(),
-            source or None,
-            table=resource.table,
+        written += await self._tombstoned(
+            conn,
+            resource,
+            await conn.fetch(
+                "tombstone_missing_children_of_many",
+                list(sets),
+                keep,
+                version.bounds(),
+                source or None,
+                table=resource.table,
+            ),
         )
-        gone = Written([(r["id"], "delete") for r in rows])
-        await self._announce(conn, resource, gone.ops)
-        written += gone
         return written
 
     async def versions(
@@ -263,6 +271,12 @@ class Writer:
         for op in ("insert", "update", "delete"):
             if ops.get(op):
                 metrics.rows_written.labels(resource.table, op).inc(ops[op])
+
+    async def _tombstoned(self, conn: Tx, resource: Resource, rows: Sequence[Any]) -> Written:
+        """What a tombstoning statement returned (the ids it tombstoned), announced."""
+        gone = Written([(r["id"], "delete") for r in rows])
+        await self._announce(conn, resource, gone.ops)
+        return gone
 
     async def _announce(self, conn: Tx, resource: Resource, changes: list[tuple[str, str]]) -> None:
         if not changes:

@@ -143,8 +143,7 @@ class ParentLists:
         run = self.run
         if child_res.table in run.state.disabled_children:
             return
-        path = child.path.replace("{id}", pid)
-        params = {k: (pid if v == "{id}" else v) for k, v in child.params.items()}
+        path, params = child.for_parent(pid)
         async with self.limit:
             try:
                 kids, bad, version = await fetch_all(run.fetch, path, params, child_res)
