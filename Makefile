@@ -49,6 +49,8 @@ bench: install  ## every benchmark with the parameters behind the figures in doc
 	PYTHONPATH=. $(BIN)/python bench/events_bench.py snapshot --events 50000
 	PYTHONPATH=. $(BIN)/python bench/events_bench.py refetch --events 3000 --rate-limit 100
 	$(BIN)/python bench/usage_bench.py --rows 100000 --customers 1000 --spread 60
+	for limits in test live; do for skew in "" "--hot 5 --hot-share 0.9 --hot-spread 10800"; do \
+	  PYTHONPATH=. $(BIN)/python bench/usage_limits_bench.py --limits $$limits $$skew || exit 1; done; done
 	PYTHONPATH=. $(BIN)/python bench/views_bench.py --customers 100000 --queries 2000
 	PYTHONPATH=. $(BIN)/python bench/takeover_bench.py --rounds 5
 

@@ -7,8 +7,8 @@ The emulator (another process) enforces Stripe's documented limits (`--limits te
 requests/s for the account, 25/s per endpoint; `live`: 100/s and 25/s per endpoint) and adds
 `--latency-ms` to every answer. syncd runs the daemon's own resync with every type selected and
 its rate limit set to the account's limit. Reported: when the main types are complete (listed
-and swept), against the lower bound their pages allow at these limits; when everything is
-(the per-parent lists too); requests; the share of 429s.
+and swept), against the lower bound their requests allow at these limits (`lower_bound`); when
+everything is (the per-parent lists too); requests; the share of 429s.
 """
 
 from __future__ import annotations
@@ -74,15 +74,44 @@ def start_emulator(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], s
     return proc, url
 
 
-async def watch(db: Database, run_id: int, main: set[str], marks: dict[str, float]) -> None:
-    """Record when every main type is swept (complete) and when every table is."""
+async def watch(
+    db: Database,
+    url: str,
+    main: set[str],
+    marks: dict[str, float],
+    at_main: dict[str, object],
+) -> None:
+    """Record when each table reaches each status, and when every main type is swept
+    (complete), with the emulator's request counters at that moment; return then."""
     started = time.monotonic()
     while True:
         await anyio.sleep(0.25)
-        rows = await db.fetch("resync_tables_of", run_id)
+        rows = await db.fetch("resync_tables_of", 1)
         status = {r["table_name"]: r["status"] for r in rows}
-        if "main" not in marks and status and all(status.get(t) == "swept" for t in main):
+        for table, st in status.items():
+            marks.setdefault(f"{table} {st}", time.monotonic() - started)
+        if status and all(status.get(t) == "swept" for t in main):
             marks["main"] = time.monotonic() - started
+            at_main.update(await anyio.to_thread.run_sync(counters, url))
+            return
+
+
+def counters(url: str) -> dict[str, object]:
+    limits = control(url, "/_emulator/limits")
+    out = limits.get("counters")
+    assert isinstance(out, dict)
+    return out
+
+
+def lower_bound(at_main: dict[str, object], account: float, endpoint: float) -> float:
+    """The fastest the main types' requests can be served: all of them at the account's rate,
+    and no endpoint's faster than its own. They are the list pages and the child-list pages
+    of parents whose inline list is truncated (a subscription of more than 10 items, an invoice
+    of more than 10 lines), which Stripe only lists per parent."""
+    by_endpoint = at_main["endpoints"]
+    assert isinstance(by_endpoint, dict)
+    served = [int(e["served"]) for e in by_endpoint.values()]
+    return max(sum(served) / account, max(served, default=0) / endpoint)
 
 
 async def bench(args: argparse.Namespace, dsn: str, url: str) -> None:
@@ -95,41 +124,54 @@ async def bench(args: argparse.Namespace, dsn: str, url: str) -> None:
             cfg.stripe, api_key="sk_test_bench0000000000", api_base=url, rate_limit=account
         ),
     )
+    marks: dict[str, float] = {}
+    at_main: dict[str, object] = {}
     async with Database.connect(cfg.database) as db, StripeAPI(cfg) as api:
         await migrations.migrate(db)
         resync = Resync(cfg, db, api, Writer(db), Lifecycle(1))
         main = {r.table for r in resync._resources(None)}
-        marks: dict[str, float] = {}
         started = time.monotonic()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(watch, db, 1, main, marks)
-            result = await resync.run(reason="bench")
-            tg.cancel_scope.cancel()
+
+            async def run() -> None:
+                await resync.run(reason="bench")
+                if not args.main_only:
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(run)
+            await watch(db, url, main, marks, at_main)
+            if args.main_only:
+                tg.cancel_scope.cancel()
         took = time.monotonic() - started
-    limits = control(url, "/_emulator/limits")
-    counters = limits.get("counters") if isinstance(limits.get("counters"), dict) else limits
-    assert isinstance(counters, dict)
-    requests = int(counters.get("requests") or 0)
-    limited = int(counters.get("limited") or counters.get("rate_limited") or 0)
-    pages = {t: r.pages for t, r in result.tables.items() if t in main}
-    # The fastest the main lists can go: every page at the account's rate, and no endpoint
-    # faster than its own (each main type is one list endpoint).
-    bound = max(sum(pages.values()) / account, max(pages.values(), default=0) / endpoint)
-    main_took = marks.get("main", took)
+        progress = {r["table_name"]: r for r in await db.fetch("resync_progress", 1)}
+    for mark, at in sorted(marks.items(), key=lambda m: m[1]):
+        if args.verbose:
+            print(f"  {at:7.2f}s  {mark}", flush=True)
+    pages = sum(int(r["pages"]) for t, r in progress.items() if t in main)
+    main_requests = int(str(at_main["served"]))
+    bound = lower_bound(at_main, account, endpoint)
     print(
         f"limits {args.limits} ({account:g}/s, {endpoint:g}/s per endpoint),"
         f" latency {args.latency_ms:g} ms, {args.customers:,} customers:\n"
-        f"  main types complete in {main_took:.1f}s ({sum(pages.values())} pages;"
-        f" lower bound {bound:.1f}s, ratio {main_took / bound:.2f})\n"
-        f"  everything complete in {took:.1f}s; {result.objects:,} objects"
-        f" (+{sum(t.children for t in result.tables.values()):,} children)\n"
-        f"  {requests:,} requests, {limited:,} answered 429"
-        f" ({limited / max(1, requests):.2%})",
+        f"  main types complete in {marks['main']:.1f}s ({main_requests} requests: {pages}"
+        f" list pages, {main_requests - pages} child-list pages;"
+        f" lower bound {bound:.1f}s, ratio {marks['main'] / bound:.2f};"
+        f" list pages alone {pages / account:.1f}s)",
         flush=True,
     )
-    walks = {t: r for t, r in result.tables.items() if t not in main}
-    for table, r in sorted(walks.items()):
-        print(f"  per-parent {table}: {r.objects:,} parents, {r.children:,} objects", flush=True)
+    if args.main_only:
+        return
+    final = counters(url)
+    requests, limited = int(str(final["requests"])), int(str(final["limited"]))
+    print(
+        f"  everything complete in {took:.1f}s;"
+        f" {sum(int(r['objects']) for r in progress.values()):,} objects\n"
+        f"  {requests:,} requests, {limited:,} answered 429 ({limited / max(1, requests):.2%})",
+        flush=True,
+    )
+    for table, r in sorted(progress.items()):
+        if table not in main:
+            print(f"  per-parent {table}: {r['objects']:,} parents, {r['children']:,} objects")
 
 
 def main() -> None:
@@ -138,6 +180,8 @@ def main() -> None:
     p.add_argument("--limits", choices=sorted(LIMITS), default="test")
     p.add_argument("--latency-ms", type=float, default=50.0)
     p.add_argument("--log", default="warning")
+    p.add_argument("--main-only", action="store_true", help="stop once the main types are complete")
+    p.add_argument("--verbose", action="store_true", help="print when each table changed status")
     args = p.parse_args()
     configure(args.log, "console")
     emu, url = start_emulator(args)

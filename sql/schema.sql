@@ -1598,6 +1598,9 @@ CREATE TABLE syncd.resync_tables (
     status text DEFAULT 'listing'::text NOT NULL,
     tombstoned bigint DEFAULT 0 NOT NULL,
     error text,
+    requests_left bigint,
+    eta_seconds double precision,
+    progress_at timestamp with time zone,
     CONSTRAINT resync_tables_status_check CHECK ((status = ANY (ARRAY['listing'::text, 'listed'::text, 'swept'::text, 'unavailable'::text])))
 );
 

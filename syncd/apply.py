@@ -136,6 +136,42 @@ def is_deletion(event_type: str) -> bool:
     return event_type.endswith(".deleted") and event_type != "customer.subscription.deleted"
 
 
+# Lifecycle facts that order events of one object within one second (SYNC_PITFALLS 2: never
+# guess from `created` or ids): a deletion is final (Stripe never undeletes), an object's
+# `*.created` precedes its every other event, and an invoice is finalized before it is paid,
+# fails payment, is voided or marked uncollectible.
+_AFTER_FINALIZED = frozenset(
+    {
+        "invoice.paid",
+        "invoice.payment_succeeded",
+        "invoice.payment_failed",
+        "invoice.payment_action_required",
+        "invoice.voided",
+        "invoice.marked_uncollectible",
+    }
+)
+
+
+def _precedes(earlier: str, later: str) -> bool:
+    if is_deletion(later) and not is_deletion(earlier):
+        return True
+    if earlier.endswith(".created") and not later.endswith(".created"):
+        return True
+    return earlier == "invoice.finalized" and later in _AFTER_FINALIZED
+
+
+def newest_of_second(events: list[Event], second: int) -> Event | None:
+    """The event of one object whose snapshot is certainly its newest state among its events
+    of `second`, or None when that is unknown. Events that a lifecycle fact puts before another
+    of the same second are out; the rest must all carry the same content (`invoice.paid` and
+    `invoice.payment_succeeded` announce one change), else which is newest is unknown."""
+    tied = [e for e in events if int(e.get("created") or 0) == second]
+    types = [str(e.get("type") or "") for e in tied]
+    last = [e for e, t in zip(tied, types, strict=True) if not any(_precedes(t, u) for u in types)]
+    contents = {orjson.dumps(_object_of(e), option=orjson.OPT_SORT_KEYS) for e in last}
+    return last[-1] if len(contents) == 1 else None
+
+
 def _object_of(event: Event) -> dict[str, Any] | None:
     data = event.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
@@ -202,7 +238,7 @@ class Applier:
                         tg.start_soon(self._add_unexpanded_children, group)
             except BaseExceptionGroup as errors:
                 raise one_error(errors) from None
-        implying = [g for g in routed if self._implied(g) or self._referenced(g)]
+        implying = [g for g in routed if self._implied(g)]
         if implying:
             try:
                 async with anyio.create_task_group() as tg:
@@ -220,6 +256,8 @@ class Applier:
         if c is None or c.obj is None or c.obj.get("deleted"):
             return []
         table = c.resource.table if c.resource is not None else str(group.object_type)
+        if table == "invoices" and not _may_hold_invoice_items(c.obj):
+            return []
         return [r for r in IMPLIED.get(table, []) if r.table in self.tables]
 
     def _referenced(self, group: Group) -> list[tuple[Resource, str]]:
@@ -239,8 +277,8 @@ class Applier:
         return out
 
     async def _add_related(self, group: Group) -> None:
-        """List again what the change implies changed (IMPLIED), and retrieve again the objects
-        its events changed (REFERENCED), each with the version of its own answers."""
+        """List again what the change implies changed (IMPLIED), with the version of its own
+        answers."""
         change = group.change
         assert change is not None and change.obj is not None
         for related in self._implied(group):
@@ -261,20 +299,6 @@ class Applier:
                     change.related_children.append(
                         (kid_resource, str(obj["id"]), kid_objs, kids_version)
                     )
-        for resource, ref in self._referenced(group):
-            assert resource.retrieve_path is not None
-            async with self.fetch_limit:
-                try:
-                    reply = await self.api.request(
-                        "GET", resource.retrieve_path.replace("{id}", quote(ref, safe=""))
-                    )
-                except StripeError as exc:
-                    if exc.retryable:
-                        raise
-                    # Gone or unreadable: its own events (`*.deleted`) say what happened.
-                    log.info("referenced_fetch_failed", table=resource.table, error=str(exc))
-                    continue
-            change.related.append((resource, [reply.object()], reply.version))
 
     def _route(self, event: Event) -> tuple[tuple[str, str] | None, Group | None]:
         event_type = str(event.get("type") or "")
@@ -337,9 +361,11 @@ class Applier:
         if row is not None and (row[1] or row[0].newer_than(version)):
             group.reason = "superseded"  # the row already holds newer content (or a tombstone)
             return True
-        tie = sum(1 for e in group.events if int(e.get("created") or 0) == created) > 1
+        newest = newest_of_second(group.events, created)
+        if newest is not None:
+            latest, obj = newest, _object_of(newest) or {}
         if resource.retrieve_path is not None and (
-            tie
+            newest is None
             or latest.get("api_version") != self.pinned
             or (row is not None and not version.newer_than(row[0]))
         ):
@@ -440,6 +466,24 @@ class Applier:
                 return None
             out.append((child_resource, [o for o in inline.get("data") or [] if "id" in o]))
         return out
+
+    def can_relist(self, resource: Resource) -> bool:
+        """Whether a list page of `resource` gives complete rows (no owned child list to page,
+        nothing to take out of the objects) that can settle its queued objects."""
+        return (
+            resource.table in self.tables
+            and resource.list_path is not None
+            and not resource.owned
+            and not self._owned_children(resource)
+        )
+
+    def listed_change(
+        self, resource: Resource, obj: dict[str, Any], version: Version
+    ) -> Change | None:
+        """The change a listed object of a relistable type makes (None: not of the type)."""
+        if obj.get("object") != resource.object:
+            return None
+        return Change(resource, obj, version, self.pinned)
 
     def overlap_groups(self, entries: Sequence[tuple[str, str, str | None]]) -> list[Group]:
         """Groups (with no events) that fetch again the objects of refetch_queue entries
@@ -649,6 +693,10 @@ class Applier:
                         source=g.source,
                     )
                 changed += len(written.changed)
+            for resource, ref in self._referenced(g):
+                # Fetched again once Stripe's clock has passed the change (refetch_queue), so
+                # a storm of them is spread over later polls instead of holding this batch.
+                await conn.execute("refetch_queue_add", resource.table, ref, c.version.latest)
         rows = [row for g in groups for row in g.ledger_rows()]
         if rows:
             await conn.execute("events_ledger_record", storable(orjson.dumps(rows)))
@@ -697,6 +745,31 @@ class Applier:
             source="event " + ",".join(str(e.get("id")) for e in group.events[-3:]),
         )
         await self.write(conn, [group])
+
+
+def _may_hold_invoice_items(invoice: dict[str, Any]) -> bool:
+    """Whether an invoice may have taken up invoice items: False only when its complete line
+    list shows subscription lines alone (a renewal), so their list is not asked for again."""
+    lines = invoice.get("lines")
+    if not isinstance(lines, dict) or lines.get("has_more"):
+        return True
+    return not all(_subscription_line(line) for line in lines.get("data") or [])
+
+
+def _subscription_line(line: Any) -> bool:
+    """A line billed for a subscription item and not taken up from an invoice item (as a
+    proration is). Lines name their origin as `parent` (API 2025-03-31 on) or `type` (before)."""
+    if not isinstance(line, dict):
+        return False
+    parent = line.get("parent")
+    if isinstance(parent, dict):
+        details = parent.get("subscription_item_details")
+        return (
+            parent.get("type") == "subscription_item_details"
+            and isinstance(details, dict)
+            and details.get("invoice_item") is None
+        )
+    return line.get("type") == "subscription" and line.get("invoice_item") is None
 
 
 def _child_spec(resource: Resource) -> Child:

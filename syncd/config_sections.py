@@ -129,8 +129,8 @@ class EventsConfig:
     )
     overlap_interval: float = _opt(30.0, "seconds between overlap sweeps", lo=1, hi=86400)
     apply_mode: str = _opt(
-        "refetch",
-        "refetch objects at the pinned version, or apply snapshots",
+        "snapshot",
+        "apply event snapshots when provably current (else refetch), or always refetch",
         choices=("refetch", "snapshot"),
     )
     max_cursor_age_days: float = _opt(29.0, "older cursor: automatic full resync", lo=1, hi=30)

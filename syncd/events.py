@@ -41,7 +41,7 @@ from syncd.db import Database, Tx
 from syncd.errors import CursorExpired, DatabaseDataError, DatabaseError, SyncdError, one_error
 from syncd.lifecycle import Backoff, Lifecycle
 from syncd.logs import get_logger
-from syncd.registry import Resource, selected
+from syncd.registry import BY_TABLE, Resource, selected
 from syncd.runtime import Runtime, State
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
@@ -61,6 +61,21 @@ WRITE_PROBLEM = "events_write"
 PRUNE_EVERY = 3600.0
 # Objects with overlapping versions fetched again per poll, at most.
 SETTLE_BATCH = 100
+# List pages walked per poll when a type's queued objects are settled by listing it all.
+RELIST_PAGES = 10
+
+
+@dataclass
+class Relist:
+    """A walk of a type's whole list that settles its queued objects: started when more of
+    them are due than pages list the whole type, so one list costs fewer requests than one
+    retrieve each (a renewal storm queues one customer per finalized invoice, and a retrieve
+    endpoint allows 25 requests/s)."""
+
+    resource: Resource
+    due: float  # entries due before this Stripe time are settled by the walk's pages
+    variant: int = 0
+    after: str | None = None
 
 
 @dataclass
@@ -102,6 +117,7 @@ class EventStream:
             resources if resources is not None else selected(cfg.sync.include, cfg.sync.exclude)
         )
         self.applier = Applier(cfg, db, api, writer, chosen)
+        self._relisting: Relist | None = None
         # The daemon's state (problems, last successful poll); a stream of its own otherwise.
         self.state = state if state is not None else State()
         self.problems = self.state.problems
@@ -402,9 +418,11 @@ class EventStream:
         the new answer is newer than either. Written with the entries' removal in one
         transaction; returns how many objects were fetched."""
         due = self.api.clock.earliest()
-        rows = await self.db.fetch("refetch_queue_due", due, SETTLE_BATCH)
+        relisted = await self._relist(due)
+        walking = self._relisting.resource.table if self._relisting is not None else ""
+        rows = await self.db.fetch("refetch_queue_due", due, SETTLE_BATCH, walking)
         if not rows:
-            return 0
+            return relisted
         entries = [(r["table_name"], r["object_id"], r["parent_id"]) for r in rows]
         groups = self.applier.overlap_groups(entries)
         await self.applier.refetch(groups)
@@ -419,7 +437,66 @@ class EventStream:
 
         await self.db.transact(tx)
         log.info("overlaps_settled", objects=len(groups), entries=len(entries))
-        return len(groups)
+        return relisted + len(groups)
+
+    async def _relist(self, due: float) -> int:
+        """Walk up to RELIST_PAGES pages of a crowded type's list (`Relist`); each page is
+        written, and its objects' due entries removed, in one transaction. Objects the list
+        does not show (deleted ones) stay queued and are retrieved one by one."""
+        walk = self._relisting
+        if walk is None:
+            walk = self._relisting = await self._crowded(due)
+            if walk is None:
+                return 0
+            log.info("refetch_queue_relist", table=walk.resource.table)
+        res, written = walk.resource, 0
+        assert res.list_path is not None
+        for _ in range(RELIST_PAGES):
+            params = {**res.list_variants[walk.variant], "limit": PAGE}
+            if walk.after is not None:
+                params["starting_after"] = walk.after
+            reply = await self.api.request("GET", res.list_path, params)
+            page = reply.page()
+            data = [o for o in page.get("data") or [] if isinstance(o, dict) and "id" in o]
+            groups = [
+                Group([], res.table, str(o["id"]), reason="relisted", change=change)
+                for o in data
+                if (change := self.applier.listed_change(res, o, reply.version)) is not None
+            ]
+
+            async def tx(conn: Tx, groups: list[Group] = groups) -> None:
+                await self.applier.write(conn, groups)
+                ids = [str(g.object_id) for g in groups]
+                await conn.execute("refetch_queue_done", [res.table] * len(ids), ids, walk.due)
+
+            await self.db.transact(tx)
+            written += len(groups)
+            metrics.overlap_refetches.labels(res.table).inc(len(groups))
+            if page.get("has_more") and data:
+                walk.after = str(data[-1]["id"])
+            elif walk.variant + 1 < len(res.list_variants):
+                walk.variant, walk.after = walk.variant + 1, None
+            else:
+                self._relisting = None
+                log.info("refetch_queue_relisted", table=res.table)
+                break
+        return written
+
+    async def _crowded(self, due: float) -> Relist | None:
+        """The first type with more due entries than pages list all of it, if any."""
+        for row in await self.db.fetch("refetch_queue_due_tables", due):
+            res = BY_TABLE.get(row["table_name"])
+            if res is None or not self.applier.can_relist(res):
+                continue
+            # Listing it all costs a page per 100 live rows (per list variant): cheaper than
+            # the due retrieves when there are fewer than that many rows.
+            pages_for = row["n"] // len(res.list_variants)
+            live = await self.db.fetchval(
+                "mirror_live_count_upto", pages_for * PAGE, table=res.table
+            )
+            if int(live) // PAGE + 1 < pages_for:
+                return Relist(res, due)
+        return None
 
     # ---- loops -----------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import msgspec
 import orjson
 
 from syncd.errors import StripeError, StripeNotFound
-from syncd.registry import Child, Resource
+from syncd.registry import BY_TABLE, Child, Embed, Resource
 from syncd.stripe_api import Reply, parse_page
 from syncd.versions import Version
 
@@ -114,11 +114,16 @@ class Page:
 
 
 def list_params(
-    resource: Resource, variant: int, s: Slice, children: Sequence[Child] | None = None
+    resource: Resource,
+    variant: int,
+    s: Slice,
+    children: Sequence[Child] | None = None,
+    embeds: Sequence[Embed] = (),
 ) -> dict[str, Any]:
     """The list request for slice `s`; inline child lists that need an expand are expanded
     for `children` (None: every child of the type), only for mirrored children: an expanded
-    list is taken out of the stored object, so one nobody reads would be stored in `raw`."""
+    list is taken out of the stored object, so one nobody reads would be stored in `raw`.
+    `embeds`: objects of mirrored types expanded in place (`PageReader` puts their ids back)."""
     params: dict[str, Any] = {"limit": PAGE_LIMIT, **resource.list_variants[variant]}
     created: dict[str, int] = {}
     if s.lo > 0:
@@ -134,6 +139,7 @@ def list_params(
         for child in (resource.children if children is None else children)
         if child.parent_expand
     ]
+    expand.extend(e.expand for e in embeds)
     if expand:
         params["expand"] = expand
     return params
@@ -258,9 +264,11 @@ class PageReader:
         child_resources: list[tuple[Child, Resource]],
         fetch: Fetch,
         disabled_children: set[str],
+        embeds: Sequence[Embed] = (),
     ):
         self.resource = resource
         self.children = child_resources
+        self.embeds = list(embeds)
         self.fetch = fetch
         # Child tables the key may not read (403): skipped for the rest of the run.
         self.disabled_children = disabled_children
@@ -269,7 +277,7 @@ class PageReader:
         self.missing_children: dict[tuple[str, str], int] = {}
 
     async def read(self, s: Slice, reply: Reply) -> Page:
-        if not self.children:
+        if not self.children and not self.embeds:
             plain = read_plain_page(self.resource, reply.body, s.lo)
             if plain is not None:
                 data, entries, has_more = plain
@@ -296,7 +304,8 @@ class PageReader:
                 rejected.append(Rejected(_id_of(o), reason, o))
             else:
                 accepted.append(o)
-        children = await self._children(accepted, rejected, reply.version)
+        embedded = self._embedded(accepted, rejected, reply.version)
+        children = await self._children(accepted, rejected, reply.version) + embedded
         # From here to the return nothing awaits: a split cannot slip between the filter and
         # the cursor update (see the module docstring).
         kept: list[dict[str, Any]] = []
@@ -375,6 +384,34 @@ class PageReader:
             children,
             rejected,
         )
+
+    def _embedded(
+        self, parents: list[dict[str, Any]], rejected: list[Rejected], version: Version
+    ) -> list[ChildWrite]:
+        """The objects `embeds` expanded in `parents`, each put back as its id so the parent
+        is stored as Stripe serves it."""
+        out: list[ChildWrite] = []
+        for embed in self.embeds:
+            res = BY_TABLE[embed.table]
+            found: dict[str, dict[str, Any]] = {}
+            for parent in parents:
+                holder: Any = parent
+                for key in embed.path[:-1]:
+                    holder = holder.get(key) if isinstance(holder, dict) else None
+                if not isinstance(holder, dict):
+                    continue
+                value = holder.get(embed.path[-1])
+                if not isinstance(value, dict):
+                    continue  # not set, or not expanded: nothing embedded
+                holder[embed.path[-1]] = value.get("id")
+                reason = check_object(res, value)
+                if reason:
+                    rejected.append(Rejected(_id_of(value), f"{res.table}: {reason}", value))
+                elif embed.only_with is None or value.get(embed.only_with):
+                    found[value["id"]] = value
+            if found:
+                out.append(ChildWrite(res, None, list(found.values()), version))
+        return out
 
     async def _children(
         self, parents: list[dict[str, Any]], rejected: list[Rejected], version: Version

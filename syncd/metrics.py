@@ -149,6 +149,19 @@ resync_runs = Counter(
     "syncd_resync_runs", "Full resync runs ended, by outcome", ["status"], registry=REGISTRY
 )
 resync_running = Gauge("syncd_resync_running", "1 while a full resync runs", registry=REGISTRY)
+# The running resync's estimate (syncd/resync/eta.py); 0 once the run ends.
+resync_requests_left = Gauge(
+    "syncd_resync_requests_left",
+    "Stripe requests the running full resync probably still needs, by table",
+    ["table"],
+    registry=REGISTRY,
+)
+resync_eta_seconds = Gauge(
+    "syncd_resync_eta_seconds",
+    "Seconds until the running full resync is probably done with a table, at the rate budget",
+    ["table"],
+    registry=REGISTRY,
+)
 
 # The periodic verify (syncd/verify_schedule.py), set by the leader when a run ends.
 verify_drift = Gauge(

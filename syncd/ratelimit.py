@@ -357,6 +357,20 @@ class RateLimiter:
     def endpoint_rate(self) -> float:
         return self.schedule.endpoint_rate
 
+    @property
+    def backlog(self) -> int:
+        """Requests waiting for their tokens now: while any wait, the budget bounds the rate,
+        not the requests in flight, so more of them in flight would not go faster."""
+        return self.schedule.waiting
+
+    def rate_now(self, endpoint: str | None = None) -> float:
+        """The global rate (or `endpoint`'s) as it is now: below the configured one while a 429
+        slows it. For estimates (the resync's ETA); serves nobody."""
+        schedule = self.schedule
+        bucket = schedule.global_bucket if endpoint is None else schedule.endpoint_bucket(endpoint)
+        bucket.refill(schedule.clock())  # a recovery that is due counts
+        return bucket.rate
+
     async def acquire(self, endpoint: str = "") -> None:
         """Wait until a request to `endpoint` (`GET /v1/customers/{id}`; "" for none) may go."""
         schedule = self.schedule

@@ -43,6 +43,22 @@ class Child:
 
 
 @dataclass(frozen=True)
+class Embed:
+    """An object of another type that a list can expand in place (`expand[]=data.<path>`): a
+    resync's pages bring it along, at no request of its own, and the parent keeps its id."""
+
+    table: str
+    path: tuple[str, ...]  # the field holding the id, through nested objects
+    # Taken only when this field of the embedded object is set: the mirror holds customers'
+    # payment methods, and one used once and never attached to a customer is not one.
+    only_with: str | None = None
+
+    @property
+    def expand(self) -> str:
+        return "data." + ".".join(self.path)
+
+
+@dataclass(frozen=True)
 class Resource:
     table: str
     object: str  # Stripe's `object` value (also `data.object.object` in events)
@@ -63,6 +79,7 @@ class Resource:
     owned: bool = False
     # Extra event object names that route here (older names of the same object).
     event_objects: tuple[str, ...] = ()
+    embeds: tuple[Embed, ...] = ()
 
 
 def _p(**params: Any) -> Mapping[str, Any]:
@@ -87,6 +104,12 @@ RESOURCES: tuple[Resource, ...] = (
                 "/v1/entitlements/active_entitlements",
                 _p(customer="{id}"),
             ),
+        ),
+        # Payment methods that customers pay with come embedded in the main lists (their
+        # default here, the ones used in payment intents and subscriptions there), so they
+        # are mirrored long before the per-customer walk reaches them.
+        embeds=(
+            Embed("payment_methods", ("invoice_settings", "default_payment_method"), "customer"),
         ),
     ),
     Resource(
@@ -121,6 +144,7 @@ RESOURCES: tuple[Resource, ...] = (
         children=(
             Child("subscription_items", "items", "/v1/subscription_items", _p(subscription="{id}")),
         ),
+        embeds=(Embed("payment_methods", ("default_payment_method",), "customer"),),
     ),
     Resource(
         "subscription_items",
@@ -146,7 +170,11 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("invoice_line_items", "line_item", None, None, parent="invoices", owned=True),
     Resource("invoice_items", "invoiceitem", "/v1/invoiceitems", "/v1/invoiceitems/{id}"),
     Resource(
-        "payment_intents", "payment_intent", "/v1/payment_intents", "/v1/payment_intents/{id}"
+        "payment_intents",
+        "payment_intent",
+        "/v1/payment_intents",
+        "/v1/payment_intents/{id}",
+        embeds=(Embed("payment_methods", ("payment_method",), "customer"),),
     ),
     Resource("charges", "charge", "/v1/charges", "/v1/charges/{id}"),
     Resource("refunds", "refund", "/v1/refunds", "/v1/refunds/{id}"),
@@ -173,7 +201,13 @@ RESOURCES: tuple[Resource, ...] = (
     Resource(
         "payment_methods", "payment_method", None, "/v1/payment_methods/{id}", parent="customers"
     ),
-    Resource("setup_intents", "setup_intent", "/v1/setup_intents", "/v1/setup_intents/{id}"),
+    Resource(
+        "setup_intents",
+        "setup_intent",
+        "/v1/setup_intents",
+        "/v1/setup_intents/{id}",
+        embeds=(Embed("payment_methods", ("payment_method",), "customer"),),
+    ),
     Resource("coupons", "coupon", "/v1/coupons", "/v1/coupons/{id}"),
     Resource(
         "promotion_codes", "promotion_code", "/v1/promotion_codes", "/v1/promotion_codes/{id}"

@@ -32,7 +32,9 @@ from syncd.lifecycle import Backoff, Lifecycle
 from syncd.logs import get_logger
 from syncd.problems import Problems
 from syncd.redaction import scrub
+from syncd.registry import BY_TABLE
 from syncd.resync import PROGRESS_INTERVAL, Resync, has_completed_resync
+from syncd.resync.eta import left_text
 from syncd.runtime import Runtime
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
@@ -323,6 +325,7 @@ class _Follow:
         attempt as it happens; 0 when the run is done, 1 otherwise."""
         started = time.monotonic()
         last_line = 0.0
+        last_estimate: Any = None
         attempts = 0
         while True:
             run = await self._db(lambda: self.db.fetchrow("resync_watch_run", run_id))
@@ -343,6 +346,12 @@ class _Follow:
                 f"resync {run_id}: {finished}/{total or '?'} types, {objects:,} objects, "
                 f"{objects / elapsed:,.0f}/s, {status}"
             )
+            # The running resync's estimate from the rate budget (resync/eta.py), per type.
+            estimated = [r for r in rows if r["eta_seconds"] is not None]
+            if estimated and status == "running":
+                left = sum(r["requests_left"] for r in estimated)
+                eta = max(r["eta_seconds"] for r in estimated)
+                line += f", {left_text(left, eta)}"
             if self.tty:
                 width = 30
                 filled = int(width * finished / total) if total else 0
@@ -352,6 +361,12 @@ class _Follow:
             elif time.monotonic() - last_line >= PROGRESS_INTERVAL or status not in _UNFINISHED:
                 self.say(line)
                 last_line = time.monotonic()
+            newest = max((r["progress_at"] for r in estimated), default=None)
+            if status == "running" and newest is not None and newest != last_estimate:
+                last_estimate = newest  # each estimate once: they come every few seconds
+                for r in estimated:
+                    if r["requests_left"]:
+                        self.say(_estimate_line(r))
             if status not in _UNFINISHED:
                 self._end_bar()
                 return report(self.out, run_id, status, run["error"], rows)
@@ -363,6 +378,14 @@ class _Follow:
                 )
                 return 1
             await anyio.sleep(self.poll)
+
+
+def _estimate_line(r: Row) -> str:
+    """A type still in progress: what it has done, requests left and its ETA."""
+    res = BY_TABLE.get(r["table_name"])
+    walk = res is not None and res.list_path is None  # per parent: `objects` counts parents
+    done = f"{r['objects']:,} parents done" if walk else f"{r['objects']:,} objects"
+    return f"  {r['table_name']:<28} {done}, {left_text(r['requests_left'], r['eta_seconds'])}"
 
 
 def _failure_line(run_id: int, run: Row) -> str:

@@ -21,7 +21,8 @@ from syncd import migrations, quarantine
 from syncd.config import Config
 from syncd.db import Database, describe_target
 from syncd.health import POLL_LOOP
-from syncd.registry import RESOURCES
+from syncd.registry import BY_TABLE, RESOURCES
+from syncd.resync.eta import left_text
 
 Report = dict[str, Any]
 # Problems the database tells in more detail (the resync run's attempts and next try).
@@ -134,7 +135,7 @@ async def gather(db: Database, cfg: Config) -> Report:
     if await _exists(db, f'"{state}".events_cursor'):
         report["events"] = await _events(db, cfg, problems)
     if await _exists(db, f'"{state}".resync_runs'):
-        report["resync"] = await _resync(db)
+        report["resync"] = await _resync(db, version)
         _resync_problems(report["resync"], problems, warnings)
     if version >= 61:
         report["quarantine"] = await quarantine.summary(db)
@@ -172,8 +173,8 @@ async def _events(db: Database, cfg: Config, problems: list[str]) -> list[dict[s
     return out
 
 
-async def _resync(db: Database) -> list[dict[str, Any]]:
-    return [
+async def _resync(db: Database, version: int) -> list[dict[str, Any]]:
+    runs = [
         {
             "run": r["run_id"],
             "scope": ",".join(r["tables"]) if r["tables"] else "all",
@@ -188,6 +189,39 @@ async def _resync(db: Database) -> list[dict[str, Any]]:
         }
         for r in await db.fetch("status_resync", 3)
     ]
+    for run in runs:
+        if run["status"] == "running" and version >= 67:
+            run.update(await _resync_progress(db, run["run"]))
+    return runs
+
+
+async def _resync_progress(db: Database, run_id: int) -> dict[str, Any]:
+    """A running resync per type: objects so far (a per-parent walk: objects and parents
+    asked), and the run's last estimate from the rate budget (resync/eta.py): requests left,
+    seconds left, and when it was made (it is rewritten every few seconds)."""
+    tables = []
+    for r in await db.fetch("resync_progress", run_id):
+        res = BY_TABLE.get(r["table_name"])
+        walk = res is not None and res.list_path is None  # listed per parent
+        tables.append(
+            {
+                "table": r["table_name"],
+                "status": r["status"],
+                "objects": r["children"] if walk else r["objects"],
+                "parents_done": r["objects"] if walk else None,
+                "requests_left": r["requests_left"],
+                "eta_seconds": None if r["eta_seconds"] is None else round(r["eta_seconds"], 1),
+                "estimated_at": _iso(r["progress_at"]),
+                "estimate_age": None if r["progress_age"] is None else round(r["progress_age"], 1),
+            }
+        )
+    estimated = [t for t in tables if t["requests_left"] is not None]
+    return {
+        "tables": tables,
+        "requests_left": sum(t["requests_left"] for t in estimated) if estimated else None,
+        "eta_seconds": max((t["eta_seconds"] for t in estimated), default=None),
+        "estimate_age": min((t["estimate_age"] for t in estimated), default=None),
+    }
 
 
 def _resync_problems(runs: list[dict[str, Any]], problems: list[str], warnings: list[str]) -> None:
@@ -330,6 +364,8 @@ def render(report: Report) -> str:
             f"resync      #{run['run']} {run['scope']} {run['status']}{took}, "
             f"{run['objects']} objects, started {run['started_at']} ({run['reason']}){error}"
         )
+        if "tables" in run:
+            lines.extend(_render_progress(run))
     if "usage" in report:
         usage = report["usage"]
         counts = ", ".join(f"{k} {v}" for k, v in sorted(usage["rows"].items())) or "no rows"
@@ -356,6 +392,28 @@ def render(report: Report) -> str:
         deleted = f" (+{t['deleted']} deleted)" if t["deleted"] else ""
         lines.append(f"  {name:<28} {t['live']:>8}{deleted}")
     return "\n".join(lines) + "\n"
+
+
+def _render_progress(run: dict[str, Any]) -> list[str]:
+    """A running resync, type by type, under its line."""
+    if run["requests_left"] is None:
+        lines = ["  no estimate yet"]
+    else:
+        lines = [
+            f"  {left_text(run['requests_left'], run['eta_seconds'])}"
+            f" (estimated {_age(run['estimate_age'])}, from the rate budget)"
+        ]
+    for t in run["tables"]:
+        what = f"{t['objects']:>10,} objects"
+        if t["parents_done"] is not None:
+            what += f", {t['parents_done']:,} parents done"
+        left = ""
+        # Nothing left of a type listed (or swept, unavailable) goes without saying; of one
+        # still listing (a walk whose parents are not known yet), it does not.
+        if t["requests_left"] is not None and (t["requests_left"] or t["status"] == "listing"):
+            left = f"  {left_text(t['requests_left'], t['eta_seconds'])}"
+        lines.append(f"  {t['table']:<28} {what}  {t['status']}{left}")
+    return lines
 
 
 def _render_verify(verify: dict[str, Any]) -> list[str]:

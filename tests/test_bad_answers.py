@@ -158,7 +158,8 @@ async def test_events_and_refetches_ride_out_bad_answers(
     tmp_path: Path, db_url: str, emulator: Emulator
 ) -> None:
     emulator.seed(customers=5, subscriptions=0, products=2)
-    d = daemon(tmp_path, db_url, emulator)
+    # Refetch mode: every event's object is retrieved, so the retrieves meet the bad answers.
+    d = daemon(tmp_path, db_url, emulator, SYNCD_EVENTS_APPLY_MODE="refetch")
     try:
         async with harness(db_url, emulator) as h:
             await converge(emulator, h, ("customer", "product"))

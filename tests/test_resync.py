@@ -256,6 +256,35 @@ async def test_per_parent_lists_can_be_skipped(db_url: str, emulator: Emulator) 
     assert emulator.stats.count("GET /v1/entitlements/active_entitlements") == 0
 
 
+async def test_payment_methods_come_embedded_in_the_main_lists(
+    db_url: str, emulator: Emulator
+) -> None:
+    """Customers' default payment methods and those payment intents and subscriptions use come
+    expanded in their lists, at no request of their own; the parents keep the ids, as served."""
+    emulator.seed(customers=30, products=2, subscriptions=12)
+    used = {pi["payment_method"] for pi in emulator.objects("payment_intent")}
+    defaults = {
+        c["invoice_settings"]["default_payment_method"] for c in emulator.objects("customer")
+    }
+    attached = {
+        pm["id"] for pm in emulator.objects("payment_method") if pm.get("customer") is not None
+    }
+    expected = (used | defaults) - {None}
+    assert expected and expected <= attached
+    cfg = emulator_config(db_url, emulator, sync={"per_parent_lists": False})
+    async with resyncer(cfg) as rs:
+        await rs.run(reason="test")
+        mirrored = await rows(rs.db, "payment_methods")
+        assert set(mirrored) == expected
+        for pm in emulator.objects("payment_method"):
+            if pm["id"] in expected:
+                assert mirrored[pm["id"]]["raw"] == pm
+        tables = ["customers", "subscriptions", "payment_intents"]
+        assert await mirror_differences(rs.db, emulator, tables) == []
+    assert emulator.stats.count("GET /v1/customers/*/payment_methods") == 0
+    assert emulator.stats.count("GET /v1/payment_methods/*") == 0
+
+
 async def test_per_parent_lists_never_hold_back_the_main_lists(
     db_url: str, emulator: Emulator
 ) -> None:

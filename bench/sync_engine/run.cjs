@@ -5,9 +5,13 @@
 //
 // Each flag falls back to an environment variable: SYNC_ENGINE_DATABASE_URL, STRIPE_API_BASE,
 // STRIPE_API_KEY. `sync` runs the engine's customer backfill and prints one JSON line:
-// {"engine": version, "synced": n, "rows": n, "seconds": s, "cpu_seconds": s, "max_rss_mb": n}.
-// Only the backfill itself is timed (not start-up, connecting or migrations); `rows` is a
-// count(*) of the engine's customers table taken afterwards.
+// {"engine": version, "synced": n, "rows": n, "seconds": s, "cpu_seconds": s, "max_rss_mb": n},
+// plus "error" (and exit status 1) when the backfill failed. Only the backfill itself is timed
+// (not start-up, connecting or migrations); `rows` is a count(*) of the engine's customers table
+// taken afterwards. The Stripe client is the SDK's default apart from its address: stripe-node
+// retries a request `max_network_retries` times (2 in Node), on connection errors, 409, 5xx
+// and answers with `Stripe-Should-Retry: true`, not on a rate-limit 429, which has no such
+// header, so a 429 ends the backfill.
 //
 // CommonJS on purpose: the package's ES module build resolves its migrations directory through
 // `__dirname`, which ES modules lack, and runMigrations() swallows the resulting error.
@@ -113,18 +117,31 @@ async function sync(opts, logger) {
     await engine.postgresClient.query('select 1') // connect before the clock starts
     const cpu = process.cpuUsage()
     const started = performance.now()
-    const result = await engine.syncBackfill({ object: 'customer' })
+    // A failed backfill (e.g. a 429 the SDK does not retry) still reports how long it ran and
+    // what it left, with `error`, and exits 1 once the line is written.
+    let result = {}
+    let error = null
+    try {
+      result = await engine.syncBackfill({ object: 'customer' })
+    } catch (err) {
+      error = err
+    }
     const seconds = (performance.now() - started) / 1000
     const used = process.cpuUsage(cpu)
     const rows = await countRows(engine.postgresClient.pool)
     const out = {
       engine: enginePackage.version,
       stripe_node: Stripe.PACKAGE_VERSION,
+      max_network_retries: engine.stripe.getMaxNetworkRetries(),
       synced: result.customers?.synced ?? 0,
       rows,
       seconds,
       cpu_seconds: (used.user + used.system) / 1e6,
       max_rss_mb: process.resourceUsage().maxRSS / 1024,
+    }
+    if (error) {
+      out.error = `${error.type || error.name}: ${error.statusCode || ''} ${error.message}`.trim()
+      process.exitCode = 1
     }
     process.stdout.write(JSON.stringify(out) + '\n')
   } finally {

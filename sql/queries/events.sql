@@ -45,10 +45,22 @@ SELECT outcome, reason, count(*) AS n FROM {state}.events_ledger GROUP BY outcom
 -- name: refetch_queue_due
 -- Objects whose versions overlapped with other content (migration 0064), once Stripe's clock
 -- ($1: a lower bound of it) has passed the end of both: a fetch sent now is newer than both.
+-- $3: a type whose whole list is being walked to settle its entries (events.Relist), or ''.
 SELECT table_name, object_id, parent_id, not_before
   FROM {state}.refetch_queue
- WHERE not_before < to_timestamp($1)
+ WHERE not_before < to_timestamp($1) AND table_name <> $3
  ORDER BY not_before LIMIT $2;
+
+-- name: refetch_queue_due_tables
+-- Due entries per type (objects, not owned children): a crowded type is listed whole instead.
+SELECT table_name, count(*) AS n
+  FROM {state}.refetch_queue
+ WHERE not_before < to_timestamp($1) AND parent_id IS NULL
+ GROUP BY table_name ORDER BY n DESC;
+
+-- name: mirror_live_count_upto
+-- Live rows of {table}, counted up to $1 at most (bounded work on a large mirror).
+SELECT count(*) FROM (SELECT 1 FROM {mirror}.{table} WHERE deleted_at IS NULL LIMIT $1) AS live;
 
 -- name: refetch_queue_done
 -- Entries settled by a fetch; one queued again meanwhile (a later not_before) stays.
@@ -56,6 +68,11 @@ DELETE FROM {state}.refetch_queue q
  USING unnest($1::text[], $2::text[]) AS d(table_name, object_id)
  WHERE q.table_name = d.table_name AND q.object_id = d.object_id
    AND q.not_before < to_timestamp($3);
+
+-- name: refetch_queue_add
+-- An object an applied event changed without an event of its own (apply.REFERENCED): fetched
+-- again by the same loop once Stripe's clock has passed $3, the end of the event's second.
+SELECT {state}.refetch_later($1, $2, NULL, to_timestamp($3));
 
 -- name: refetch_queue_size
 SELECT count(*) FROM {state}.refetch_queue;

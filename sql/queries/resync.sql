@@ -139,17 +139,21 @@ INSERT INTO {state}.resync_tables (run_id, table_name, error) VALUES ($1, $2, $3
 ON CONFLICT (run_id, table_name) DO UPDATE SET error = EXCLUDED.error;
 
 -- name: resync_progress
--- What `syncd resync --wait` shows: per table, objects and pages so far and whether it is done.
+-- What `syncd resync --wait` and `syncd status` show: per table, objects and pages so far,
+-- whether it is done, and the running resync's last estimate (requests left, seconds left,
+-- when it was made and how long ago; NULL before the first).
 SELECT t.table_name, t.status, t.tombstoned, t.error,
        COALESCE(sum(s.objects), 0)::bigint AS objects,
        COALESCE(sum(s.pages), 0)::bigint AS pages,
        COALESCE(sum(s.rejected), 0)::bigint AS rejected,
        COALESCE(sum(s.children), 0)::bigint AS children,
-       COALESCE(bool_and(s.done), false) AS listed
+       COALESCE(bool_and(s.done), false) AS listed,
+       t.requests_left, t.eta_seconds, t.progress_at,
+       extract(epoch FROM now() - t.progress_at)::float8 AS progress_age
   FROM {state}.resync_tables t
   LEFT JOIN {state}.resync_slices s USING (run_id, table_name)
  WHERE t.run_id = $1
- GROUP BY t.table_name, t.status, t.tombstoned, t.error
+ GROUP BY t.run_id, t.table_name
  ORDER BY t.table_name;
 
 -- name: resync_unconfirmed
@@ -228,3 +232,33 @@ SELECT c.id FROM {mirror}.{table} c
         OR EXISTS (SELECT 1 FROM {mirror}.active_entitlements e
                     WHERE e.parent_id = c.id AND e.deleted_at IS NULL))
  ORDER BY c.id LIMIT $2;
+
+-- name: resync_parents_left
+-- Parents ({table}) a per-parent walk has still to go through after its cursor $1: live rows,
+-- as resync_parent_ids walks them. One request each (resync/eta.py).
+SELECT count(*)::bigint FROM {mirror}.{table} WHERE deleted_at IS NULL AND id > $1;
+
+-- name: resync_entitled_left
+-- The same for the active entitlements walk: customers ({table}) that can have any, as
+-- resync_entitled_customers chooses them. Counted from the (few) candidates, not by testing
+-- every customer.
+SELECT count(*)::bigint FROM {mirror}.{table} c
+ WHERE c.deleted_at IS NULL AND c.id > $1
+   AND c.id IN (SELECT s.customer_id
+                  FROM {mirror}.subscriptions s
+                  JOIN {mirror}.subscription_items i
+                    ON i.parent_id = s.id AND i.deleted_at IS NULL
+                  JOIN {mirror}.product_features f
+                    ON f.parent_id = i.raw->'price'->>'product' AND f.deleted_at IS NULL
+                 WHERE s.deleted_at IS NULL AND s.status IN ('active', 'trialing', 'past_due')
+                UNION
+                SELECT e.parent_id FROM {mirror}.active_entitlements e
+                 WHERE e.deleted_at IS NULL);
+
+-- name: resync_set_eta
+-- The running resync's estimate for run $1: per table ($2) requests left ($3) and seconds left
+-- ($4), with the time it was made; `syncd status` and `syncd resync --wait` show it.
+UPDATE {state}.resync_tables t
+   SET requests_left = u.requests_left, eta_seconds = u.eta_seconds, progress_at = now()
+  FROM unnest($2::text[], $3::bigint[], $4::float8[]) AS u(table_name, requests_left, eta_seconds)
+ WHERE t.run_id = $1 AND t.table_name = u.table_name;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from .errors import StripeError, card_declined, invalid, missing
@@ -245,15 +246,19 @@ def create_subscription(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
         sub.obj["cancel_at"] = sub.extra["period_end"]
     if trial_end:
         sub.obj["status"] = "trialing"
-    ctx.emit("customer.subscription.created", sub)
     # First invoice: zero for trials, else the licensed amount, paid if a payment method exists.
-    inv = create_invoice_obj(ctx, cus, sub, "subscription_create")
-    for it in sub.extra["items"]:
-        qty = it.obj.get("quantity") or 0
-        amount = 0 if trial_end else int(it.obj["price"].get("unit_amount") or 0) * int(qty)
-        add_line(ctx, inv, amount, it.obj["price"], int(qty), sub_item=it, sub=sub)
+    # Stripe's customer.subscription.created already names it as latest_invoice.
+
+    def bill_items(inv: Record) -> None:
+        for it in sub.extra["items"]:
+            qty = it.obj.get("quantity") or 0
+            amount = 0 if trial_end else int(it.obj["price"].get("unit_amount") or 0) * int(qty)
+            add_line(ctx, inv, amount, it.obj["price"], int(qty), sub_item=it, sub=sub)
+
+    inv = create_invoice_obj(ctx, cus, sub, "subscription_create", fill=bill_items)
     sub.obj["latest_invoice"] = inv.id
     sub.invalidate()
+    ctx.emit("customer.subscription.created", sub)
     finalize_invoice(ctx, inv)
     behavior = params.get("payment_behavior") or "allow_incomplete"
     paid = False
@@ -420,6 +425,123 @@ def list_subscriptions(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
 
 
 # ---------------------------------------------------------------------------------------------
+# Renewals: a period end, as Stripe bills it (the control route `POST /_emulator/renew`)
+
+RENEWABLE = ("active", "trialing")
+
+
+def renew_subscription(ctx: Ctx, sub: Record) -> str:
+    """End ``sub``'s current period now, as Stripe does at a period end; returns the outcome:
+    ``renewed`` (paid, or open for ``send_invoice``), ``past_due`` (the payment failed) or
+    ``canceled`` (``cancel_at_period_end``, or ``cancel_at`` reached: no new period).
+
+    Stripe's order (https://support.stripe.com/questions/how-to-determine-when-a-subscription-cycles-using-webhooks):
+    the cycle invoice is created (``invoice.created``, billing_reason ``subscription_cycle``,
+    one line per item for the new period, ``period_start/end`` the period that ended), then
+    ``customer.subscription.updated`` whose ``previous_attributes`` hold ``latest_invoice`` and
+    ``items`` (each item's ``current_period_start/end`` moved; ``status`` too when a trial ends);
+    then ``invoice.finalized`` (the customer's ``next_invoice_sequence`` moves, no event) and the
+    payment as ``pay_invoice`` makes it with the default payment method. Stripe waits about an
+    hour between creation and finalization; the emulator does it all at once."""
+    o = sub.obj
+    if o["status"] not in RENEWABLE:
+        raise invalid(
+            f"Only active or trialing subscriptions renew; {sub.id} is {o['status']}.",
+            param="ids",
+        )
+    items: list[Record] = sub.extra["items"]
+    old_start, old_end = int(sub.extra["period_start"]), int(sub.extra["period_end"])
+    if o["cancel_at_period_end"] or (o["cancel_at"] is not None and o["cancel_at"] <= old_end):
+        cancel_subscription_now(ctx, sub)
+        return "canceled"
+    recurring = items[0].obj["price"]["recurring"] if items else {}
+    new_end = add_interval(
+        old_end,
+        str(recurring.get("interval") or "month"),
+        int(recurring.get("interval_count") or 1),
+    )
+
+    def bill_items(inv: Record) -> None:
+        inv.obj.update(period_start=old_start, period_end=old_end)
+        for it in items:
+            price = it.obj["price"]
+            qty = int(it.obj.get("quantity") or 0)
+            # Licensed items are billed in advance; metered usage (not modelled here) is 0.
+            metered = (price.get("recurring") or {}).get("usage_type") == "metered"
+            amount = 0 if metered else int(price.get("unit_amount") or 0) * qty
+            add_line(ctx, inv, amount, price, qty, sub_item=it, sub=sub)
+
+    invoices: list[Record] = []
+
+    def cycle(obj: JSON) -> None:
+        sub.extra["period_start"], sub.extra["period_end"] = old_end, new_end
+        for it in items:
+            it.obj.update(current_period_start=old_end, current_period_end=new_end)
+            it.invalidate()
+        refresh_items(sub)
+        if obj["status"] == "trialing":
+            obj["status"] = "active"
+        inv = create_invoice_obj(ctx, obj["customer"], sub, "subscription_cycle", fill=bill_items)
+        obj["latest_invoice"] = inv.id
+        invoices.append(inv)
+
+    update_record(ctx, sub, cycle, "customer.subscription.updated")
+    inv = invoices[0]
+    finalize_invoice(ctx, inv)
+    if inv.obj["amount_due"] == 0:
+        pay_invoice(ctx, inv, None)
+        return "renewed"
+    if inv.obj["collection_method"] == "send_invoice":
+        return "renewed"  # open until the customer pays it, as at creation
+    try:
+        pay_invoice(ctx, inv, default_pm(ctx, o["customer"], o))
+    except StripeError:
+        # The failed attempt emitted invoice.payment_failed; Stripe's default retry settings
+        # leave the subscription past_due until a retry succeeds.
+        update_record(
+            ctx, sub, lambda s: s.update(status="past_due"), "customer.subscription.updated"
+        )
+        return "past_due"
+    return "renewed"
+
+
+def renew_subscriptions(ctx: Ctx, ids: list[str] | None = None) -> JSON:
+    """Renew the subscriptions ``ids`` (default: every active or trialing one, oldest first).
+    Every id is checked before any renews: an unknown one answers 404, one that is not active
+    or trialing 400. Returns counts by outcome and the events emitted, by type."""
+    if ids is None:
+        subs = [r for r in ctx.state.iter_type("subscription") if r.obj["status"] in RENEWABLE]
+    else:
+        subs = [get_or_404(ctx, "subscription", str(i), "subscription", "ids") for i in ids]
+        for rec in subs:
+            if rec.obj["status"] not in RENEWABLE:
+                raise invalid(
+                    f"Only active or trialing subscriptions renew; {rec.id} is "
+                    f"{rec.obj['status']}.",
+                    param="ids",
+                )
+    emitted: dict[str, int] = {}
+
+    def count(ev: Record) -> None:
+        t = str(ev.obj["type"])
+        emitted[t] = emitted.get(t, 0) + 1
+
+    outcomes = {"renewed": 0, "past_due": 0, "canceled": 0}
+    ctx.state.event_hooks.append(count)
+    try:
+        for rec in subs:
+            outcomes[renew_subscription(ctx, rec)] += 1
+    finally:
+        ctx.state.event_hooks.remove(count)
+    return {
+        "subscriptions": len(subs),
+        **outcomes,
+        "events": sum(emitted.values()),
+        "event_types": dict(sorted(emitted.items())),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # Subscription items (own endpoints)
 
 
@@ -524,8 +646,15 @@ def create_usage_record(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
 
 
 def create_invoice_obj(
-    ctx: Ctx, customer: str, sub: Record | None, reason: str, params: JSON | None = None
+    ctx: Ctx,
+    customer: str,
+    sub: Record | None,
+    reason: str,
+    params: JSON | None = None,
+    fill: Callable[[Record], None] | None = None,
 ) -> Record:
+    """A new invoice; `fill` adds its lines before `invoice.created`, whose snapshot shows the
+    lines the invoice was created with, as Stripe's does."""
     params = params or {}
     cus = get_or_404(ctx, "customer", customer, "customer", "customer")
     obj = new_object(ctx, "invoice", "in_")
@@ -630,6 +759,8 @@ def create_invoice_obj(
     merge_metadata(obj, params.get("metadata") or {})
     rec = ctx.state.insert(obj)
     rec.extra["lines"] = []
+    if fill is not None:
+        fill(rec)
     refresh_lines(rec)
     ctx.emit("invoice.created", rec)
     return rec
@@ -822,12 +953,14 @@ def create_invoice(ctx: Ctx, params: JSON, m: dict[str, str]) -> Resp:
         sub = get_or_404(
             ctx, "subscription", str(params["subscription"]), "subscription", "subscription"
         )
-    inv = create_invoice_obj(ctx, cus, sub, "manual", params)
-    if params.get("pending_invoice_items_behavior") == "include":
-        for ii in ctx.state.iter_type("invoiceitem"):
-            if ii.obj["customer"] == cus and ii.obj["invoice"] is None and not ii.deleted:
-                _attach_invoice_item(ctx, ii, inv)
-    return ctx.ok(inv)
+
+    def take_up_pending(inv: Record) -> None:
+        if params.get("pending_invoice_items_behavior") == "include":
+            for ii in ctx.state.iter_type("invoiceitem"):
+                if ii.obj["customer"] == cus and ii.obj["invoice"] is None and not ii.deleted:
+                    _attach_invoice_item(ctx, ii, inv)
+
+    return ctx.ok(create_invoice_obj(ctx, cus, sub, "manual", params, take_up_pending))
 
 
 @route("GET", "/v1/invoices/{id}")

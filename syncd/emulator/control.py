@@ -227,6 +227,18 @@ def add_control_routes(app: web.Application, emu: Emulator) -> None:
         except StripeError as e:
             return web.Response(body=e.body(), status=e.status, content_type="application/json")
 
+    async def renew(req: web.Request) -> web.Response:
+        b = await _body(req)
+        ids = b.get("ids") if isinstance(b, dict) else b
+        if ids is not None and (
+            not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)
+        ):
+            return _json({"error": "ids must be a list of subscription ids"}, 400)
+        try:
+            return _json(emu.renew_subscriptions(ids))
+        except StripeError as e:
+            return web.Response(body=e.body(), status=e.status, content_type="application/json")
+
     async def dispute(req: web.Request) -> web.Response:
         b = await _body(req)
         try:
@@ -256,3 +268,4 @@ def add_control_routes(app: web.Application, emu: Emulator) -> None:
     r.add_get("/_emulator/meter_totals", meter_totals)
     r.add_post("/_emulator/checkout/sessions/{id}/complete", complete_checkout)
     r.add_post("/_emulator/disputes", dispute)
+    r.add_post("/_emulator/renew", renew)

@@ -263,6 +263,14 @@ class Emulator:
             out: JSON = orjson.loads(rec.to_bytes())
             return out
 
+    def renew_subscriptions(self, ids: list[str] | None = None) -> JSON:
+        """End the current period of ``ids`` (default: every active or trialing subscription)
+        now, as Stripe does at a period end: cycle invoice, finalization, payment, events."""
+        from .billing import renew_subscriptions
+
+        with self.state.lock:
+            return renew_subscriptions(self.ctx(), ids)
+
     def create_dispute(self, charge_id: str, reason: str = "fraudulent") -> JSON:
         from .payments import create_dispute
 

@@ -409,9 +409,12 @@ def charge_for_invoice(ctx: Ctx, inv: Record, pm: str, amount: int) -> Record:
             "currency": inv.obj["currency"],
             "customer": inv.obj["customer"],
             "payment_method": pm,
-            "description": "Subscription creation"
-            if inv.obj["billing_reason"] == "subscription_create"
-            else "Invoice payment",
+            # Stripe's wording: a renewal's payment reads "Subscription update".
+            "description": {
+                "subscription_create": "Subscription creation",
+                "subscription_cycle": "Subscription update",
+                "subscription_update": "Subscription update",
+            }.get(str(inv.obj["billing_reason"]), "Invoice payment"),
         },
     )
     pi.obj["amount"] = amount

@@ -16,8 +16,9 @@ vanished object and protects against list races (a price toggled between the act
 active=false lists while they ran). Owned children of a deleted parent are tombstoned with it.
 
 The package: `run` (a run: its scope, start and end, problems, the quarantine retry), `listing`
-(workers walk slices, writers commit pages with their checkpoints) and `sweep` (the retrieve
-and tombstone described above).
+(workers walk slices, writers commit pages with their checkpoints), `sweep` (the retrieve
+and tombstone described above), `parents` (the per-parent lists after them) and `eta` (the
+requests left and ETA of a running run, from the rate budget).
 """
 
 from syncd.resync.listing import (

@@ -41,6 +41,10 @@ class ParentLists:
         self.run = run
         self.quarantine = quarantine
         self.limit = anyio.CapacityLimiter(concurrency)
+        # Where each walk is, for its ETA (resync/eta.py): the cursor of its last committed
+        # batch and the parents answered since. Both change together, with no await between,
+        # so a reader never counts a batch twice or not at all.
+        self.positions: dict[str, tuple[str, int]] = {}
 
     def walks(self) -> list[tuple[Resource, Child, Resource]]:
         """(parent type, child list, child type) of every per-parent collection of the run's
@@ -70,6 +74,7 @@ class ParentLists:
         cursor = str(row["cursor"] or "") if row is not None else ""
         parents_done = int(row["objects"]) if row is not None else 0
         written = int(row["children"]) if row is not None else 0
+        self.positions[child_res.table] = (cursor, 0)
         while child_res.table not in run.state.disabled_children:
             if child_res.table == "active_entitlements":  # only customers who can have any
                 rows = await run.db.fetch(
@@ -116,6 +121,7 @@ class ParentLists:
                 )
 
             await run.db.transact(commit)
+            self.positions[child_res.table] = (cursor, 0)
             metrics.resync_objects.labels(child_res.table).inc(sum(len(w.objects) for w in writes))
         await run.db.execute(
             "resync_walk_checkpoint",
@@ -147,7 +153,9 @@ class ParentLists:
         async with self.limit:
             try:
                 kids, bad, version = await fetch_all(run.fetch, path, params, child_res)
+                self._answered(child_res.table)
             except StripeNotFound:
+                self._answered(child_res.table)
                 # The parent went since it was listed, or the endpoint is missing for this
                 # account: counted and reported with the run, never skipped silently.
                 key = (parent.table, child_res.table)
@@ -161,6 +169,10 @@ class ParentLists:
                 raise
         rejected.extend(bad)
         out.append(ChildWrite(child_res, pid if child_res.owned else None, kids, version))
+
+    def _answered(self, table: str) -> None:
+        cursor, answered = self.positions[table]
+        self.positions[table] = (cursor, answered + 1)
 
     async def _write(self, conn: Tx, w: ChildWrite) -> None:
         run = self.run

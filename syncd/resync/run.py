@@ -20,8 +20,10 @@ from syncd.lister import Slice, check_object
 from syncd.logs import bind_context, get_logger
 from syncd.problems import Problems
 from syncd.quarantine import Quarantine
-from syncd.registry import BY_TABLE, Child, Resource, selected
+from syncd.registry import BY_TABLE, Child, Embed, Resource, selected
+from syncd.resync.eta import RunEta, clear_metrics
 from syncd.resync.listing import (
+    PROGRESS_INTERVAL,
     STALL_PROBLEM,
     Listing,
     RunContext,
@@ -177,14 +179,23 @@ class Resync:
                 run_id=run_id,
                 resources=resources,
                 children={res.table: self.child_lists(res) for res in resources},
+                embeds={res.table: self.embeds(res) for res in resources},
                 state=state,
+                backlog=lambda: self.api.limiter.backlog,
             )
-            await Listing(run, self.quarantine, self.problems, self.cfg.sync).list_all()
-            sweep = Sweep(run, version)
-            await sweep.sweep_all()
             walks = ParentLists(run, self.quarantine, self.cfg.sync.per_parent_concurrency)
-            await walks.list_all()
-            await sweep.sweep_walks()
+            eta = RunEta(run, self.api.limiter, walks)
+            # The estimate is re-made beside every phase, so other processes see it move
+            # (syncd status, syncd resync --wait) through the lists, the sweep and the walks.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(eta.loop, PROGRESS_INTERVAL)
+                await Listing(run, self.quarantine, self.problems, self.cfg.sync).list_all()
+                sweep = Sweep(run, version)
+                await sweep.sweep_all()
+                await walks.list_all()
+                await sweep.sweep_walks()
+                tg.cancel_scope.cancel()
+            await eta.update()  # nothing left: what status shows once the run is over
             await self._retry_quarantine(run_id, run_started_at, version, resources, state)
             problems = await self._report_problems(run_id, state)
             await self._record_coverage(run_id, resources, state)
@@ -196,6 +207,7 @@ class Resync:
             raise inner from group
         finally:
             metrics.resync_running.set(0)
+            clear_metrics()
             self.problems.clear(STALL_PROBLEM)
         status = "done_with_problems" if problems else "done"
         await self.db.execute("resync_finish_run", run_id, status, "; ".join(problems) or None)
@@ -327,6 +339,11 @@ class Resync:
             for c in resource.children
             if c.table in chosen and (c.inline_field or self.cfg.sync.per_parent_lists)
         ]
+
+    def embeds(self, resource: Resource) -> list[Embed]:
+        """Objects of selected types that `resource`'s pages bring along expanded."""
+        chosen = {r.table for r in selected(self.cfg.sync.include, self.cfg.sync.exclude)}
+        return [e for e in resource.embeds if e.table in chosen]
 
     async def _load(self, run_id: int, resources: list[Resource]) -> RunState:
         previous = {

@@ -159,3 +159,16 @@ async def converge(emu: Emulator, h: Harness, types: tuple[str, ...], within: fl
             return
         await anyio.sleep(0.3)
     raise AssertionError(f"no convergence within {within}s: {problems[:5]}")
+
+
+async def settle_overlaps(h: Harness) -> None:
+    """What the daemon's event loop does after each poll: fetch again the queued objects
+    (versions that overlapped with other content, objects changed by another's event) once
+    Stripe's clock has passed them, until none is left."""
+    with anyio.fail_after(30):
+        while await h.db.fetchval("refetch_queue_size"):
+            try:
+                await h.stream.settle_overlaps()
+            except SyncdError as exc:
+                assert exc.retryable, exc
+            await anyio.sleep(0.05)

@@ -1,0 +1,8 @@
+-- A running resync's estimate per table (syncd/resync/eta.py), rewritten every few seconds so
+-- `syncd status` and `syncd resync --wait` (other processes, maybe other hosts) can show what
+-- is left and when it should be done: the requests the table probably still needs and the
+-- seconds they take at the rate budget. NULL until the run's first estimate; 0 once done.
+ALTER TABLE {state}.resync_tables
+    ADD COLUMN requests_left bigint,
+    ADD COLUMN eta_seconds   double precision,
+    ADD COLUMN progress_at   timestamptz;
