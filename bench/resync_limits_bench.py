@@ -149,6 +149,7 @@ async def bench(args: argparse.Namespace, dsn: str, url: str) -> None:
             print(f"  {at:7.2f}s  {mark}", flush=True)
     pages = sum(int(r["pages"]) for t, r in progress.items() if t in main)
     main_requests = int(str(at_main["served"]))
+    main_limited = int(str(at_main["limited"]))
     bound = lower_bound(at_main, account, endpoint)
     print(
         f"limits {args.limits} ({account:g}/s, {endpoint:g}/s per endpoint),"
@@ -156,7 +157,8 @@ async def bench(args: argparse.Namespace, dsn: str, url: str) -> None:
         f"  main types complete in {marks['main']:.1f}s ({main_requests} requests: {pages}"
         f" list pages, {main_requests - pages} child-list pages;"
         f" lower bound {bound:.1f}s, ratio {marks['main'] / bound:.2f};"
-        f" list pages alone {pages / account:.1f}s)",
+        f" list pages alone {pages / account:.1f}s); {main_limited} answered 429"
+        f" ({main_limited / max(1, main_requests + main_limited):.2%})",
         flush=True,
     )
     if args.main_only:
