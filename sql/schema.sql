@@ -1600,6 +1600,7 @@ CREATE TABLE syncd.resync_tables (
     error text,
     requests_left bigint,
     eta_seconds double precision,
+    left_at_least boolean DEFAULT false NOT NULL,
     progress_at timestamp with time zone,
     CONSTRAINT resync_tables_status_check CHECK ((status = ANY (ARRAY['listing'::text, 'listed'::text, 'swept'::text, 'unavailable'::text])))
 );

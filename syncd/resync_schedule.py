@@ -351,7 +351,7 @@ class _Follow:
             if estimated and status == "running":
                 left = sum(r["requests_left"] for r in estimated)
                 eta = max(r["eta_seconds"] for r in estimated)
-                line += f", {left_text(left, eta)}"
+                line += f", {left_text(left, eta, any(r['left_at_least'] for r in estimated))}"
             if self.tty:
                 width = 30
                 filled = int(width * finished / total) if total else 0
@@ -385,7 +385,8 @@ def _estimate_line(r: Row) -> str:
     res = BY_TABLE.get(r["table_name"])
     walk = res is not None and res.list_path is None  # per parent: `objects` counts parents
     done = f"{r['objects']:,} parents done" if walk else f"{r['objects']:,} objects"
-    return f"  {r['table_name']:<28} {done}, {left_text(r['requests_left'], r['eta_seconds'])}"
+    left = left_text(r["requests_left"], r["eta_seconds"], r["left_at_least"])
+    return f"  {r['table_name']:<28} {done}, {left}"
 
 
 def _failure_line(run_id: int, run: Row) -> str:

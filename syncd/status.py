@@ -211,6 +211,7 @@ async def _resync_progress(db: Database, run_id: int) -> dict[str, Any]:
                 "parents_done": r["objects"] if walk else None,
                 "requests_left": r["requests_left"],
                 "eta_seconds": None if r["eta_seconds"] is None else round(r["eta_seconds"], 1),
+                "at_least": r["left_at_least"],
                 "estimated_at": _iso(r["progress_at"]),
                 "estimate_age": None if r["progress_age"] is None else round(r["progress_age"], 1),
             }
@@ -220,6 +221,7 @@ async def _resync_progress(db: Database, run_id: int) -> dict[str, Any]:
         "tables": tables,
         "requests_left": sum(t["requests_left"] for t in estimated) if estimated else None,
         "eta_seconds": max((t["eta_seconds"] for t in estimated), default=None),
+        "at_least": any(t["at_least"] for t in estimated),
         "estimate_age": min((t["estimate_age"] for t in estimated), default=None),
     }
 
@@ -400,7 +402,7 @@ def _render_progress(run: dict[str, Any]) -> list[str]:
         lines = ["  no estimate yet"]
     else:
         lines = [
-            f"  {left_text(run['requests_left'], run['eta_seconds'])}"
+            f"  {left_text(run['requests_left'], run['eta_seconds'], run['at_least'])}"
             f" (estimated {_age(run['estimate_age'])}, from the rate budget)"
         ]
     for t in run["tables"]:
@@ -411,7 +413,7 @@ def _render_progress(run: dict[str, Any]) -> list[str]:
         # Nothing left of a type listed (or swept, unavailable) goes without saying; of one
         # still listing (a walk whose parents are not known yet), it does not.
         if t["requests_left"] is not None and (t["requests_left"] or t["status"] == "listing"):
-            left = f"  {left_text(t['requests_left'], t['eta_seconds'])}"
+            left = f"  {left_text(t['requests_left'], t['eta_seconds'], t['at_least'])}"
         lines.append(f"  {t['table']:<28} {what}  {t['status']}{left}")
     return lines
 

@@ -148,7 +148,7 @@ SELECT t.table_name, t.status, t.tombstoned, t.error,
        COALESCE(sum(s.rejected), 0)::bigint AS rejected,
        COALESCE(sum(s.children), 0)::bigint AS children,
        COALESCE(bool_and(s.done), false) AS listed,
-       t.requests_left, t.eta_seconds, t.progress_at,
+       t.requests_left, t.eta_seconds, t.left_at_least, t.progress_at,
        extract(epoch FROM now() - t.progress_at)::float8 AS progress_age
   FROM {state}.resync_tables t
   LEFT JOIN {state}.resync_slices s USING (run_id, table_name)
@@ -257,8 +257,11 @@ SELECT count(*)::bigint FROM {mirror}.{table} c
 
 -- name: resync_set_eta
 -- The running resync's estimate for run $1: per table ($2) requests left ($3) and seconds left
--- ($4), with the time it was made; `syncd status` and `syncd resync --wait` show it.
+-- ($4), whether they are only a floor ($5), with the time it was made; `syncd status` and
+-- `syncd resync --wait` show it.
 UPDATE {state}.resync_tables t
-   SET requests_left = u.requests_left, eta_seconds = u.eta_seconds, progress_at = now()
-  FROM unnest($2::text[], $3::bigint[], $4::float8[]) AS u(table_name, requests_left, eta_seconds)
+   SET requests_left = u.requests_left, eta_seconds = u.eta_seconds,
+       left_at_least = u.at_least, progress_at = now()
+  FROM unnest($2::text[], $3::bigint[], $4::float8[], $5::boolean[])
+       AS u(table_name, requests_left, eta_seconds, at_least)
  WHERE t.run_id = $1 AND t.table_name = u.table_name;

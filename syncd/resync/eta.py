@@ -25,7 +25,7 @@ event stream), and 429s except through the limiter's current rates.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -48,11 +48,47 @@ log = get_logger(__name__)
 _EPS = 1e-9
 
 
-def list_requests(slices: Iterable[Slice], now: float) -> int:
-    """Requests a type's unfinished slices probably need (`now`: Stripe's clock)."""
-    return sum(
-        max(1, math.ceil(s.remaining_estimate(now) / PAGE_LIMIT)) for s in slices if not s.done
-    )
+def objects_left(slices: Sequence[Slice], now: float, previous: int | None) -> tuple[float, bool]:
+    """Objects a type's unfinished slices probably still hold (`now`: Stripe's clock), and
+    whether that is only a floor. A slice with a lower bound extrapolates the density it has
+    seen over the range left; the oldest slice, open down to the epoch, cannot (the account's
+    first object is unknown until the list reaches it): the type's count in the last finished
+    run (`previous`) tells instead, and without one the figure is what the bounded slices hold,
+    a floor."""
+    bounded, _, at_least = _split_estimate(slices, now, previous)
+    return bounded + _open_objects(slices, now, previous), at_least
+
+
+def list_requests(
+    slices: Sequence[Slice], now: float, previous: int | None = None
+) -> tuple[int, bool]:
+    """Requests a type's unfinished slices probably need, at least one each, and whether that
+    is only a floor (`objects_left`)."""
+    _, pages, at_least = _split_estimate(slices, now, previous)
+    opened = sum(1 for s in slices if not s.done and s.lo == 0)
+    more = _open_objects(slices, now, previous)
+    return pages + (max(opened, math.ceil(more / PAGE_LIMIT)) if opened else 0), at_least
+
+
+def _split_estimate(
+    slices: Sequence[Slice], now: float, previous: int | None
+) -> tuple[float, int, bool]:
+    """The bounded slices' objects left and pages (at least one each), and whether the open
+    one makes the whole a floor."""
+    live = [s for s in slices if not s.done and s.lo > 0]
+    objects = [s.remaining_estimate(now) for s in live]
+    pages = sum(max(1, math.ceil(n / PAGE_LIMIT)) for n in objects)
+    opened = any(not s.done and s.lo == 0 for s in slices)
+    return sum(objects), pages, opened and previous is None
+
+
+def _open_objects(slices: Sequence[Slice], now: float, previous: int | None) -> float:
+    """What the open slice probably holds: the last run's count less what is listed and what
+    the bounded slices hold (0 without a last run: unknown)."""
+    if previous is None or all(s.done or s.lo > 0 for s in slices):
+        return 0.0
+    bounded = sum(s.remaining_estimate(now) for s in slices if not s.done and s.lo > 0)
+    return max(0.0, previous - sum(s.objects for s in slices) - bounded)
 
 
 def shares(rate: float, caps: Mapping[str, float]) -> dict[str, float]:
@@ -113,9 +149,11 @@ def _cap(caps: float | Mapping[str, float], table: str) -> float:
     return caps if isinstance(caps, float | int) else caps[table]
 
 
-def left_text(requests: int, seconds: float) -> str:
-    """`12 requests left, ETA 1m05s`."""
-    return f"{requests:,} request{'' if requests == 1 else 's'} left, ETA {duration(seconds)}"
+def left_text(requests: int, seconds: float, at_least: bool = False) -> str:
+    """`12 requests left, ETA 1m05s`; a floor: `at least 12 requests left, ETA at least 1m05s`."""
+    floor = "at least " if at_least else ""
+    plural = "" if requests == 1 else "s"
+    return f"{floor}{requests:,} request{plural} left, ETA {floor}{duration(seconds)}"
 
 
 def duration(seconds: float) -> str:
@@ -146,6 +184,8 @@ class RunEta:
         }
         for _, child, child_res in self.walks:
             self.endpoints[child_res.table] = f"GET {endpoint_label(child.path)}"
+        # Objects per type in the last finished run: how much the oldest slices hold.
+        self.previous: dict[str, int] | None = None
 
     async def loop(self, interval: float) -> None:
         while True:
@@ -159,45 +199,61 @@ class RunEta:
 
     async def update(self) -> None:
         run, state = self.run, self.run.state
+        if self.previous is None:
+            rows = await run.db.fetch("resync_previous_objects")
+            self.previous = {r["table_name"]: int(r["objects"]) for r in rows}
         now = run.clock.now()
         lists: dict[str, float] = {}
+        floors: set[str] = set()
         for res in run.resources:
             if state.status.get(res.table, "listing") == "listing":
                 mine = [s for s in state.slices if s.table == res.table]
-                lists[res.table] = list_requests(mine, now)
+                n, at_least = list_requests(mine, now, self.previous.get(res.table))
+                lists[res.table] = n
+                if at_least:
+                    floors.add(res.table)
             else:
                 lists[res.table] = 0
-        walks = [
-            (child_res.table, float(await self._parents_left(parent, child_res, now)))
-            for parent, _, child_res in self.walks
-        ]
+        walks: list[tuple[str, float]] = []
+        for parent, _, child_res in self.walks:
+            parents, at_least = await self._parents_left(parent, child_res, now)
+            walks.append((child_res.table, float(parents)))
+            if at_least:
+                floors.add(child_res.table)
         caps = {table: self.limiter.rate_now(key) for table, key in self.endpoints.items()}
         etas = plan(lists, walks, self.limiter.rate_now(), caps)
         left = {**lists, **dict(walks)}
         tables = sorted(etas)
         state.estimates = {t: (int(left[t]), etas[t]) for t in tables}
+        # A floor anywhere before a type (the lists before the walks) makes its ETA one too.
+        if floors & set(lists):
+            floors |= {table for table, n in walks if n > 0}
+        state.floors = floors
         await run.db.execute(
             "resync_set_eta",
             run.run_id,
             tables,
             [int(left[t]) for t in tables],
             [etas[t] for t in tables],
+            [t in floors for t in tables],
         )
         for t in tables:
             metrics.resync_requests_left.labels(t).set(left[t])
             metrics.resync_eta_seconds.labels(t).set(etas[t])
 
-    async def _parents_left(self, parent: Resource, child_res: Resource, now: float) -> int:
-        """Parents a walk has not asked yet (one request each); 0 when it is done or will not
-        run (its parent type failed, its list was refused)."""
+    async def _parents_left(
+        self, parent: Resource, child_res: Resource, now: float
+    ) -> tuple[int, bool]:
+        """Parents a walk has not asked yet (one request each), and whether that is a floor;
+        0 when it is done or will not run (its parent type failed, its list was refused)."""
         run, state = self.run, self.run.state
         if state.status.get(child_res.table) in ("listed", "swept"):
-            return 0
+            return 0, False
         if child_res.table in state.disabled_children:
-            return 0
+            return 0, False
         status = state.status.get(parent.table, "listing")
         if status == "unavailable":
-            return 0
+            return 0, False
         position = self.parents.positions.get(child_res.table)
         if position is None:  # not started in this process: from its checkpoint, if any
             row = await run.db.fetchrow("resync_walk_of", run.run_id, child_res.table, WALK_VARIANT)
@@ -207,17 +263,20 @@ class RunEta:
             # Only customers who can have any, as the mirror shows them now (product features
             # are walked first, so this is known better as the run goes).
             count = await run.db.fetchval("resync_entitled_left", cursor, table=parent.table)
-            return max(0, int(count) - answered)
+            return max(0, int(count) - answered), False
         count = await run.db.fetchval("resync_parents_left", cursor, table=parent.table)
-        left = max(0, int(count) - answered)
+        left, at_least = max(0, int(count) - answered), False
         if status == "listing":
             # The walk will go through the parents the listing leaves in the mirror. A mirror
             # filled before holds them already; into an empty one, they are those listed so
             # far and those probably left.
             mine = [s for s in state.slices if s.table == parent.table]
-            listed = sum(s.objects for s in mine) + sum(s.remaining_estimate(now) for s in mine)
-            left = max(left, round(listed))
-        return left
+            more, at_least = objects_left(mine, now, self.previous_of(parent.table))
+            left = max(left, round(sum(s.objects for s in mine) + more))
+        return left, at_least
+
+    def previous_of(self, table: str) -> int | None:
+        return None if self.previous is None else self.previous.get(table)
 
 
 def clear_metrics() -> None:

@@ -57,6 +57,7 @@ class RunState:
     missing_children: dict[tuple[str, str], int] = field(default_factory=dict)
     # The latest estimate per table: (requests left, seconds left) at the budget (resync/eta.py).
     estimates: dict[str, tuple[int, float]] = field(default_factory=dict)
+    floors: set[str] = field(default_factory=set)  # estimates that are only a floor
 
 
 @dataclass(frozen=True)
@@ -460,6 +461,7 @@ class Listing:
                     slices_left=sum(1 for s in mine if not s.done),
                     requests_left=requests_left,
                     eta_seconds=None if eta is None else round(eta),
+                    at_least=table in self.state.floors,
                 )
 
 
