@@ -11,7 +11,7 @@ import sys
 from syncd import lifecycle
 
 from .emulator import Emulator
-from .limits import ENDPOINT_RATE, MODES, LimitConfig
+from .limits import CONNECT_LIMITS, ENDPOINT_RATE, MODES, LimitConfig
 
 
 def _seed_spec(text: str) -> dict[str, int | bool]:
@@ -83,6 +83,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         default=None,
         help="one meter event in flight per customer and meter",
     )
+    limits.add_argument(
+        "--connect-limits",
+        choices=CONNECT_LIMITS,
+        default=None,
+        help="a request for a connected account (Stripe-Account) counts against its own limits "
+        "and the platform's (shared, the default) or its own only (account)",
+    )
     p.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every call")
     p.add_argument(
         "--late-visibility-ms",
@@ -92,6 +99,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="events become listable after a random delay in this range",
     )
     p.add_argument("--random-seed", type=int, default=0, help="seed for ids and randomness")
+    p.add_argument(
+        "--accounts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="create N connected accounts (Connect; --seed fills the platform's own account)",
+    )
 
 
 def emulator_from_args(args: argparse.Namespace) -> Emulator:
@@ -108,6 +122,7 @@ def emulator_from_args(args: argparse.Namespace) -> Emulator:
         endpoint_rate=args.endpoint_rate,
         meter_event_rate=args.meter_event_rate,
         meter_event_concurrency=args.meter_event_concurrency,
+        connect_limits=args.connect_limits,
     )
 
 
@@ -116,6 +131,10 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.seed:
         counts = emu.seed(**args.seed)
         print(f"seeded: {counts}", file=sys.stderr)
+    for _ in range(args.accounts):
+        emu.create_account(type="express")
+    if args.accounts:
+        print(f"{args.accounts} connected accounts", file=sys.stderr)
     await emu.start()
     if emu.limits.config != LimitConfig():
         # Said up front: a benchmark's 429s must not look like a syncd bug.

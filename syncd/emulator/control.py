@@ -1,5 +1,9 @@
 """The ``/_emulator/`` control API (no API key): clock, faults, Stripe's limits, seeding,
-import, inspection, counters, realism switches and test helpers."""
+import, inspection, counters, realism switches and test helpers.
+
+Routes about one account's data take ``?account=acct_...`` (or a ``Stripe-Account`` header) to
+act on that connected account instead of the platform; an unknown account answers 404.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from .forms import decode
 from .limits import ENDPOINT_RATE, LimitConfig
 
 if TYPE_CHECKING:
-    from .emulator import Emulator
+    from .emulator import Emulator, StateApi
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -28,7 +32,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 async def _body(request: web.Request) -> Any:
     raw = await request.read()
     if not raw:
-        return dict(request.query)
+        return {k: v for k, v in request.query.items() if k != "account"}
     if request.content_type == "application/json" or raw[:1] in (b"{", b"["):
         return orjson.loads(raw)
     return decode(raw.decode())
@@ -72,16 +76,36 @@ def limit_config(current: LimitConfig, b: Any) -> LimitConfig:
         changes["meter_event_concurrency"] = _truthy(b["meter_event_concurrency"])
     if "mode" in b:
         changes["mode"] = b["mode"] or None
+    if "connect_limits" in b:
+        changes["connect_limits"] = b["connect_limits"]
     return dataclasses.replace(cfg, **changes)
 
 
 def add_control_routes(app: web.Application, emu: Emulator) -> None:
     r = app.router
 
+    def _account(req: web.Request) -> str | None:
+        """The connected account a control request is about (None: the platform)."""
+        account = req.query.get("account") or req.headers.get("Stripe-Account") or None
+        return None if account == emu.account_id else account
+
+    def scope(req: web.Request) -> StateApi:
+        """The platform (the emulator) or the connected account the request names."""
+        account = _account(req)
+        if account is None:
+            return emu
+        try:
+            return emu.account(account)
+        except KeyError:
+            raise web.HTTPNotFound(
+                text=orjson.dumps({"error": f"no such connected account: {account}"}).decode(),
+                content_type="application/json",
+            ) from None
+
     async def reset(req: web.Request) -> web.Response:
         b = await _body(req)
         seed = b.get("seed") if isinstance(b, dict) else None
-        emu.reset(int(seed) if seed is not None else None)
+        scope(req).reset(int(seed) if seed is not None else None)
         return _json({"ok": True})
 
     async def clock_get(req: web.Request) -> web.Response:
@@ -141,7 +165,7 @@ def add_control_routes(app: web.Application, emu: Emulator) -> None:
         return _json(emu.limiter.as_json())
 
     async def limits_get(req: web.Request) -> web.Response:
-        return _json(emu.limits.as_json())
+        return _json(emu.limits.as_json(_account(req)))
 
     async def limits_post(req: web.Request) -> web.Response:
         try:
@@ -166,64 +190,71 @@ def add_control_routes(app: web.Application, emu: Emulator) -> None:
             else (v in (True, "true", "1", 1))
             for k, v in b.items()
         }
-        return _json(emu.seed(**kw))
+        return _json(scope(req).seed(**kw))
 
     async def import_(req: web.Request) -> web.Response:
         b = await _body(req)
         objs = b.get("objects", b) if isinstance(b, dict) and "objects" in b else b
-        return _json({"imported": emu.import_objects(objs)})
+        return _json({"imported": scope(req).import_objects(objs)})
 
     async def objects(req: web.Request) -> web.Response:
         type_ = req.match_info["type"]
-        data = emu.objects(type_)
+        data = scope(req).objects(type_)
         return _json({"object": "list", "data": data, "count": len(data)})
 
     async def stats_get(req: web.Request) -> web.Response:
-        return _json(emu.stats.as_json())
+        return _json(emu.stats.as_json(_account(req)))
 
     async def stats_delete(req: web.Request) -> web.Response:
-        emu.stats.reset()
-        return _json(emu.stats.as_json())
+        account = _account(req)
+        if account is None:
+            emu.stats.reset()
+        else:
+            emu.stats.accounts.pop(account, None)
+        return _json(emu.stats.as_json(account))
 
     async def visibility_get(req: web.Request) -> web.Response:
-        lv = emu.state.late_visibility
+        state = scope(req).state
+        lv = state.late_visibility
         return _json(
             {
                 "late_visibility_ms": None if lv is None else [lv[0] * 1000, lv[1] * 1000],
-                "burst": emu.state.burst_created is not None,
+                "burst": state.burst_created is not None,
             }
         )
 
     async def visibility_post(req: web.Request) -> web.Response:
         b = await _body(req)
+        target = scope(req)
         if "late_visibility_ms" in b:
             lv = b["late_visibility_ms"]
             if lv in (None, "", False):
-                emu.clear_late_visibility()
+                target.clear_late_visibility()
             else:
-                emu.set_late_visibility(float(lv[0]), float(lv[1]))
+                target.set_late_visibility(float(lv[0]), float(lv[1]))
         if "min_ms" in b:
-            emu.set_late_visibility(float(b["min_ms"]), float(b.get("max_ms", b["min_ms"])))
+            target.set_late_visibility(float(b["min_ms"]), float(b.get("max_ms", b["min_ms"])))
         if "burst" in b:
-            emu.set_burst(b["burst"] in (True, "true", "1", 1))
+            target.set_burst(b["burst"] in (True, "true", "1", 1))
         return await visibility_get(req)
 
     async def meter_totals(req: web.Request) -> web.Response:
-        tot = emu.meter_totals()
+        target = scope(req)
+        tot = target.meter_totals()
         return _json(
             {
                 "totals": [
                     {"meter": m, "customer": c, "value": str(v)}
                     for (m, c), v in sorted(tot.items())
                 ],
-                "usage_records": emu.usage_totals(),
+                "usage_records": target.usage_totals(),
             }
         )
 
     async def complete_checkout(req: web.Request) -> web.Response:
         b = await _body(req)
         try:
-            return _json(emu.complete_checkout_session(req.match_info["id"], **b))
+            return _json(scope(req).complete_checkout_session(req.match_info["id"], **b))
         except StripeError as e:
             return web.Response(body=e.body(), status=e.status, content_type="application/json")
 
@@ -235,14 +266,17 @@ def add_control_routes(app: web.Application, emu: Emulator) -> None:
         ):
             return _json({"error": "ids must be a list of subscription ids"}, 400)
         try:
-            return _json(emu.renew_subscriptions(ids))
+            return _json(scope(req).renew_subscriptions(ids))
         except StripeError as e:
             return web.Response(body=e.body(), status=e.status, content_type="application/json")
 
     async def dispute(req: web.Request) -> web.Response:
         b = await _body(req)
         try:
-            return _json(emu.create_dispute(str(b["charge"]), str(b.get("reason", "fraudulent"))))
+            target = scope(req)
+            return _json(
+                target.create_dispute(str(b["charge"]), str(b.get("reason", "fraudulent")))
+            )
         except StripeError as e:
             return web.Response(body=e.body(), status=e.status, content_type="application/json")
 
@@ -269,3 +303,18 @@ def add_control_routes(app: web.Application, emu: Emulator) -> None:
     r.add_post("/_emulator/checkout/sessions/{id}/complete", complete_checkout)
     r.add_post("/_emulator/disputes", dispute)
     r.add_post("/_emulator/renew", renew)
+
+    async def deauthorize(req: web.Request) -> web.Response:
+        try:
+            return _json(emu.deauthorize_account(req.match_info["id"]))
+        except StripeError as e:
+            return web.Response(body=e.body(), status=e.status, content_type="application/json")
+
+    async def authorize(req: web.Request) -> web.Response:
+        try:
+            return _json(emu.authorize_account(req.match_info["id"]))
+        except StripeError as e:
+            return web.Response(body=e.body(), status=e.status, content_type="application/json")
+
+    r.add_post("/_emulator/accounts/{id}/deauthorize", deauthorize)
+    r.add_post("/_emulator/accounts/{id}/authorize", authorize)

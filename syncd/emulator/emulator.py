@@ -26,7 +26,152 @@ T = TypeVar("T")
 DEFAULT_API_KEY = "sk_test_emulator"
 
 
-class Emulator:
+class StateApi:
+    """Seeding, import, inspection and test helpers of one account's state: the platform's
+    (the :class:`Emulator` itself) or a connected account's (``emu.account("acct_...")``)."""
+
+    state: State
+
+    def reset(self, seed: int | None = None) -> None:
+        """Wipe the state (the emulator's: everything, connected accounts included)."""
+        raise NotImplementedError
+
+    def locked(self, fn: Callable[[], T]) -> T:
+        with self.state.lock:
+            return fn()
+
+    def ctx(self) -> Ctx:
+        return Ctx(self.state)
+
+    def seed(self, **kw: Any) -> dict[str, int]:
+        """Create realistic data fast, e.g. ``emu.seed(customers=100_000, events=False)``."""
+        from .seed import seed
+
+        with self.state.lock:
+            return seed(self.state, **kw)
+
+    def import_objects(self, objs: list[JSON] | JSON) -> int:
+        """Load Stripe objects as the API renders them (a list, or a single object)."""
+        from .importer import import_objects
+
+        with self.state.lock:
+            return import_objects(self.state, objs if isinstance(objs, list) else [objs])
+
+    def objects(self, type_: str) -> list[JSON]:
+        """Every object of a type as the API renders it, deleted ones with ``deleted: true``."""
+        with self.state.lock:
+            out: list[JSON] = []
+            for r in reversed(self.state.coll(type_).records):
+                obj: JSON = orjson.loads(r.to_bytes())
+                if r.deleted:
+                    obj["deleted"] = True
+                out.append(obj)
+            return out
+
+    def events(self, type_: str | None = None) -> list[JSON]:
+        """All events newest first, regardless of visibility or retention."""
+        evs = self.objects("event")
+        return [e for e in evs if type_ is None or e["type"] == type_]
+
+    def meter_totals(self) -> dict[tuple[str, str], Decimal]:
+        """Exact aggregated value per (meter id, customer id), as recorded."""
+        from .meters import MeterStore, totals
+
+        with self.state.lock:
+            ms = self.state.meters_state
+            if not isinstance(ms, MeterStore):
+                return {}
+            formulas = {
+                r.id: str(r.obj["default_aggregation"]["formula"])
+                for r in self.state.iter_type("billing.meter")
+            }
+            return totals(ms, formulas)
+
+    def usage_totals(self) -> dict[str, int]:
+        """Legacy usage-record totals per subscription item id."""
+        with self.state.lock:
+            return dict(self.state.usage_totals)
+
+    def set_late_visibility(self, min_ms: float, max_ms: float) -> None:
+        """Events become listable only after a uniform random real-time delay in the range."""
+        with self.state.lock:
+            self.state.late_visibility = (min_ms / 1000.0, max_ms / 1000.0)
+
+    def clear_late_visibility(self) -> None:
+        with self.state.lock:
+            self.state.late_visibility = None
+
+    def set_burst(self, on: bool = True) -> None:
+        """While on, every new event gets the same ``created`` second (the current one)."""
+        with self.state.lock:
+            self.state.burst_created = self.state.clock.now() if on else None
+
+    def complete_checkout_session(self, session_id: str, **kw: Any) -> JSON:
+        from .payments import complete_checkout_session
+
+        with self.state.lock:
+            rec = complete_checkout_session(self.ctx(), session_id, **kw)
+            out: JSON = orjson.loads(rec.to_bytes())
+            return out
+
+    def renew_subscriptions(self, ids: list[str] | None = None) -> JSON:
+        """End the current period of ``ids`` (default: every active or trialing subscription)
+        now, as Stripe does at a period end: cycle invoice, finalization, payment, events."""
+        from .billing import renew_subscriptions
+
+        with self.state.lock:
+            return renew_subscriptions(self.ctx(), ids)
+
+    def create_dispute(self, charge_id: str, reason: str = "fraudulent") -> JSON:
+        from .payments import create_dispute
+
+        with self.state.lock:
+            out: JSON = orjson.loads(create_dispute(self.ctx(), charge_id, reason).to_bytes())
+            return out
+
+
+class AccountView(StateApi):
+    """A connected account of the emulated platform (``emu.account("acct_...")``). Invalid
+    after ``emu.reset()``, which drops every connected account."""
+
+    def __init__(self, emu: Emulator, account_id: str, state: State) -> None:
+        self.emu = emu
+        self.id = account_id
+        self.state = state
+
+    @property
+    def object(self) -> JSON:
+        """The ``account`` object (``deleted: true`` once deleted)."""
+        with self.state.lock:
+            rec = self.emu.state.get("account", self.id)
+            assert rec is not None
+            obj: JSON = orjson.loads(rec.to_bytes())
+            if rec.deleted:
+                obj["deleted"] = True
+            return obj
+
+    @property
+    def authorized(self) -> bool:
+        """Connected: neither deleted nor deauthorized."""
+        from .accounts import usable
+
+        with self.state.lock:
+            return usable(self.emu.state.get("account", self.id))
+
+    def reset(self, seed: int | None = None) -> None:
+        """Wipe this account's objects and events, its idempotency keys, its limit buckets and
+        counters and its request counts; it stays connected."""
+        with self.state.lock:
+            self.state.reset(seed)
+            self.emu.limits.forget_account(self.id)
+            self.emu.stats.accounts.pop(self.id, None)
+            server = self.emu._api_server
+            if server is not None:
+                for k in [k for k in server.idempotency if k[1] == self.id]:
+                    del server.idempotency[k]
+
+
+class Emulator(StateApi):
     """An emulated Stripe account behind an aiohttp server.
 
     ``api_key=None`` accepts any key starting with ``sk_test_`` or ``rk_test_``; a string accepts
@@ -35,7 +180,12 @@ class Emulator:
     Stripe's limits are off unless asked for: ``stripe_limits="test"|"live"`` applies Stripe's
     documented numbers, then ``global_rate``, ``endpoint_rate``, ``meter_event_rate`` and
     ``meter_event_concurrency`` override them; ``rate_limit`` is the older name of
-    ``global_rate``.
+    ``global_rate``. ``connect_limits`` says how a request for a connected account
+    (``Stripe-Account``) counts: ``"shared"`` (default) against its own limits and the
+    platform's, ``"account"`` against its own only.
+
+    Connect: ``POST /v1/accounts`` makes connected accounts; a request with
+    ``Stripe-Account: acct_...`` is served from that account's own state (``emu.account(id)``).
     """
 
     def __init__(
@@ -53,6 +203,7 @@ class Emulator:
         endpoint_rate: float | None = None,
         meter_event_rate: float | None = None,
         meter_event_concurrency: bool | None = None,
+        connect_limits: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -66,6 +217,7 @@ class Emulator:
             "endpoint_rate": endpoint_rate,
             "meter_event_rate": meter_event_rate,
             "meter_event_concurrency": meter_event_concurrency,
+            "connect_limits": connect_limits,
         }
         self.limits.set_config(
             dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
@@ -175,13 +327,6 @@ class Emulator:
         )
 
     # state helpers -----------------------------------------------------------------------
-    def locked(self, fn: Callable[[], T]) -> T:
-        with self.state.lock:
-            return fn()
-
-    def ctx(self) -> Ctx:
-        return Ctx(self.state)
-
     def reset(self, seed: int | None = None) -> None:
         with self.state.lock:
             self.state.reset(seed)
@@ -192,88 +337,41 @@ class Emulator:
             if self._api_server is not None:
                 self._api_server.idempotency.clear()
 
-    def seed(self, **kw: Any) -> dict[str, int]:
-        """Create realistic data fast, e.g. ``emu.seed(customers=100_000, events=False)``."""
-        from .seed import seed
+    # Connect -----------------------------------------------------------------------------
+    @property
+    def account_id(self) -> str:
+        """The platform's own account id (``GET /v1/account``)."""
+        return self.state.account_id
+
+    def account(self, account_id: str) -> AccountView:
+        """A connected account's own state, seeding and inspection: the same helpers as the
+        emulator's, on that account. Deleted and deauthorized accounts too (their data stays)."""
+        from .accounts import connected_state
 
         with self.state.lock:
-            return seed(self.state, **kw)
+            if self.state.get("account", account_id) is None:
+                raise KeyError(f"no such connected account: {account_id!r}")
+            return AccountView(self, account_id, connected_state(self.state, account_id))
 
-    def import_objects(self, objs: list[JSON] | JSON) -> int:
-        """Load Stripe objects as the API renders them (a list, or a single object)."""
-        from .importer import import_objects
+    def create_account(self, **params: Any) -> JSON:
+        """A connected account, as ``POST /v1/accounts`` makes it (e.g. ``type="express"``)."""
+        from .accounts import create_account
 
         with self.state.lock:
-            return import_objects(self.state, objs if isinstance(objs, list) else [objs])
-
-    def objects(self, type_: str) -> list[JSON]:
-        """Every object of a type as the API renders it, deleted ones with ``deleted: true``."""
-        with self.state.lock:
-            out: list[JSON] = []
-            for r in reversed(self.state.coll(type_).records):
-                obj: JSON = orjson.loads(r.to_bytes())
-                if r.deleted:
-                    obj["deleted"] = True
-                out.append(obj)
+            out: JSON = orjson.loads(create_account(self.ctx(), params, {}).body)
             return out
 
-    def events(self, type_: str | None = None) -> list[JSON]:
-        """All events newest first, regardless of visibility or retention."""
-        evs = self.objects("event")
-        return [e for e in evs if type_ is None or e["type"] == type_]
-
-    def meter_totals(self) -> dict[tuple[str, str], Decimal]:
-        """Exact aggregated value per (meter id, customer id), as recorded."""
-        from .meters import MeterStore, totals
+    def deauthorize_account(self, account_id: str) -> JSON:
+        """The account disconnects from the platform: ``account.application.deauthorized`` on
+        the platform, and 403 ``account_invalid`` for its ``Stripe-Account`` from now on."""
+        from .accounts import set_authorized
 
         with self.state.lock:
-            ms = self.state.meters_state
-            if not isinstance(ms, MeterStore):
-                return {}
-            formulas = {
-                r.id: str(r.obj["default_aggregation"]["formula"])
-                for r in self.state.iter_type("billing.meter")
-            }
-            return totals(ms, formulas)
+            return set_authorized(self.state, account_id, False)
 
-    def usage_totals(self) -> dict[str, int]:
-        """Legacy usage-record totals per subscription item id."""
-        with self.state.lock:
-            return dict(self.state.usage_totals)
-
-    def set_late_visibility(self, min_ms: float, max_ms: float) -> None:
-        """Events become listable only after a uniform random real-time delay in the range."""
-        with self.state.lock:
-            self.state.late_visibility = (min_ms / 1000.0, max_ms / 1000.0)
-
-    def clear_late_visibility(self) -> None:
-        with self.state.lock:
-            self.state.late_visibility = None
-
-    def set_burst(self, on: bool = True) -> None:
-        """While on, every new event gets the same ``created`` second (the current one)."""
-        with self.state.lock:
-            self.state.burst_created = self.state.clock.now() if on else None
-
-    def complete_checkout_session(self, session_id: str, **kw: Any) -> JSON:
-        from .payments import complete_checkout_session
+    def authorize_account(self, account_id: str) -> JSON:
+        """A deauthorized account connects again: ``account.application.authorized``."""
+        from .accounts import set_authorized
 
         with self.state.lock:
-            rec = complete_checkout_session(self.ctx(), session_id, **kw)
-            out: JSON = orjson.loads(rec.to_bytes())
-            return out
-
-    def renew_subscriptions(self, ids: list[str] | None = None) -> JSON:
-        """End the current period of ``ids`` (default: every active or trialing subscription)
-        now, as Stripe does at a period end: cycle invoice, finalization, payment, events."""
-        from .billing import renew_subscriptions
-
-        with self.state.lock:
-            return renew_subscriptions(self.ctx(), ids)
-
-    def create_dispute(self, charge_id: str, reason: str = "fraudulent") -> JSON:
-        from .payments import create_dispute
-
-        with self.state.lock:
-            out: JSON = orjson.loads(create_dispute(self.ctx(), charge_id, reason).to_bytes())
-            return out
+            return set_authorized(self.state, account_id, True)

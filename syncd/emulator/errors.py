@@ -53,6 +53,23 @@ def required(param: str) -> StripeError:
     )
 
 
+def mask_key(key: str) -> str:
+    """An API key as Stripe shows it in errors: ``sk_test_****************1234``."""
+    return key[:8] + "*" * max(len(key) - 12, 0) + key[-4:] if len(key) > 12 else key
+
+
+def account_invalid(api_key: str, account: str) -> StripeError:
+    """403 for a ``Stripe-Account`` (or ``/v1/accounts/{id}``) the key cannot act for: unknown,
+    deleted, or disconnected (``account.application.deauthorized``). Stripe's wording, as its
+    SDK users log it; the SDK raises ``stripe.PermissionError``."""
+    return StripeError(
+        403,
+        f"The provided key '{mask_key(api_key)}' does not have access to account '{account}' "
+        "(or that account does not exist). Application access may have been revoked.",
+        code="account_invalid",
+    )
+
+
 def card_declined(message: str = "Your card was declined.") -> StripeError:
     return StripeError(402, message, type_="card_error", code="card_declined")
 

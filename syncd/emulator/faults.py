@@ -27,6 +27,9 @@ class FaultRule:
     HTML error page with ``status`` (a proxy or load balancer answering: 200, 502...; the request
     never reaches the API), or ``"truncated"``, the API's own answer (it took effect) with its
     status and only the first half of its body.
+
+    ``account`` limits the rule to requests for that connected account (``Stripe-Account``), or
+    with the platform's own id to the platform's requests; None matches every request.
     """
 
     pattern: str = "*"
@@ -39,6 +42,7 @@ class FaultRule:
     times: int | None = None
     after_ms: float = 0.0
     bad_body: str | None = None
+    account: str | None = None
     hits: int = 0
 
     def __post_init__(self) -> None:
@@ -84,11 +88,14 @@ class Faults:
         with self._lock:
             self.rules.clear()
 
-    def decide(self, method: str, path: str, param_ids: str) -> FaultDecision:
+    def decide(self, method: str, path: str, param_ids: str, account: str = "") -> FaultDecision:
+        """``account``: the id the request acts for (the platform's own without the header)."""
         d = FaultDecision(delay=self.base_latency_ms / 1000.0)
         with self._lock:
             for r in self.rules:
                 if r.times is not None and r.hits >= r.times:
+                    continue
+                if r.account is not None and r.account != account:
                     continue
                 if r.lock_object_id is not None:
                     if r.lock_object_id in path or r.lock_object_id in param_ids:
@@ -130,18 +137,25 @@ class Faults:
 
 @dataclass
 class Stats:
-    """Requests served per endpoint (route pattern) and status."""
+    """Requests served per endpoint (route pattern) and status, in total and per connected
+    account (the ``Stripe-Account`` a request named)."""
 
     counts: Counter[tuple[str, int]] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
+    accounts: dict[str, Counter[tuple[str, int]]] = field(default_factory=dict)
 
-    def record(self, endpoint: str, status: int) -> None:
+    def record(self, endpoint: str, status: int, account: str | None = None) -> None:
         self.counts[(endpoint, status)] += 1
+        if account is not None:
+            self.accounts.setdefault(account, Counter())[(endpoint, status)] += 1
 
-    def count(self, endpoint: str | None = None, status: int | None = None) -> int:
+    def count(
+        self, endpoint: str | None = None, status: int | None = None, account: str | None = None
+    ) -> int:
+        counts = self.counts if account is None else self.accounts.get(account, Counter())
         return sum(
             n
-            for (e, s), n in self.counts.items()
+            for (e, s), n in counts.items()
             if (endpoint is None or fnmatch.fnmatchcase(e, endpoint))
             and (status is None or s == status)
         )
@@ -149,9 +163,13 @@ class Stats:
     def reset(self) -> None:
         self.counts.clear()
         self.dropped.clear()
+        self.accounts.clear()
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, account: str | None = None) -> dict[str, Any]:
+        counts = self.counts if account is None else self.accounts.get(account, Counter())
         by: dict[str, dict[str, int]] = {}
-        for (e, s), n in sorted(self.counts.items()):
+        for (e, s), n in sorted(counts.items()):
             by.setdefault(e, {})[str(s)] = n
+        if account is not None:
+            return {"endpoints": by, "total": self.count(account=account)}
         return {"endpoints": by, "dropped": dict(self.dropped), "total": self.count()}

@@ -74,6 +74,7 @@ class Ctx:
     request_id: str | None = None
     idempotency_key: str | None = None
     expand: list[str] = field(default_factory=list)
+    api_key: str = ""  # for errors that name it (``account_invalid``)
 
     @property
     def now(self) -> int:

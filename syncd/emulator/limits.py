@@ -31,6 +31,12 @@ Everything is off by default, so the emulator answers every request as before.
 #   real rate limits, only lock timeouts. The SDKs retry whenever `Stripe-Should-Retry: true`
 #   is present, so these 429s carry no such header.
 #
+# * Connected accounts: the page measures limits "per account" and says nothing of requests a
+#   platform makes for a connected account (`Stripe-Account`; https://docs.stripe.com/connect/
+#   authentication only links to it). Two readings: they count against the connected account
+#   (each has its own budget), or also against the platform (all of them share its budget). The
+#   stricter one, "shared", is the default; `connect_limits="account"` is the lenient one.
+#
 # How it is modelled: token buckets on the real monotonic clock (not the emulator clock, which
 # tests freeze and move by days). A bucket holds one second's worth of tokens and refills
 # continuously, so a client pacing itself at the rate (syncd's own limiter is such a bucket)
@@ -58,6 +64,9 @@ from .errors import (
 )
 
 MODES = ("test", "live")
+# How a request for a connected account counts: against its own limits and the platform's
+# ("shared", the stricter reading), or against its own only ("account").
+CONNECT_LIMITS = ("shared", "account")
 GLOBAL_RATES = {"test": 25.0, "live": 100.0}
 ENDPOINT_RATE = 25.0
 LIVE_METER_EVENT_RATE = 1000.0
@@ -114,6 +123,7 @@ class LimitConfig:
     meter_event_rate: float | None = None
     meter_event_concurrency: bool = False
     mode: str | None = None
+    connect_limits: str = "shared"
 
     @classmethod
     def stripe(cls, mode: str) -> LimitConfig:
@@ -136,6 +146,10 @@ class LimitConfig:
                 raise ValueError(f"rates and bursts must be positive, not {r!r}")
         if self.mode is not None and self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES} or null, not {self.mode!r}")
+        if self.connect_limits not in CONNECT_LIMITS:
+            raise ValueError(
+                f"connect_limits must be one of {CONNECT_LIMITS}, not {self.connect_limits!r}"
+            )
 
 
 @dataclass
@@ -144,23 +158,37 @@ class _Count:
     limited: int = 0
 
 
+@dataclass
+class _Counters:
+    counts: dict[str, _Count] = field(default_factory=dict)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def get(self, endpoint: str) -> _Count:
+        c = self.counts.get(endpoint)
+        if c is None:
+            c = self.counts[endpoint] = _Count()
+        return c
+
+
 class Limits:
     """The limiter and its counters. Thread-safe: the Python API may drive it from a test thread.
 
     ``clock`` (``time.monotonic``) may be replaced, e.g. by a frozen one in tests; buckets are
     rebuilt full whenever the configuration changes.
+
+    Every account has its own buckets (``account=None`` is the platform) under the one
+    configuration; counters are kept in total and per connected account.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.config = LimitConfig()
         self._lock = threading.Lock()
-        self._global: TokenBucket | None = None
-        self._meter: TokenBucket | None = None
-        self._endpoints: dict[str, TokenBucket] = {}
-        self._in_flight: set[tuple[str, str]] = set()
-        self._counts: dict[str, _Count] = {}
-        self._reasons: Counter[str] = Counter()
+        # (account or "" for the platform, "global" | "meter" | endpoint template) -> bucket
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._in_flight: set[tuple[str, ...]] = set()
+        self._totals = _Counters()
+        self._accounts: dict[str, _Counters] = {}
 
     # configuration -----------------------------------------------------------------------
     def set_config(self, config: LimitConfig) -> None:
@@ -176,8 +204,7 @@ class Limits:
         config.validate()
         with self._lock:
             self.config = config
-            self._global = self._meter = None
-            self._endpoints.clear()
+            self._buckets.clear()
 
     def configure(self, **changes: Any) -> LimitConfig:
         """Change some settings, e.g. ``configure(global_rate=25, endpoint_rate=25)``."""
@@ -197,60 +224,87 @@ class Limits:
         return self.config.meter_event_concurrency
 
     # enforcement -------------------------------------------------------------------------
-    def admit(self, endpoint: str) -> str | None:
-        """Count a request to ``endpoint`` (a template) and take its tokens; ``None`` admits it,
-        otherwise the ``Stripe-Rate-Limited-Reason`` of the 429 to answer."""
+    def admit(self, endpoint: str, account: str | None = None) -> str | None:
+        """Count a request to ``endpoint`` (a template) made for ``account`` (``None``: the
+        platform) and take its tokens; ``None`` admits it, otherwise the
+        ``Stripe-Rate-Limited-Reason`` of the 429 to answer."""
         with self._lock:
-            count = self._counts.get(endpoint)
-            if count is None:
-                count = self._counts[endpoint] = _Count()
-            count.requests += 1
+            tallies = self._tallies(account)
+            counts = [t.get(endpoint) for t in tallies]
+            for c in counts:
+                c.requests += 1
             cfg = self.config
             now = self.clock()
-            checks: list[tuple[TokenBucket, str]] = []
-            if endpoint == METER_EVENTS and cfg.meter_event_rate is not None:
-                # A separate meter-event limit replaces the basic ones (Stripe's live mode).
-                if self._meter is None:
-                    rate = cfg.meter_event_rate
-                    self._meter = TokenBucket(rate, _capacity(rate, None), now)
-                checks.append((self._meter, REASON_ENDPOINT_RATE))
-            else:
-                if cfg.global_rate is not None:
-                    if self._global is None:
-                        rate = cfg.global_rate
-                        self._global = TokenBucket(rate, _capacity(rate, cfg.global_burst), now)
-                    checks.append((self._global, REASON_GLOBAL_RATE))
-                rate_ = cfg.endpoint_rates.get(endpoint, cfg.endpoint_rate)
-                if rate_ is not None:
-                    bucket = self._endpoints.get(endpoint)
-                    if bucket is None:
-                        bucket = TokenBucket(rate_, _capacity(rate_, None), now)
-                        self._endpoints[endpoint] = bucket
-                    checks.append((bucket, REASON_ENDPOINT_RATE))
+            scopes = [""] if account is None else [account]
+            if account is not None and cfg.connect_limits == "shared":
+                scopes.append("")  # the platform's budget too
+            checks = [chk for scope in scopes for chk in self._checks(scope, endpoint, cfg, now)]
             # All or nothing: a turned-away request does not execute, so it spends no token of
             # the limits it did pass (one endpoint's 429s cannot drain the global budget).
             for bucket, reason in checks:
                 if not bucket.has_token(now):
-                    count.limited += 1
-                    self._reasons[reason] += 1
+                    for t, c in zip(tallies, counts, strict=True):
+                        c.limited += 1
+                        t.reasons[reason] += 1
                     return reason
             for bucket, _ in checks:
                 bucket.tokens -= 1.0
             return None
 
-    def acquire(self, endpoint: str, key: tuple[str, str]) -> bool:
-        """Take the one in-flight slot of a (meter, customer) pair; False means answer 429."""
+    def _checks(
+        self, scope: str, endpoint: str, cfg: LimitConfig, now: float
+    ) -> list[tuple[TokenBucket, str]]:
+        """The buckets one account's limits take a request's token from."""
+        if endpoint == METER_EVENTS and cfg.meter_event_rate is not None:
+            # A separate meter-event limit replaces the basic ones (Stripe's live mode).
+            rate = cfg.meter_event_rate
+            return [(self._bucket(scope, "meter", rate, None, now), REASON_ENDPOINT_RATE)]
+        checks: list[tuple[TokenBucket, str]] = []
+        if cfg.global_rate is not None:
+            bucket = self._bucket(scope, "global", cfg.global_rate, cfg.global_burst, now)
+            checks.append((bucket, REASON_GLOBAL_RATE))
+        rate_ = cfg.endpoint_rates.get(endpoint, cfg.endpoint_rate)
+        if rate_ is not None:
+            checks.append((self._bucket(scope, endpoint, rate_, None, now), REASON_ENDPOINT_RATE))
+        return checks
+
+    def _bucket(
+        self, scope: str, name: str, rate: float, burst: float | None, now: float
+    ) -> TokenBucket:
+        bucket = self._buckets.get((scope, name))
+        if bucket is None:
+            bucket = self._buckets[(scope, name)] = TokenBucket(rate, _capacity(rate, burst), now)
+        return bucket
+
+    def _tallies(self, account: str | None) -> list[_Counters]:
+        if account is None:
+            return [self._totals]
+        per = self._accounts.get(account)
+        if per is None:
+            per = self._accounts[account] = _Counters()
+        return [self._totals, per]
+
+    def acquire(self, endpoint: str, key: tuple[str, ...], account: str | None = None) -> bool:
+        """Take the one in-flight slot of a (account, meter, customer); False means answer 429."""
         with self._lock:
             if key not in self._in_flight:
                 self._in_flight.add(key)
                 return True
-            self._counts[endpoint].limited += 1
-            self._reasons[REASON_ENDPOINT_CONCURRENCY] += 1
+            for t in self._tallies(account):
+                t.get(endpoint).limited += 1
+                t.reasons[REASON_ENDPOINT_CONCURRENCY] += 1
             return False
 
-    def release(self, key: tuple[str, str]) -> None:
+    def release(self, key: tuple[str, ...]) -> None:
         with self._lock:
             self._in_flight.discard(key)
+
+    def forget_account(self, account: str) -> None:
+        """Drop a connected account's buckets (full again) and its own counters."""
+        with self._lock:
+            self._accounts.pop(account, None)
+            for k in [k for k in self._buckets if k[0] == account]:
+                del self._buckets[k]
 
     def error(self, reason: str) -> StripeError:
         if reason == REASON_ENDPOINT_CONCURRENCY:
@@ -262,28 +316,32 @@ class Limits:
         return rate_limited(reason, message)
 
     # counters ----------------------------------------------------------------------------
-    def count(self, endpoint: str | None = None) -> tuple[int, int]:
-        """``(requests, limited)`` for one endpoint template, or in total."""
+    def count(self, endpoint: str | None = None, account: str | None = None) -> tuple[int, int]:
+        """``(requests, limited)`` for one endpoint template, or in total; of every account, or
+        of one connected ``account``."""
         with self._lock:
+            tally = self._totals if account is None else self._accounts.get(account, _Counters())
             counts = (
-                list(self._counts.values())
+                list(tally.counts.values())
                 if endpoint is None
-                else [self._counts.get(endpoint, _Count())]
+                else [tally.counts.get(endpoint, _Count())]
             )
             return sum(c.requests for c in counts), sum(c.limited for c in counts)
 
     def reset_counters(self) -> None:
         with self._lock:
-            self._counts.clear()
-            self._reasons.clear()
+            self._totals = _Counters()
+            self._accounts.clear()
 
-    def counters_json(self) -> dict[str, Any]:
+    def counters_json(self, account: str | None = None) -> dict[str, Any]:
+        """Counters of every request, or of one connected ``account``'s."""
         with self._lock:
+            tally = self._totals if account is None else self._accounts.get(account, _Counters())
             endpoints = {
                 e: {"requests": c.requests, "limited": c.limited, "served": c.requests - c.limited}
-                for e, c in sorted(self._counts.items())
+                for e, c in sorted(tally.counts.items())
             }
-            reasons = dict(self._reasons)
+            reasons = dict(tally.reasons)
         requests = sum(e["requests"] for e in endpoints.values())
         limited = sum(e["limited"] for e in endpoints.values())
         return {
@@ -295,8 +353,8 @@ class Limits:
             "endpoints": endpoints,
         }
 
-    def as_json(self) -> dict[str, Any]:
-        return {**asdict(self.config), "counters": self.counters_json()}
+    def as_json(self, account: str | None = None) -> dict[str, Any]:
+        return {**asdict(self.config), "counters": self.counters_json(account)}
 
 
 class LegacyRateLimiter:

@@ -1,4 +1,5 @@
-"""aiohttp application: auth, Stripe's limits, faults, form decoding, idempotency, errors."""
+"""aiohttp application: auth, the ``Stripe-Account`` header (which account's state serves a
+request), Stripe's limits, faults, form decoding, idempotency, errors."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from . import billing, catalog, events, meters, payments  # noqa: F401  (register routes)
-from .errors import StripeError, lock_timeout
+from . import accounts, billing, catalog, events, meters, payments  # noqa: F401  (register routes)
+from .accounts import resolve
+from .errors import StripeError, lock_timeout, mask_key
 from .forms import decode
 from .framework import ROUTES, Ctx, Handler, Resp, unknown_endpoint
 from .limits import METER_EVENTS, REASON_ENDPOINT_CONCURRENCY, endpoint_template
 from .meters import concurrency_key
-from .state import API_VERSION
+from .state import API_VERSION, State
 
 if TYPE_CHECKING:
     from .emulator import Emulator
@@ -58,7 +60,8 @@ class ApiServer:
 
     def __init__(self, emu: Emulator) -> None:
         self.emu = emu
-        self.idempotency: dict[tuple[str, str], IdemEntry] = {}
+        # (API key, account id or "" for the platform, Idempotency-Key): keys are per account
+        self.idempotency: dict[tuple[str, str, str], IdemEntry] = {}
 
     # authentication ----------------------------------------------------------------------
     def check_key(self, request: web.Request) -> str:
@@ -80,8 +83,7 @@ class ApiServer:
                 "or we can help at https://support.stripe.com/.",
             )
         if not self.emu.key_ok(key):
-            shown = key[:8] + "*" * max(len(key) - 12, 0) + key[-4:] if len(key) > 12 else key
-            raise StripeError(401, f"Invalid API Key provided: {shown}", code=None)
+            raise StripeError(401, f"Invalid API Key provided: {mask_key(key)}", code=None)
         return key
 
     # request handling --------------------------------------------------------------------
@@ -100,7 +102,7 @@ class ApiServer:
                     tr.abort()
                 # the transport is gone; aiohttp discards whatever is returned
                 return web.Response(status=500)
-            self.emu.stats.record(endpoint, resp.status)
+            self.emu.stats.record(endpoint, resp.status, self._account(request))
             # Stripe's clock is the emulator's clock: clients that read the Date header (syncd
             # stamps fetched rows with it) see frozen or advanced time as they would see Stripe's.
             resp.headers["Date"] = formatdate(self.emu.state.clock.time(), usegmt=True)
@@ -108,13 +110,18 @@ class ApiServer:
 
         return handle
 
-    def _meter_slot(self, body: str) -> tuple[str, str] | None:
+    def _account(self, request: web.Request) -> str | None:
+        """The connected account a request names in ``Stripe-Account`` (None: the platform)."""
+        account = request.headers.get("Stripe-Account", "").strip()
+        return account if account and account != self.emu.state.account_id else None
+
+    def _meter_slot(self, state: State, body: str) -> tuple[str, str] | None:
         try:
             params = decode(body) if body else {}
         except StripeError:
             return None  # the handler answers the malformed body
-        with self.emu.state.lock:
-            return concurrency_key(self.emu.state, params)
+        with state.lock:
+            return concurrency_key(state, params)
 
     async def serve(
         self, request: web.Request, handler: Handler, endpoint: str, template: str
@@ -122,21 +129,28 @@ class ApiServer:
         emu = self.emu
         version = request.headers.get("Stripe-Version", API_VERSION)
         base_headers = {"Stripe-Version": version}
-        slot: tuple[str, str] | None = None
+        slot: tuple[str, ...] | None = None
         try:
             api_key = self.check_key(request)
-            reason = emu.limits.admit(template)
+            account = self._account(request)
+            with emu.state.lock:
+                state = resolve(emu.state, account, api_key)
+            reason = emu.limits.admit(template, account)
             if reason is not None:
                 raise emu.limits.error(reason)
             body = await request.text() if request.can_read_body else ""
             if template == METER_EVENTS and emu.limits.meter_concurrency:
                 # Taken before the injected latency, so a slow request holds its slot as long as
                 # it is in flight, like a slow request at Stripe.
-                slot = self._meter_slot(body)
-                if slot is not None and not emu.limits.acquire(template, slot):
-                    slot = None
-                    raise emu.limits.error(REASON_ENDPOINT_CONCURRENCY)
-            return await self._execute(request, handler, body, api_key, base_headers)
+                pair = self._meter_slot(state, body)
+                if pair is not None:
+                    slot = (account or "", *pair)
+                    if not emu.limits.acquire(template, slot, account):
+                        slot = None
+                        raise emu.limits.error(REASON_ENDPOINT_CONCURRENCY)
+            return await self._execute(
+                request, handler, body, api_key, base_headers, state, account
+            )
         except StripeError as e:
             return _error_response(e, base_headers)
         finally:
@@ -150,11 +164,14 @@ class ApiServer:
         body: str,
         api_key: str,
         base_headers: dict[str, str],
+        state: State,
+        account: str | None,
     ) -> web.Response | None:
-        """What follows the limiters: faults, decoding, idempotency and the handler."""
+        """What follows the limiters: faults, decoding, idempotency and the handler, on the
+        state of the account the request is for."""
         emu = self.emu
         query = request.query_string
-        d = emu.faults.decide(request.method, request.path, query + "&" + body)
+        d = emu.faults.decide(request.method, request.path, query + "&" + body, state.account_id)
         if d.delay > 0:
             await asyncio.sleep(d.delay)
         if d.drop:
@@ -183,16 +200,16 @@ class ApiServer:
         if body:
             params.update(decode(body))
         idem_key = request.headers.get("Idempotency-Key")
-        idem_slot: tuple[str, str] | None = None
+        idem_slot: tuple[str, str, str] | None = None
         fingerprint = ""
         if idem_key and request.method == "POST":
             base_headers["Idempotency-Key"] = idem_key
-            idem_slot = (api_key, idem_key)
+            idem_slot = (api_key, account or "", idem_key)
             fingerprint = hashlib.sha256(
                 orjson.dumps([request.method, request.path, params], option=orjson.OPT_SORT_KEYS)
             ).hexdigest()
-            with emu.state.lock:
-                now = emu.state.clock.now()
+            with state.lock:
+                now = state.clock.now()
                 prior = self.idempotency.get(idem_slot)
                 if prior is not None and prior.created > now - IDEMPOTENCY_TTL:
                     if prior.fingerprint != fingerprint:
@@ -211,15 +228,15 @@ class ApiServer:
                         headers={
                             **base_headers,
                             "Idempotent-Replayed": "true",
-                            "Request-Id": emu.state.new_id("req_", 14),
+                            "Request-Id": state.new_id("req_", 14),
                         },
                     )
         expand = params.pop("expand", [])
         if isinstance(expand, str):
             expand = [expand]
-        with emu.state.lock:
-            request_id = emu.state.new_id("req_", 14)
-            ctx = Ctx(emu.state, request_id, idem_key, list(expand))
+        with state.lock:
+            request_id = state.new_id("req_", 14)
+            ctx = Ctx(state, request_id, idem_key, list(expand), api_key=api_key)
             try:
                 result: Resp = handler(ctx, params, dict(request.match_info))
                 status, out = result.status, result.body
@@ -227,9 +244,7 @@ class ApiServer:
             except StripeError as e:
                 status, out, headers = e.status, e.body(), dict(e.headers)
             if idem_slot is not None and status < 500:
-                self.idempotency[idem_slot] = IdemEntry(
-                    fingerprint, status, out, emu.state.clock.now()
-                )
+                self.idempotency[idem_slot] = IdemEntry(fingerprint, status, out, state.clock.now())
         base_headers["Request-Id"] = request_id
         if d.after > 0:
             await asyncio.sleep(d.after)  # the request took effect; the answer is late

@@ -164,13 +164,28 @@ class Collection:
         return self.by_id.get(id_)
 
 
-class State:
-    """The whole emulated account."""
+def derived_id(prefix: str, length: int, *salt: object) -> str:
+    """A deterministic id outside the state's id generator (so adding one shifts no other id)."""
+    rng = random.Random(":".join(map(str, (prefix, *salt))))
+    return prefix + "".join(rng.choices(_ID_CHARS, k=length))
 
-    def __init__(self, seed: int = 0) -> None:
-        self.lock = threading.RLock()
-        self.clock = Clock()
+
+class State:
+    """The whole emulated account: the platform's, or (``platform`` set) a connected account's,
+    which shares the platform's lock and clock (one Stripe, one time)."""
+
+    def __init__(
+        self, seed: int = 0, *, account_id: str | None = None, platform: State | None = None
+    ) -> None:
+        self.platform = platform
+        self.lock: threading.RLock = platform.lock if platform is not None else threading.RLock()
+        self.clock: Clock = platform.clock if platform is not None else Clock()
         self.seed_value = seed
+        # ``GET /v1/account``; the platform's own id comes from the seed.
+        self.account_id = account_id or derived_id("acct_1", 15, seed)
+        # The platform's Connect application (``data.object`` of ``account.application.*``).
+        self.application_id = derived_id("ca_", 32, self.account_id)
+        self.created = self.clock.now()
         self._init(seed)
 
     def _init(self, seed: int) -> None:
@@ -188,9 +203,12 @@ class State:
         self.usage_totals: dict[str, int] = {}  # legacy usage records per subscription item
         self.ever_late = False  # some event carries a visible_at: lists must check it
         self.suppress_events = False  # seeding without events
+        # The platform's connected accounts' own states, by account id (created on first use).
+        self.connected: dict[str, State] = {}
 
     def reset(self, seed: int | None = None) -> None:
-        self.clock.reset()
+        if self.platform is None:  # a connected account shares the platform's clock
+            self.clock.reset()
         self._init(self.seed_value if seed is None else seed)
 
     # ids -----------------------------------------------------------------------------------
@@ -240,26 +258,34 @@ class State:
         previous: JSON | None = None,
         request_id: str | None = None,
         idempotency_key: str | None = None,
+        account: str | None = None,
     ) -> Record:
-        """Record an event whose ``data.object`` is a frozen snapshot of ``rec`` right now."""
+        """Record an event whose ``data.object`` is a frozen snapshot of ``rec`` right now.
+
+        A connected account's events carry ``"account": "acct_..."`` as Stripe's Connect events
+        do; ``account`` sets it on a platform event about a connected account (``account.*``).
+        """
         if self.suppress_events:
             return rec
+        if account is None and self.platform is not None:
+            account = self.account_id
         created = self.burst_created if self.burst_created is not None else self.clock.now()
         snapshot = rec.to_bytes()
         data: JSON = {"object": orjson.Fragment(snapshot)}
         if previous is not None:
             data["previous_attributes"] = previous
-        ev: JSON = {
-            "id": self.new_id("evt_"),
-            "object": "event",
-            "api_version": API_VERSION,
-            "created": created,
-            "data": data,
-            "livemode": False,
-            "pending_webhooks": 0,
-            "request": {"id": request_id, "idempotency_key": idempotency_key},
-            "type": type_,
-        }
+        ev: JSON = {"id": self.new_id("evt_"), "object": "event"}
+        if account is not None:
+            ev["account"] = account
+        ev.update(
+            api_version=API_VERSION,
+            created=created,
+            data=data,
+            livemode=False,
+            pending_webhooks=0,
+            request={"id": request_id, "idempotency_key": idempotency_key},
+            type=type_,
+        )
         erec = self.insert(ev, created)
         erec.extra["snapshot"] = snapshot
         if self.late_visibility is not None:
