@@ -14,23 +14,16 @@ from syncd import metrics
 from syncd.emulator import Emulator
 from syncd.registry import BY_TABLE
 from syncd.versions import Version
-from tests.support.events import Harness, differences, harness, ledger, mirror, settle_overlaps
+from tests.support.events import (
+    catalog,
+    differences,
+    harness,
+    ledger,
+    mirror,
+    settle_overlaps,
+)
 
 CORE = ("customer", "product", "price", "plan", "subscription", "subscription_item")
-
-
-async def catalog(h: Harness) -> tuple[dict[str, Any], dict[str, Any]]:
-    product = await h.user.post("/v1/products", {"name": "Pro"})
-    price = await h.user.post(
-        "/v1/prices",
-        {
-            "product": product["id"],
-            "unit_amount": 900,
-            "currency": "usd",
-            "recurring": {"interval": "month"},
-        },
-    )
-    return product, price
 
 
 async def test_refetch_mode_mirrors_creates_updates_deletes_and_cancellations(
@@ -140,15 +133,7 @@ async def test_snapshot_mode_orders_a_paid_subscription_by_lifecycle(
         await h.user.post(
             f"/v1/customers/{cust['id']}", {"invoice_settings[default_payment_method]": pm["id"]}
         )
-        price = await h.user.post(
-            "/v1/prices",
-            {
-                "currency": "usd",
-                "unit_amount": 900,
-                "recurring[interval]": "month",
-                "product_data[name]": "Plan",
-            },
-        )
+        _, price = await catalog(h)
         await h.stream.take_cursor()
         emulator.clock.freeze()
         sub = await h.user.post(

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 from syncd.emulator import Emulator
-from tests.support.events import harness, mirror, settle_overlaps
+from tests.support.events import catalog, harness, mirror, settle_overlaps
 
 
 @pytest.mark.parametrize("mode", ["refetch", "snapshot"])
@@ -78,15 +78,7 @@ async def test_a_renewal_invoice_does_not_list_invoice_items(
     invoice items are not listed again for it (a renewal storm would cost one list each)."""
     async with harness(db_url, emulator) as h:
         customer = await h.user.post("/v1/customers", {"email": "renew@example.com"})
-        price = await h.user.post(
-            "/v1/prices",
-            {
-                "currency": "usd",
-                "unit_amount": 900,
-                "recurring[interval]": "month",
-                "product_data[name]": "Plan",
-            },
-        )
+        _, price = await catalog(h)
         await h.stream.take_cursor()
         await h.user.post(
             "/v1/subscriptions", {"customer": customer["id"], "items[0][price]": price["id"]}

@@ -172,3 +172,18 @@ async def settle_overlaps(h: Harness) -> None:
             except SyncdError as exc:
                 assert exc.retryable, exc
             await anyio.sleep(0.05)
+
+
+async def catalog(h: Harness) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A product and its monthly price of 9.00 USD, made by the harness's user."""
+    product = await h.user.post("/v1/products", {"name": "Pro"})
+    price = await h.user.post(
+        "/v1/prices",
+        {
+            "product": product["id"],
+            "unit_amount": 900,
+            "currency": "usd",
+            "recurring": {"interval": "month"},
+        },
+    )
+    return product, price
