@@ -46,12 +46,19 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import asyncpg
 
-from bench.resync_bench import control, cpu_seconds, self_cpu, start_emulator, tree_cpu
+from bench._common import (
+    control,
+    cpu_seconds,
+    emulator,
+    postmaster_pid,
+    seed_for_resync,
+    self_cpu,
+    tree_cpu,
+)
 from syncd import lifecycle, migrations
 from syncd.config import StripeConfig, load_config
 from syncd.db import Database
@@ -112,9 +119,7 @@ class Meter:
 
     def start(self) -> None:
         for path in ("/_emulator/stats", "/_emulator/limits/counters"):
-            urllib.request.urlopen(
-                urllib.request.Request(self.url + path, method="DELETE"), timeout=60
-            ).read()
+            control(self.url, path, method="DELETE")
         self.pg = server_cpu(self.postmaster) if self.postmaster else 0.0
         self.emulator = cpu_seconds(self.emulator_pid)
 
@@ -122,10 +127,8 @@ class Meter:
         if self.postmaster:
             side.pg_cpu = server_cpu(self.postmaster) - self.pg
         side.emulator_cpu = cpu_seconds(self.emulator_pid) - self.emulator
-        with urllib.request.urlopen(self.url + "/_emulator/stats", timeout=60) as r:
-            side.requests = int(json.loads(r.read())["total"])
-        with urllib.request.urlopen(self.url + "/_emulator/limits", timeout=60) as r:
-            counters = json.loads(r.read())["counters"]
+        side.requests = int(control(self.url, "/_emulator/stats")["total"])
+        counters = control(self.url, "/_emulator/limits")["counters"]
         side.attempts, side.limited = int(counters["requests"]), int(counters["limited"])
         side.served = {ep: int(c["served"]) for ep, c in counters["endpoints"].items()}
         side.load = os.getloadavg()[0]
@@ -358,21 +361,19 @@ def main() -> None:
     )
     p.add_argument("--syncd-first", action="store_true", help="run syncd before the engine")
     p.add_argument("--log", default="warning", help="syncd's log level")
-    p.set_defaults(subscriptions=0)  # read by start_emulator
+    p.set_defaults(subscriptions=0)  # read by seed_for_resync
     args = p.parse_args()
     if args.latency_ms is None:
         args.latency_ms = 50.0 if args.rate_limit else 0.0
     configure(args.log, "console")
     ensure_engine_installed()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    emu, url = start_emulator(args)
-    try:
+    with emulator() as (emu, url):
+        seed_for_resync(url, args)
         if args.rate_limit:
             control(url, "/_emulator/limits", {"stripe_limits": args.rate_limit})
         with throwaway_postgres(prefer_local=True) as (admin_dsn, local):
-            postmaster = None
-            if local is not None:
-                postmaster = int((local.data / "postmaster.pid").read_text().split()[0])
+            postmaster = postmaster_pid(local) or None
             names = ["sync_engine", "syncd"] + (["syncd_full"] if args.rate_limit else [])
             engine_dsn, syncd_dsn, *full_dsn = lifecycle.run(create_databases, admin_dsn, *names)
             meter = Meter(url, emu.pid, postmaster)
@@ -404,9 +405,6 @@ def main() -> None:
                 report_limits(sides, args)
             else:
                 report(sides, args.customers)
-    finally:
-        emu.terminate()
-        emu.wait(10)
 
 
 if __name__ == "__main__":

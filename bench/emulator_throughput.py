@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,29 +18,11 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from syncd import lifecycle
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_ready(url: str, wait_s: float = 120.0) -> None:
-    deadline = time.monotonic() + wait_s
-    async with aiohttp.ClientSession() as s:
-        while time.monotonic() < deadline:
-            try:
-                async with s.get(url + "/_emulator/clock") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError("emulator did not start")
+from bench._common import emulator  # noqa: E402
+from syncd import lifecycle  # noqa: E402
 
 
 async def worker(
@@ -65,25 +44,11 @@ async def worker(
 
 
 async def run(args: argparse.Namespace) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(  # noqa: ASYNC220  (started once, before measuring)
-        [
-            sys.executable,
-            "-m",
-            "syncd.emulator",
-            "--port",
-            str(port),
-            "--seed",
-            f"customers={args.customers},subscriptions=0",
-        ],
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        t0 = time.monotonic()
-        await wait_ready(url)
+    t0 = time.monotonic()
+    # Seeded before it listens; its start-up is the first figure (`python -m syncd.emulator`).
+    with emulator(
+        "--seed", f"customers={args.customers},subscriptions=0", command=("-m", "syncd.emulator")
+    ) as (_emulator, url):
         print(f"emulator up with {args.customers} customers in {time.monotonic() - t0:.1f}s")
         conn = aiohttp.TCPConnector(limit=args.concurrency)
         headers = {"Authorization": "Bearer sk_test_bench"}
@@ -101,9 +66,6 @@ async def run(args: argparse.Namespace) -> None:
             f"({counts[0]} pages of up to 100 customers in {elapsed:.1f}s, "
             f"{args.concurrency} connections)"
         )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def main() -> None:

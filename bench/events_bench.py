@@ -22,80 +22,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import orjson
 
+from bench._common import control, database, emulator
 from syncd import lifecycle, migrations
 from syncd.config import DatabaseConfig, EventsConfig, StripeConfig, load_config
 from syncd.db import Database
 from syncd.events import EventStream
 from syncd.lifecycle import Lifecycle
 from syncd.logs import configure
-from syncd.pgserver import throwaway_postgres
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def control(url: str, path: str, body: object) -> Any:
-    data = None if body is None else orjson.dumps(body)
-    req = urllib.request.Request(
-        url + path, data=data, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=600) as r:
-        return orjson.loads(r.read())
-
-
-@contextmanager
-def emulator() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "emulator", "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(url + "/_emulator/stats", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-@contextmanager
-def database() -> Iterator[str]:
-    if os.environ.get("SYNCD_BENCH_DATABASE_URL"):
-        yield os.environ["SYNCD_BENCH_DATABASE_URL"]
-        return
-    with throwaway_postgres(prefer_local=True) as (dsn, _local):
-        yield dsn
 
 
 def config(dsn: str, url: str, args: argparse.Namespace, mode: str) -> Any:
@@ -210,7 +152,7 @@ def main() -> None:
     p.add_argument("--fetch-concurrency", type=int, default=8)
     args = p.parse_args()
     configure("warning", "console")
-    with database() as dsn, emulator() as url:
+    with database() as (dsn, _pg_pid), emulator() as (_emulator, url):
         if args.bench == "latency":
             lifecycle.run(latency, args, dsn, url)
         else:

@@ -28,101 +28,34 @@ import argparse
 import dataclasses
 import os
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
-import orjson
-
+from bench._common import control, database, emulator, tree_cpu
 from syncd import history, lifecycle, migrations
 from syncd.config import Config, DatabaseConfig, EventsConfig, StripeConfig, load_config
 from syncd.db import Database
 from syncd.events import EventStream
 from syncd.lifecycle import Lifecycle
 from syncd.logs import configure
-from syncd.pgserver import free_port, throwaway_postgres
 from syncd.registry import BY_TABLE
 from syncd.resync import Resync
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def control(url: str, path: str, body: object) -> Any:
-    req = urllib.request.Request(
-        url + path,
-        data=None if body is None else orjson.dumps(body),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=600) as r:
-        return orjson.loads(r.read())
-
-
-@contextmanager
-def emulator(args: argparse.Namespace) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "emulator", "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(url + "/_emulator/stats", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.05)
-        started = time.monotonic()
-        seed = {
-            "customers": args.customers,
-            "subscriptions": args.subscriptions,
-            "products": args.products,
-            "events": True,
-            "days": 1,
-        }
-        counts = control(url, "/_emulator/seed", seed)
-        print(f"emulator seeded in {time.monotonic() - started:.1f}s: {counts}", flush=True)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-@contextmanager
-def database() -> Iterator[tuple[str, int]]:
-    """A DSN and the postmaster's pid (0 when unknown: no CPU figures)."""
-    if os.environ.get("SYNCD_BENCH_DATABASE_URL"):
-        yield os.environ["SYNCD_BENCH_DATABASE_URL"], 0
-        return
-    with throwaway_postgres(prefer_local=True) as (dsn, local):
-        pid = int((local.data / "postmaster.pid").read_text().split()[0]) if local else 0
-        yield dsn, pid
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process and its live children, from /proc (PostgreSQL's backends
-    are the postmaster's children)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for stat in [Path(f"/proc/{pid}/stat"), *Path("/proc").glob("[0-9]*/stat")]:
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if stat.parent.name == str(pid) or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+def seed_emulator(url: str, args: argparse.Namespace) -> None:
+    """The lists' objects, with events over the last day."""
+    started = time.monotonic()
+    seed = {
+        "customers": args.customers,
+        "subscriptions": args.subscriptions,
+        "products": args.products,
+        "events": True,
+        "days": 1,
+    }
+    counts = control(url, "/_emulator/seed", seed)
+    print(f"emulator seeded in {time.monotonic() - started:.1f}s: {counts}", flush=True)
 
 
 class Meter:
@@ -131,12 +64,12 @@ class Meter:
     def __init__(self, pg_pid: int):
         self.pg_pid = pg_pid
         self.wall = time.monotonic()
-        self.cpu = time.process_time() + (cpu_seconds(pg_pid) if pg_pid else 0.0)
+        self.cpu = time.process_time() + (tree_cpu(pg_pid) if pg_pid else 0.0)
 
     def done(self, n: int) -> tuple[float, float]:
         """Per second, and CPU milliseconds per 1,000 (NaN without the server's pid)."""
         wall = time.monotonic() - self.wall
-        cpu = time.process_time() + (cpu_seconds(self.pg_pid) if self.pg_pid else 0.0)
+        cpu = time.process_time() + (tree_cpu(self.pg_pid) if self.pg_pid else 0.0)
         per_k = (cpu - self.cpu) * 1e6 / n if self.pg_pid and n else float("nan")
         return n / wall, per_k
 
@@ -291,7 +224,8 @@ def main() -> None:
     args.mirrored = sorted({*args.include, *(c for c in owned if BY_TABLE[c].owned)})
     args.history = [t for t in args.history.split(",") if t] or args.mirrored
     configure("warning", "console")
-    with database() as (dsn, pg_pid), emulator(args) as url:
+    with database() as (dsn, pg_pid), emulator() as (_emulator, url):
+        seed_emulator(url, args)
         lifecycle.run(bench, args, dsn, pg_pid, url)
 
 

@@ -17,24 +17,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 from typing import Any
 
-import orjson
-
+from bench._common import control, emulator
 from syncd import lifecycle
 from syncd.config import Config, StripeConfig
 from syncd.logs import configure
-from syncd.pgserver import free_port
 from syncd.ratelimit import ACCOUNT_RATES
 from syncd.stripe_api import StripeAPI
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk_test_bench0000000000"
 LISTS = ["customers", "products", "prices", "invoices", "subscriptions", "charges"]
 
@@ -67,35 +59,6 @@ class SingleBucket:
         self._tokens = min(self._tokens, 0.0) - 0.5 * self.rate
 
 
-def control(url: str, method: str, path: str, body: object = None) -> Any:
-    data = None if body is None else orjson.dumps(body)
-    req = urllib.request.Request(
-        url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return orjson.loads(r.read())
-
-
-def start_emulator() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "emulator", "--port", str(port), "--seed", "customers=50"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(400):
-        try:
-            urllib.request.urlopen(url + "/_emulator/stats", timeout=1).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("the emulator did not start")
-
-
 @dataclasses.dataclass
 class Case:
     mode: str
@@ -109,8 +72,8 @@ class Case:
 
 
 async def run_case(case: Case, url: str, args: argparse.Namespace) -> dict[str, Any]:
-    control(url, "POST", "/_emulator/limits", {"stripe_limits": case.mode})
-    control(url, "DELETE", "/_emulator/limits/counters")
+    control(url, "/_emulator/limits", {"stripe_limits": case.mode})
+    control(url, "/_emulator/limits/counters", method="DELETE")
     stripe = StripeConfig(
         api_key=KEY, api_base=url, mode=case.mode, rate_share=case.share or 1.0, max_retries=8
     )
@@ -126,7 +89,7 @@ async def run_case(case: Case, url: str, args: argparse.Namespace) -> dict[str, 
 
         await asyncio.gather(*(worker(n) for n in lists for _ in range(args.workers)))
         elapsed = time.monotonic() - started
-    counters = control(url, "GET", "/_emulator/limits")["counters"]
+    counters = control(url, "/_emulator/limits")["counters"]
     if case.share is None:
         budget = ACCOUNT_RATES[case.mode]
     else:
@@ -181,14 +144,10 @@ def main() -> None:
     p.add_argument("--latency-ms", type=float, default=0.0, help="latency the emulator adds")
     args = p.parse_args()
     configure("warning", "console")  # retries of 429s are logged at info
-    proc, url = start_emulator()
-    try:
+    with emulator("--seed", "customers=50") as (_emulator, url):
         if args.latency_ms:
-            control(url, "POST", "/_emulator/faults", {"latency_ms": args.latency_ms})
+            control(url, "/_emulator/faults", {"latency_ms": args.latency_ms})
         lifecycle.run(bench, args, url)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -50,7 +49,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.resync_bench import cpu_seconds  # noqa: E402
+from bench._common import control, cpu_seconds, emulator  # noqa: E402
 from syncd.pgserver import free_port, throwaway_postgres  # noqa: E402
 from syncd.registry import BY_OBJECT  # noqa: E402
 
@@ -69,58 +68,26 @@ OBJECTS = (
 )
 
 
-def control(url: str, path: str, body: object | None = None, method: str | None = None) -> Any:
-    req = urllib.request.Request(
-        url + path,
-        data=None if body is None else orjson.dumps(body),
-        headers={"Content-Type": "application/json"},
-        method=method,
+def seed_emulator(url: str, args: argparse.Namespace) -> None:
+    """N customers with a subscription each; live limits and the latency from here on."""
+    started = time.monotonic()
+    n = args.subscriptions
+    counts = control(
+        url,
+        "/_emulator/seed",
+        {
+            "customers": n,
+            "subscriptions": n,
+            "canceled_fraction": 0,
+            # every big_every-th subscription has 12 items; default: none
+            "big_every": args.big_every or n + 1,
+        },
     )
-    with urllib.request.urlopen(req, timeout=900) as r:
-        answer = r.read()
-    return orjson.loads(answer) if answer else {}
-
-
-@contextmanager
-def emulator(args: argparse.Namespace) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "emulator", "--port", str(port), "--api-key", KEY],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(400):
-            try:
-                urllib.request.urlopen(url + "/_emulator/stats", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.05)
-        started = time.monotonic()
-        n = args.subscriptions
-        counts = control(
-            url,
-            "/_emulator/seed",
-            {
-                "customers": n,
-                "subscriptions": n,
-                "canceled_fraction": 0,
-                # every big_every-th subscription has 12 items; default: none
-                "big_every": args.big_every or n + 1,
-            },
-        )
-        print(f"emulator seeded in {time.monotonic() - started:.1f}s: {counts}", flush=True)
-        control(url, "/_emulator/limits", {"stripe_limits": "live"})
-        if args.latency_ms:
-            control(url, "/_emulator/faults", {"latency_ms": args.latency_ms})
-        control(url, "/_emulator/limits/counters", method="DELETE")  # seeding is not counted
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    print(f"emulator seeded in {time.monotonic() - started:.1f}s: {counts}", flush=True)
+    control(url, "/_emulator/limits", {"stripe_limits": "live"})
+    if args.latency_ms:
+        control(url, "/_emulator/faults", {"latency_ms": args.latency_ms})
+    control(url, "/_emulator/limits/counters", method="DELETE")  # seeding is not counted
 
 
 @contextmanager
@@ -425,12 +392,13 @@ def main() -> None:
     args = p.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="renewal-storm-"))  # kept: syncd.log
     print(f"syncd's log: {workdir / 'syncd.log'}", flush=True)
-    with (
-        emulator(args) as url,
-        throwaway_postgres(prefer_local=True) as (dsn, _local),
-        daemon(args, dsn, url, workdir) as proc,
-    ):
-        asyncio.run(storm(args, dsn, url, proc))
+    with emulator(api_key=KEY) as (_emulator, url):
+        seed_emulator(url, args)
+        with (
+            throwaway_postgres(prefer_local=True) as (dsn, _local),
+            daemon(args, dsn, url, workdir) as proc,
+        ):
+            asyncio.run(storm(args, dsn, url, proc))
 
 
 if __name__ == "__main__":

@@ -17,90 +17,27 @@ import argparse
 import dataclasses
 import os
 import resource
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import asyncpg
-import orjson
 
+from bench._common import (
+    cpu_seconds,
+    emulator,
+    postmaster_pid,
+    seed_for_resync,
+    self_cpu,
+    tree_cpu,
+)
 from syncd import lifecycle, migrations
 from syncd.config import DatabaseConfig, StripeConfig, load_config
 from syncd.db import Database
 from syncd.lifecycle import Lifecycle
 from syncd.logs import configure
-from syncd.pgserver import free_port, throwaway_postgres
+from syncd.pgserver import throwaway_postgres
 from syncd.resync import Resync
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process, from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu(root: int) -> float:
-    """CPU of a process and its live children (the PostgreSQL server and its backends)."""
-    total = cpu_seconds(root)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == root:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
-def self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def control(url: str, path: str, body: object) -> None:
-    req = urllib.request.Request(
-        url + path, data=orjson.dumps(body), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=600) as r:
-        r.read()
-
-
-def start_emulator(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "emulator", "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url + "/_emulator/stats", timeout=1).read()
-            break
-        except OSError:
-            time.sleep(0.05)
-    started = time.monotonic()
-    seed = {
-        "customers": args.customers,
-        "subscriptions": args.subscriptions,
-        "products": args.products,
-    }
-    control(url, "/_emulator/seed", seed)
-    print(f"emulator seeded {seed} in {time.monotonic() - started:.1f}s", flush=True)
-    if args.latency_ms:
-        control(url, "/_emulator/faults", {"latency_ms": args.latency_ms})
-    return proc, url
 
 
 async def bench(
@@ -179,19 +116,14 @@ def main() -> None:
     p.add_argument("--log", default="warning", help="log level (info: progress lines)")
     args = p.parse_args()
     configure(args.log, "console")
-    emu, url = start_emulator(args)
-    try:
+    with emulator() as (emu, url):
+        seed_for_resync(url, args)
         with throwaway_postgres(prefer_local=True) as (dsn, local):
-            pg_pid = 0
-            if local is not None:
-                pg_pid = int((local.data / "postmaster.pid").read_text().split()[0])
-                if args.unix_socket:
-                    # The server's Unix socket: cheaper than TCP over loopback for 60 KB pages.
-                    dsn = f"postgresql://postgres@/postgres?host={local.dir}&port={local.port}"
+            pg_pid = postmaster_pid(local)
+            if local is not None and args.unix_socket:
+                # The server's Unix socket: cheaper than TCP over loopback for 60 KB pages.
+                dsn = f"postgresql://postgres@/postgres?host={local.dir}&port={local.port}"
             lifecycle.run(bench, args, dsn, url, emu.pid, pg_pid)
-    finally:
-        emu.terminate()
-        emu.wait(10)
 
 
 if __name__ == "__main__":

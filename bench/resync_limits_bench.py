@@ -15,63 +15,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import anyio
-import orjson
 
+from bench._common import control, emulator
 from syncd import lifecycle, migrations
 from syncd.config import DatabaseConfig, load_config
 from syncd.db import Database
 from syncd.lifecycle import Lifecycle
 from syncd.logs import configure
-from syncd.pgserver import free_port, throwaway_postgres
+from syncd.pgserver import throwaway_postgres
 from syncd.resync import Resync
 from syncd.stripe_api import StripeAPI
 from syncd.writer import Writer
 
-ROOT = Path(__file__).resolve().parent.parent
 LIMITS = {"test": (25.0, 25.0), "live": (100.0, 25.0)}  # (account, per endpoint)
 
 
-def control(url: str, path: str, body: object | None = None) -> dict[str, object]:
-    req = urllib.request.Request(
-        url + path,
-        data=None if body is None else orjson.dumps(body),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=900) as r:
-        answer = r.read()
-    return orjson.loads(answer) if answer else {}
-
-
-def start_emulator(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "syncd", "emulator", "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(url + "/_emulator/stats", timeout=1).read()
-            break
-        except OSError:
-            time.sleep(0.05)
+def seed_emulator(url: str, args: argparse.Namespace) -> None:
+    """Customers, the latency, and Stripe's limits from here on."""
     counts = control(url, "/_emulator/seed", {"customers": args.customers})
     print(f"emulator seeded: {counts}", flush=True)
     if args.latency_ms:
         control(url, "/_emulator/faults", {"latency_ms": args.latency_ms})
     control(url, "/_emulator/limits", {"stripe_limits": args.limits})
-    return proc, url
 
 
 async def watch(
@@ -186,13 +154,10 @@ def main() -> None:
     p.add_argument("--verbose", action="store_true", help="print when each table changed status")
     args = p.parse_args()
     configure(args.log, "console")
-    emu, url = start_emulator(args)
-    try:
+    with emulator() as (_emu, url):
+        seed_emulator(url, args)
         with throwaway_postgres(prefer_local=True) as (dsn, _local):
             lifecycle.run(bench, args, dsn, url)
-    finally:
-        emu.terminate()
-        emu.wait(10)
 
 
 if __name__ == "__main__":

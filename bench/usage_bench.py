@@ -11,14 +11,11 @@ and the emulator's recorded totals are compared with the rows' sums.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import os
 import random
-import subprocess
 import sys
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,56 +30,40 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.resync_bench import cpu_seconds, tree_cpu  # noqa: E402
+from bench._common import (  # noqa: E402
+    copy_usage_rows,
+    cpu_seconds,
+    emulator,
+    postmaster_pid,
+    scratch_database,
+    tree_cpu,
+)
 from syncd import lifecycle, migrations  # noqa: E402
 from syncd.config import DatabaseConfig, StripeConfig, UsageConfig, load_config  # noqa: E402
 from syncd.db import Database  # noqa: E402
 from syncd.logs import configure  # noqa: E402
-from syncd.pgserver import free_port, throwaway_postgres  # noqa: E402
+from syncd.pgserver import throwaway_postgres  # noqa: E402
 from syncd.stripe_api import StripeAPI  # noqa: E402
 from syncd.usage import UsageFlusher  # noqa: E402
 
 KEY = "sk_test_usagebench"
 
 
-async def wait_ready(url: str) -> None:
-    async with aiohttp.ClientSession() as s:
-        for _ in range(600):
-            try:
-                async with s.get(url + "/_emulator/clock") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("emulator did not start")
-
-
 EMULATOR_PID = 0
-PG_DATA: Path | None = None
+PG_PID = 0  # the throwaway server's postmaster (0: none, no PostgreSQL CPU figure)
 
 
 def postgres_cpu_seconds() -> float:
     """CPU time of the throwaway server: its postmaster and the children alive now."""
-    if PG_DATA is None:
-        return 0.0
-    return tree_cpu(int((PG_DATA / "postmaster.pid").read_text().split()[0]))
+    return tree_cpu(PG_PID) if PG_PID else 0.0
 
 
 @asynccontextmanager
-async def emulator(customers: int) -> AsyncIterator[tuple[str, list[str], str]]:
+async def seeded_emulator(customers: int) -> AsyncIterator[tuple[str, list[str], str]]:
     """(url, customer ids, meter id) of an emulator process with a meter `api_calls`."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(  # noqa: ASYNC220  (started once, before measuring)
-        [sys.executable, "-m", "syncd.emulator", "--port", str(port)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stderr=subprocess.DEVNULL,
-    )
-    global EMULATOR_PID
-    EMULATOR_PID = proc.pid
-    try:
-        await wait_ready(url)
+    with emulator() as (proc, url):  # started once, before measuring
+        global EMULATOR_PID
+        EMULATOR_PID = proc.pid
         auth = {"Authorization": f"Bearer {KEY}"}
         async with aiohttp.ClientSession(headers=auth) as s:
             seed = {"customers": customers, "subscriptions": 0, "products": 0}
@@ -98,9 +79,6 @@ async def emulator(customers: int) -> AsyncIterator[tuple[str, list[str], str]]:
             async with s.post(url + "/v1/billing/meters", data=form) as r:
                 meter = orjson.loads(await r.read())["id"]
         yield url, ids, meter
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 async def meter_totals(url: str) -> dict[str, Decimal]:
@@ -110,12 +88,8 @@ async def meter_totals(url: str) -> dict[str, Decimal]:
 
 
 async def run(args: argparse.Namespace, admin_dsn: str) -> None:
-    name = f"usage_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = admin_dsn.rsplit("/", 1)[0] + "/" + name
-    try:
-        async with emulator(args.customers) as (url, ids, _meter):
+    async with scratch_database(admin_dsn, "usage_bench") as dsn:
+        async with seeded_emulator(args.customers) as (url, ids, _meter):
             cfg = load_config(None, {})
             cfg = dataclasses.replace(
                 cfg,
@@ -142,13 +116,7 @@ async def run(args: argparse.Namespace, admin_dsn: str) -> None:
                 for _ in range(args.rows)
             ]
             conn = await asyncpg.connect(dsn)
-            await conn.copy_records_to_table(
-                "usage_records",
-                schema_name="billing",
-                records=rows,
-                columns=["customer_id", "metric", "quantity", "timestamp"],
-            )
-            await conn.execute("VACUUM ANALYZE billing.usage_records")
+            await copy_usage_rows(conn, rows)
             async with Database.connect(cfg.database) as db, StripeAPI(cfg) as api:
                 started = time.monotonic()
                 cpu, emu_cpu = time.process_time(), cpu_seconds(EMULATOR_PID)
@@ -174,9 +142,6 @@ async def run(args: argparse.Namespace, admin_dsn: str) -> None:
             f"CPU: syncd {cpu:.1f}s, emulator {emu_cpu:.1f}s, PostgreSQL {pg_cpu:.1f}s; load average "
             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         )
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def main() -> None:
@@ -193,9 +158,9 @@ def main() -> None:
     if args.dsn or os.environ.get("SYNCD_TEST_DATABASE_URL"):
         lifecycle.run(run, args, args.dsn or os.environ["SYNCD_TEST_DATABASE_URL"])
         return
-    global PG_DATA
+    global PG_PID
     with throwaway_postgres(prefer_local=True) as (dsn, server):
-        PG_DATA = server.data if server is not None else None
+        PG_PID = postmaster_pid(server)
         lifecycle.run(run, args, dsn)
 
 

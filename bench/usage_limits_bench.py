@@ -32,11 +32,9 @@ import argparse
 import dataclasses
 import os
 import random
-import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -48,30 +46,27 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.resync_bench import cpu_seconds, tree_cpu  # noqa: E402
+from bench._common import (  # noqa: E402
+    control,
+    copy_usage_rows,
+    cpu_seconds,
+    emulator,
+    postmaster_pid,
+    scratch_database,
+    tree_cpu,
+)
 from syncd import lifecycle, migrations  # noqa: E402
 from syncd.config import DatabaseConfig, UsageConfig, load_config  # noqa: E402
 from syncd.db import Database  # noqa: E402
 from syncd.emulator.limits import ENDPOINT_RATE, GLOBAL_RATES, LIVE_METER_EVENT_RATE  # noqa: E402
 from syncd.logs import configure  # noqa: E402
-from syncd.pgserver import free_port, throwaway_postgres  # noqa: E402
+from syncd.pgserver import throwaway_postgres  # noqa: E402
 from syncd.stripe_api import StripeAPI  # noqa: E402
 from syncd.usage import UsageFlusher  # noqa: E402
 
 KEYS = {"test": "sk_test_usagelimitsbench", "live": "sk_live_usagelimitsbench"}
 METRICS = ("api_calls", "tokens")
 METER_EVENTS = "POST /v1/billing/meter_events"
-
-
-def control(url: str, path: str, body: object | None = None) -> dict:
-    req = urllib.request.Request(
-        url + path,
-        data=None if body is None else orjson.dumps(body),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=300) as r:
-        answer = r.read()
-    return orjson.loads(answer) if answer else {}
 
 
 def api_post(url: str, key: str, path: str, form: dict[str, str]) -> dict:
@@ -84,32 +79,8 @@ def api_post(url: str, key: str, path: str, form: dict[str, str]) -> dict:
         return orjson.loads(r.read())
 
 
-def start_emulator(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str, dict]:
-    """The emulator process, seeded with customers and one meter per metric; limits on."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "syncd",
-            "emulator",
-            "--port",
-            str(port),
-            "--api-key",
-            KEYS[args.limits],
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(400):
-        try:
-            urllib.request.urlopen(url + "/_emulator/stats", timeout=1).read()
-            break
-        except OSError:
-            time.sleep(0.05)
+def seed_emulator(url: str, args: argparse.Namespace) -> dict:
+    """Seed customers and one meter per metric; limits on."""
     control(
         url, "/_emulator/seed", {"customers": args.customers, "subscriptions": 0, "products": 0}
     )
@@ -128,11 +99,9 @@ def start_emulator(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], s
     control(url, "/_emulator/limits", {"stripe_limits": args.limits})
     if args.latency_ms:
         control(url, "/_emulator/faults", {"latency_ms": args.latency_ms})
-    req = urllib.request.Request(url + "/_emulator/stats", method="DELETE")
-    urllib.request.urlopen(req, timeout=10).read()
-    req = urllib.request.Request(url + "/_emulator/limits/counters", method="DELETE")
-    urllib.request.urlopen(req, timeout=10).read()
-    return proc, url, {"customers": sorted(customers), "meters": meters}
+    control(url, "/_emulator/stats", method="DELETE")
+    control(url, "/_emulator/limits/counters", method="DELETE")
+    return {"customers": sorted(customers), "meters": meters}
 
 
 def make_rows(args: argparse.Namespace, customers: list[str]) -> list[tuple]:
@@ -160,15 +129,8 @@ def make_rows(args: argparse.Namespace, customers: list[str]) -> list[tuple]:
 
 
 async def bench(args: argparse.Namespace, admin_dsn: str, url: str, seeded: dict) -> None:
-    name = f"usage_limits_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = admin_dsn.rsplit("/", 1)[0] + "/" + name
-    try:
+    async with scratch_database(admin_dsn, "usage_limits") as dsn:
         await run(args, dsn, url, seeded)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def run(args: argparse.Namespace, dsn: str, url: str, seeded: dict) -> None:
@@ -194,13 +156,7 @@ async def run(args: argparse.Namespace, dsn: str, url: str, seeded: dict) -> Non
         await migrations.migrate(db)
     rows = make_rows(args, seeded["customers"])
     conn = await asyncpg.connect(dsn)
-    await conn.copy_records_to_table(
-        "usage_records",
-        schema_name="billing",
-        records=rows,
-        columns=["customer_id", "metric", "quantity", "timestamp"],
-    )
-    await conn.execute("VACUUM ANALYZE billing.usage_records")
+    await copy_usage_rows(conn, rows)
     # Requests the rows need: one per (metric, customer, minute); chains per (metric, customer).
     buckets = {(m, c, int(ts.timestamp()) // 60) for c, m, _q, ts in rows}
     chains = Counter((m, c) for m, c, _b in buckets)
@@ -317,16 +273,12 @@ def main() -> None:
     p.add_argument("--log", default="warning")
     args = p.parse_args()
     configure(args.log, "console")
-    emu, url, seeded = start_emulator(args)
-    args.emu_pid = emu.pid
-    try:
+    with emulator(api_key=KEYS[args.limits]) as (emu, url):
+        seeded = seed_emulator(url, args)
+        args.emu_pid = emu.pid
         with throwaway_postgres(prefer_local=True) as (dsn, server):
-            pid_file = server.data / "postmaster.pid" if server is not None else None
-            args.pg_pid = int(pid_file.read_text().split()[0]) if pid_file else 0
+            args.pg_pid = postmaster_pid(server)
             lifecycle.run(bench, args, dsn, url, seeded)
-    finally:
-        emu.terminate()
-        emu.wait(10)
 
 
 if __name__ == "__main__":
