@@ -185,8 +185,11 @@ class UsageFlusher:
         result = FlushResult()
         if self.usage.target == "meters" and not self.usage.meters:
             # Not configured: rejecting every row as "unknown metric" would punish the apps.
+            # Rows waiting for a meter are a problem to tell; none, in an account that does not
+            # report usage, is not (a warning every flush would be noise).
             result.error = "usage.meters is empty: nothing can be reported (rows stay pending)"
-            log.warning("usage_not_configured", error=result.error)
+            waiting = await self.db.fetchval("usage_has_pending")
+            (log.warning if waiting else log.debug)("usage_not_configured", error=result.error)
             return result
         lock_conn = await self.db.dedicated_connection()
         try:

@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from unittest.mock import ANY
 
 import asyncpg
 import stripe
+import structlog.testing
 
 from syncd.config import Config
 from syncd.db import Database
@@ -230,6 +232,22 @@ async def test_nothing_is_rejected_while_no_meter_is_configured(
     result = await flush(emulator_config(db_url, emulator))  # usage.meters left empty
     assert result.error is not None and "usage.meters is empty" in result.error
     assert await statuses(db_url) == {"pending": 5}
+
+
+async def test_no_meter_and_no_rows_is_not_a_warning(db_url: str, emulator: Emulator) -> None:
+    """An account that reports no usage (usage.meters empty, no rows) is not told every flush
+    that nothing can be reported; one whose rows wait for a meter is."""
+    cfg = emulator_config(db_url, emulator)
+    with structlog.testing.capture_logs() as logs:
+        await flush(cfg)
+    assert [e for e in logs if e["event"] == "usage_not_configured"] == [
+        {"event": "usage_not_configured", "log_level": "debug", "error": ANY}
+    ]
+    (cus,) = (c["id"] for c in customers(emulator, 1))
+    await insert_rows(db_url, random_rows([cus], 2))
+    with structlog.testing.capture_logs() as logs:
+        await flush(cfg)
+    assert [e["log_level"] for e in logs if e["event"] == "usage_not_configured"] == ["warning"]
 
 
 async def test_an_unknown_endpoint_stops_the_flush_without_failing_rows(

@@ -185,3 +185,7 @@ SELECT
        FROM (SELECT id, metric, customer_id, quantity, "timestamp", error
                FROM {app}.usage_records WHERE status = 'failed'
               ORDER BY id DESC LIMIT $1) f) AS latest_errors;
+
+-- name: usage_has_pending
+-- Whether any row waits to be reported (the partial index on pending rows answers it).
+SELECT EXISTS (SELECT 1 FROM {app}.usage_records WHERE status = 'pending');
