@@ -742,7 +742,11 @@ class Applier:
             table=table or str(group.object_type or "unknown"),
             raw=raw,
             reason=group.reason,
-            source="event " + ",".join(str(e.get("id")) for e in group.events[-3:]),
+            source=(
+                "event " + ",".join(str(e.get("id")) for e in group.events[-3:])
+                if group.events
+                else group.source
+            ),
         )
         await self.write(conn, [group])
 

@@ -26,7 +26,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,14 @@ from syncd import metrics
 from syncd.apply import Applier, Event, Group
 from syncd.config import Config
 from syncd.db import Database, Tx
-from syncd.errors import CursorExpired, DatabaseDataError, DatabaseError, SyncdError, one_error
+from syncd.errors import (
+    CursorExpired,
+    DatabaseDataError,
+    DatabaseError,
+    StripeError,
+    SyncdError,
+    one_error,
+)
 from syncd.lifecycle import Backoff, Lifecycle
 from syncd.logs import get_logger
 from syncd.registry import BY_TABLE, Resource, selected
@@ -87,6 +94,15 @@ class PollResult:
     restarted: bool = False  # the cursor expired and was restarted (a full resync follows)
 
 
+def _removal(tables: list[str], ids: list[str], due: float) -> Callable[[Tx], Awaitable[None]]:
+    """Removes the refetch_queue entries of (tables, ids) due before `due`, in a transaction."""
+
+    async def done(conn: Tx) -> None:
+        await conn.execute("refetch_queue_done", tables, ids, due)
+
+    return done
+
+
 def _second_boundary(events: list[Event]) -> int:
     """Where newest-first `events` can be cut with no second on both sides (0: nowhere yet)."""
     last = events[-1].get("created")
@@ -118,6 +134,7 @@ class EventStream:
         )
         self.applier = Applier(cfg, db, api, writer, chosen)
         self._relisting: Relist | None = None
+        self._unlistable: set[str] = set()  # types whose list Stripe refused to a relist
         # The daemon's state (problems, last successful poll); a stream of its own otherwise.
         self.state = state if state is not None else State()
         self.problems = self.state.problems
@@ -429,15 +446,26 @@ class EventStream:
         for group in groups:
             metrics.overlap_refetches.labels(str(group.object_type)).inc()
 
-        async def tx(conn: Tx) -> None:
-            await self.applier.write(conn, groups)
-            await conn.execute(
-                "refetch_queue_done", [e[0] for e in entries], [e[1] for e in entries], due
-            )
-
-        await self.db.transact(tx)
+        done = _removal([e[0] for e in entries], [e[1] for e in entries], due)
+        await self._write_settled(groups, done)
         log.info("overlaps_settled", objects=len(groups), entries=len(entries))
         return relisted + len(groups)
+
+    async def _write_settled(
+        self, groups: list[Group], done: Callable[[Tx], Awaitable[None]]
+    ) -> None:
+        """Write fetched objects and remove their queue entries (`done`) in one transaction;
+        an object whose data the database refuses is quarantined, never retried for ever."""
+
+        async def tx(conn: Tx) -> None:
+            await self.applier.write(conn, groups)
+            await done(conn)
+
+        try:
+            await self.db.transact(tx)
+        except (DatabaseDataError, orjson.JSONEncodeError) as exc:
+            await self._commit_isolated(groups, None, exc)
+            await self.db.transact(done)
 
     async def _relist(self, due: float) -> int:
         """Walk up to RELIST_PAGES pages of a crowded type's list (`Relist`); each page is
@@ -455,7 +483,17 @@ class EventStream:
             params = {**res.list_variants[walk.variant], "limit": PAGE}
             if walk.after is not None:
                 params["starting_after"] = walk.after
-            reply = await self.api.request("GET", res.list_path, params)
+            try:
+                reply = await self.api.request("GET", res.list_path, params)
+            except StripeError as exc:
+                if exc.retryable:
+                    raise
+                # Not readable as a list (a restricted key): its objects are retrieved one by
+                # one from now on.
+                log.warning("refetch_queue_relist_refused", table=res.table, error=str(exc))
+                self._unlistable.add(res.table)
+                self._relisting = None
+                break
             page = reply.page()
             data = [o for o in page.get("data") or [] if isinstance(o, dict) and "id" in o]
             groups = [
@@ -464,12 +502,8 @@ class EventStream:
                 if (change := self.applier.listed_change(res, o, reply.version)) is not None
             ]
 
-            async def tx(conn: Tx, groups: list[Group] = groups) -> None:
-                await self.applier.write(conn, groups)
-                ids = [str(g.object_id) for g in groups]
-                await conn.execute("refetch_queue_done", [res.table] * len(ids), ids, walk.due)
-
-            await self.db.transact(tx)
+            ids = [str(g.object_id) for g in groups]
+            await self._write_settled(groups, _removal([res.table] * len(ids), ids, walk.due))
             written += len(groups)
             metrics.overlap_refetches.labels(res.table).inc(len(groups))
             if page.get("has_more") and data:
@@ -486,7 +520,7 @@ class EventStream:
         """The first type with more due entries than pages list all of it, if any."""
         for row in await self.db.fetch("refetch_queue_due_tables", due):
             res = BY_TABLE.get(row["table_name"])
-            if res is None or not self.applier.can_relist(res):
+            if res is None or res.table in self._unlistable or not self.applier.can_relist(res):
                 continue
             # Listing it all costs a page per 100 live rows (per list variant): cheaper than
             # the due retrieves when there are fewer than that many rows.

@@ -16,7 +16,7 @@ from syncd.db import Database
 from syncd.emulator import Emulator
 from syncd.storable import MARK, escape, unescape
 from tests.conftest import emulator_config, syncd_cli
-from tests.support.events import harness, mirror
+from tests.support.events import harness, mirror, settle_overlaps
 from tests.support.resync import resyncer, rows
 
 
@@ -226,3 +226,39 @@ async def test_a_deleted_object_whose_content_was_refused_is_still_tombstoned(
         await h.stream.poll_head()
         row, deleted = (await mirror(h.db, "customers"))[customer["id"]]
         assert deleted and row == {"id": customer["id"], "object": "customer", "deleted": True}
+
+
+async def test_a_queued_object_the_database_refuses_is_quarantined(
+    db_url: str, emulator: Emulator
+) -> None:
+    """A customer queued to be fetched again (its invoice was finalized) whose new content the
+    database refuses is quarantined and leaves the queue: the settle loop never retries it for
+    ever, and the invoice's own change is written."""
+    async with harness(db_url, emulator) as h:
+        customer = await h.user.post("/v1/customers", {"email": "fine@example.com"})
+        await h.stream.take_cursor()
+        await h.stream.poll_head()  # mirrored
+
+        def poison() -> None:  # changed in Stripe without an event of its own
+            rec = emulator.state.coll("customer").by_id[customer["id"]]
+            rec.obj["email"] = unindexable()
+            rec.invalidate()
+
+        emulator.locked(poison)
+        await h.user.post(
+            "/v1/invoiceitems", {"customer": customer["id"], "amount": 500, "currency": "usd"}
+        )
+        invoice = await h.user.post(
+            "/v1/invoices",
+            {"customer": customer["id"], "pending_invoice_items_behavior": "include"},
+        )
+        await h.user.post(f"/v1/invoices/{invoice['id']}/finalize")
+        await h.stream.poll_head()
+        assert await h.db.fetchval("refetch_queue_size") == 1
+        await settle_overlaps(h)  # fails the test if an entry stays or an error escapes
+        kept = await quarantine(h.db)
+        assert [(e["object_id"], e["source"]) for e in kept] == [
+            (customer["id"], "overlap refetch")
+        ]
+        assert (await mirror(h.db, "customers"))[customer["id"]][0]["email"] == "fine@example.com"
+        assert (await mirror(h.db, "invoices"))[invoice["id"]][0]["status"] == "open"
