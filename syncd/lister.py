@@ -231,6 +231,41 @@ async def fetch_all(
     raise StripeError(f"{path}: child list longer than {MAX_CHILD_PAGES} pages")
 
 
+@dataclass
+class ChildLists:
+    """What a run learns about per-parent lists besides their children: the child tables the
+    key may not read (401/403: skipped for the rest of the run) and, per (parent table, child
+    table), the parents whose list answered 404 (a parent that exists has a list: reported
+    with the run, never skipped silently)."""
+
+    disabled: set[str]
+    missing: dict[tuple[str, str], int]
+
+
+async def fetch_children(
+    fetch: Fetch, child: Child, res: Resource, parent_table: str, pid: str, lists: ChildLists
+) -> tuple[ChildWrite | None, list[Rejected], bool]:
+    """One parent's complete child list (`fetch_all`): the write, the objects rejected, and
+    whether Stripe answered (False: the child table is not readable, see `ChildLists`)."""
+    if res.table in lists.disabled:
+        return None, [], False
+    path, params = child.for_parent(pid)
+    try:
+        kids, bad, version = await fetch_all(fetch, path, params, res)
+    except StripeNotFound:
+        # The parent may have gone since its page was listed; more often the endpoint is
+        # missing for this account. Counted, reported with the run.
+        key = (parent_table, res.table)
+        lists.missing[key] = lists.missing.get(key, 0) + 1
+        return None, [], True
+    except StripeError as exc:
+        if exc.status in (401, 403):
+            lists.disabled.add(res.table)
+            return None, [], False
+        raise
+    return ChildWrite(res, pid if res.owned else None, kids, version), bad, True
+
+
 def dump_objects(objects: list[dict[str, Any]]) -> tuple[bytes, list[Rejected]]:
     """`objects` as one JSON array; the ones JSON cannot carry (strings with lone surrogates,
     which Stripe's answer held as invalid escapes) are left out and returned as rejected."""
@@ -449,25 +484,15 @@ class PageReader:
                         kids.append(o)
                 out.append(ChildWrite(res, pid, kids, version))
 
+        lists = ChildLists(self.disabled_children, self.missing_children)
+
         async def one(child: Child, res: Resource, pid: str) -> None:
-            if res.table in self.disabled_children:
-                return
-            path, params = child.for_parent(pid)
-            try:
-                kids, bad, child_version = await fetch_all(self.fetch, path, params, res)
-            except StripeNotFound:
-                # The parent may have gone since its page was listed; more often the endpoint
-                # is missing for this account. Counted, reported with the run (resync.py).
-                key = (self.resource.table, res.table)
-                self.missing_children[key] = self.missing_children.get(key, 0) + 1
-                return
-            except StripeError as exc:
-                if exc.status in (401, 403):
-                    self.disabled_children.add(res.table)
-                    return
-                raise
+            write, bad, _ = await fetch_children(
+                self.fetch, child, res, self.resource.table, pid, lists
+            )
             rejected.extend(bad)
-            out.append(ChildWrite(res, pid if res.owned else None, kids, child_version))
+            if write is not None:
+                out.append(write)
 
         if remote:
             async with anyio.create_task_group() as tg:

@@ -21,8 +21,7 @@ import anyio
 
 from syncd import metrics
 from syncd.db import Tx
-from syncd.errors import StripeError, StripeNotFound
-from syncd.lister import ChildWrite, Rejected, fetch_all
+from syncd.lister import ChildLists, ChildWrite, Rejected, fetch_children
 from syncd.logs import bind_context, get_logger
 from syncd.quarantine import Quarantine
 from syncd.registry import Child, Resource
@@ -146,29 +145,17 @@ class ParentLists:
         out: list[ChildWrite],
         rejected: list[Rejected],
     ) -> None:
-        run = self.run
-        if child_res.table in run.state.disabled_children:
-            return
-        path, params = child.for_parent(pid)
+        state = self.run.state
+        lists = ChildLists(state.disabled_children, state.missing_children)
         async with self.limit:
-            try:
-                kids, bad, version = await fetch_all(run.fetch, path, params, child_res)
-                self._answered(child_res.table)
-            except StripeNotFound:
-                self._answered(child_res.table)
-                # The parent went since it was listed, or the endpoint is missing for this
-                # account: counted and reported with the run, never skipped silently.
-                key = (parent.table, child_res.table)
-                missing = run.state.missing_children
-                missing[key] = missing.get(key, 0) + 1
-                return
-            except StripeError as exc:
-                if exc.status in (401, 403):
-                    run.state.disabled_children.add(child_res.table)
-                    return
-                raise
+            write, bad, answered = await fetch_children(
+                self.run.fetch, child, child_res, parent.table, pid, lists
+            )
+        if answered:
+            self._answered(child_res.table)
         rejected.extend(bad)
-        out.append(ChildWrite(child_res, pid if child_res.owned else None, kids, version))
+        if write is not None:
+            out.append(write)
 
     def _answered(self, table: str) -> None:
         cursor, answered = self.positions[table]
