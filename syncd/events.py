@@ -555,6 +555,7 @@ class EventStream:
         while True:
             try:
                 fetched = await self.settle_overlaps()
+                metrics.refetch_queue_objects.set(await self.db.fetchval("refetch_queue_size"))
             except SyncdError as exc:
                 delay = backoff.retry_in(exc, "overlap_settle_failed")
             else:

@@ -81,6 +81,12 @@ overlap_refetches = Counter(
     ["table"],
     registry=REGISTRY,
 )
+refetch_queue_objects = Gauge(
+    "syncd_refetch_queue_objects",
+    "Objects waiting in the refetch queue (overlapping versions, objects another's event"
+    " changed); settled within seconds normally",
+    registry=REGISTRY,
+)
 events_lag_seconds = Histogram(
     "syncd_event_lag_seconds",
     "Stripe time from an event's creation to the commit of its change",

@@ -25,6 +25,8 @@ from syncd.registry import BY_TABLE, RESOURCES
 from syncd.resync.eta import left_text
 
 Report = dict[str, Any]
+# Entries of the refetch queue are settled within seconds; one this old means they are not.
+REFETCH_QUEUE_STUCK = 600.0
 # Problems the database tells in more detail (the resync run's attempts and next try).
 _SHOWN_FROM_DATABASE = {"resync_failing", "verify_failing"}
 
@@ -134,6 +136,17 @@ async def gather(db: Database, cfg: Config) -> Report:
     # The features' own state, when their migrations are in (each is optional).
     if await _exists(db, f'"{state}".events_cursor'):
         report["events"] = await _events(db, cfg, problems)
+    if await _exists(db, f'"{state}".refetch_queue'):
+        row = await db.fetchrow("status_refetch_queue")
+        assert row is not None
+        oldest = None if row["oldest_age"] is None else round(float(row["oldest_age"]), 1)
+        report["refetch_queue"] = {"objects": int(row["objects"]), "oldest_age": oldest}
+        if oldest is not None and oldest > REFETCH_QUEUE_STUCK:
+            warnings.append(
+                f"{row['objects']} object(s) wait to be fetched again, the oldest for"
+                f" {_age(oldest).removesuffix(' ago')}: see {state}.refetch_queue and the"
+                " overlap_settle_failed log"
+            )
     if await _exists(db, f'"{state}".resync_runs'):
         report["resync"] = await _resync(db, version)
         _resync_problems(report["resync"], problems, warnings)
@@ -358,6 +371,12 @@ def render(report: Report) -> str:
         lines.append(
             f"events      cursor {_age(ev['cursor_age'])} ({ev['cursor_reason']}), moved "
             f"{_age(ev['cursor_advanced'])}; ledger 24h: {ledger}; median lag {lag}"
+        )
+    queue = report.get("refetch_queue")
+    if queue is not None and queue["objects"]:
+        lines.append(
+            f"refetch     {queue['objects']} object(s) to fetch again,"
+            f" oldest {_age(queue['oldest_age'])}"
         )
     for run in report.get("resync", []):
         took = f" in {run['seconds']}s" if run["seconds"] is not None else ""

@@ -95,3 +95,24 @@ async def test_status_with_a_live_leader(tmp_path: Path, db_url: str) -> None:
     after = syncd_cli("status", env={"DATABASE_URL": db_url})
     assert after.returncode == 1 and "no live leader heartbeat" in after.stdout
     assert syncd_cli("health", env={"SYNCD_HTTP_BIND": f"127.0.0.1:{d.port}"}).returncode == 1
+
+
+async def test_status_tells_of_objects_stuck_in_the_refetch_queue(db_url: str) -> None:
+    """Entries of the refetch queue are settled within seconds; one waiting for 20 minutes
+    means the settle loop fails, and `syncd status` says so."""
+    await prepare(db_url)
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            "INSERT INTO syncd.refetch_queue (table_name, object_id, not_before, queued_at)"
+            " VALUES ('customers', 'cus_stuck', now(), now() - interval '20 minutes'),"
+            " ('customers', 'cus_new', now(), now())"
+        )
+    finally:
+        await conn.close()
+    report = json.loads(syncd_cli("status", "--json", env={"DATABASE_URL": db_url}).stdout)
+    assert report["refetch_queue"]["objects"] == 2
+    assert report["refetch_queue"]["oldest_age"] >= 1200
+    assert any("wait to be fetched again, the oldest for 20m" in w for w in report["warnings"])
+    text = syncd_cli("status", env={"DATABASE_URL": db_url}).stdout
+    assert "refetch     2 object(s) to fetch again, oldest 20m" in text, text

@@ -90,6 +90,12 @@ SELECT c.account_id, c.position, c.reason, c.advanced_at,
   FROM {state}.events_cursor c
  ORDER BY c.account_id;
 
+-- name: status_refetch_queue
+-- Objects waiting to be fetched again (docs/events.md, Versions): how many, and how long the
+-- oldest has waited. Settled within seconds normally; an old entry means the settle loop fails.
+SELECT count(*) AS objects, extract(epoch FROM now() - min(queued_at))::float8 AS oldest_age
+  FROM {state}.refetch_queue;
+
 -- name: status_resync
 -- The latest resync runs, with objects listed and how long each took.
 SELECT r.run_id, r.tables, r.reason, r.status, r.requested_at, r.started_at, r.finished_at,
