@@ -613,10 +613,12 @@ class EventStream:
 
 def attach(runtime: Runtime) -> None:
     """Give the daemon the event stream: taking the cursor as a startup step (before a first
-    full resync can start listing), the stream's loop and the ledger pruner."""
-    if not runtime.cfg.events.enabled:
-        return
+    full resync can start listing), the stream's loop and the ledger pruner. With the stream
+    off, the settle loop still runs: resyncs and `syncd verify --repair` queue objects too."""
     stream = EventStream(runtime.cfg, runtime.db, runtime.api, runtime.writer, state=runtime.state)
+    if not runtime.cfg.events.enabled:
+        runtime.add_loop("refetch_queue", lambda: stream.settle_loop(runtime.lifecycle))
+        return
     runtime.startup.append(lambda: stream.take_cursor_at_start(runtime.lifecycle))
     runtime.add_loop("events", lambda: stream.run(runtime.lifecycle))
     runtime.add_loop("events_ledger_pruner", lambda: stream.prune_loop(runtime.lifecycle))

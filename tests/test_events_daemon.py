@@ -114,3 +114,33 @@ async def test_postgres_restart_during_streaming(
             lifecycle.request_stop("test over")
         # Nothing applied twice: every event exactly once in the ledger, with one outcome.
         await assert_ledger_complete(h.db, emulator, 0)
+
+
+async def test_the_refetch_queue_is_settled_with_the_stream_off(
+    db_url: str, emulator: Emulator
+) -> None:
+    """Resyncs and `syncd verify --repair` queue objects too: with `events.enabled = false` the
+    daemon still fetches them again, so none waits for ever (and status does not warn)."""
+    emulator.seed(customers=3, subscriptions=0, products=1)
+    env = {
+        **daemon_env(db_url, emulator),
+        "SYNCD_EVENTS_ENABLED": "false",
+        "SYNCD_USAGE_ENABLED": "false",
+        "SYNCD_SYNC_EXCLUDE": "payment_methods,tax_ids,active_entitlements",
+    }
+    customer = next(c for c in emulator.objects("customer") if not c.get("deleted"))
+    async with harness(db_url, emulator) as h, daemon(env) as proc:
+        await wait_until(h, "SELECT count(*) FROM syncd.resync_runs WHERE status = 'done'", 60, 0.1)
+        await h.user.post(f"/v1/customers/{customer['id']}", {"name": "changed, no stream"})
+        await fetchval(
+            h,
+            "INSERT INTO syncd.refetch_queue (table_name, object_id, not_before)"
+            " VALUES ('customers', $1, now() - interval '1 minute')",
+            customer["id"],
+        )
+        await wait_until(h, "SELECT count(*) = 0 FROM syncd.refetch_queue", 30)
+        name = await fetchval(
+            h, "SELECT raw->>'name' FROM stripe.customers WHERE id = $1", customer["id"]
+        )
+        assert name == "changed, no stream"
+        assert proc.poll() is None
