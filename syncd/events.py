@@ -596,19 +596,8 @@ class EventStream:
         log.info("events_ledger_pruned", rows=int(status.split()[-1]))
 
     async def prune_loop(self, lifecycle: Lifecycle) -> None:
-        """Prune the ledger now and then hourly, until stopping; retryable errors (PostgreSQL
-        unavailable) are retried with backoff, anything else ends the daemon loudly."""
-        backoff = Backoff()
-        while True:
-            try:
-                await self.prune_ledger()
-            except SyncdError as exc:
-                delay = backoff.retry_in(exc, "events_ledger_prune_failed")
-            else:
-                backoff.reset()
-                delay = PRUNE_EVERY
-            if not await lifecycle.sleep(delay):
-                return
+        """Prune the ledger now and then hourly, until stopping (`Lifecycle.repeat`)."""
+        await lifecycle.repeat(PRUNE_EVERY, self.prune_ledger, "events_ledger_prune_failed")
 
 
 def attach(runtime: Runtime) -> None:

@@ -18,7 +18,7 @@ from syncd import metrics
 from syncd.config import Config
 from syncd.db import Database, Tx
 from syncd.errors import ConfigError, SyncdError
-from syncd.lifecycle import Backoff, Lifecycle
+from syncd.lifecycle import Lifecycle
 from syncd.logs import get_logger
 from syncd.registry import BY_TABLE
 from syncd.runtime import Runtime
@@ -119,19 +119,9 @@ async def prune(db: Database, retention_days: float) -> dict[str, int]:
 
 
 async def prune_loop(db: Database, cfg: Config, lifecycle: Lifecycle) -> None:
-    """Prune now and then hourly, until stopping; retryable errors (PostgreSQL unavailable)
-    are retried with backoff, anything else ends the daemon loudly."""
-    backoff = Backoff()
-    while True:
-        try:
-            await prune(db, cfg.history.retention_days)
-        except SyncdError as exc:
-            delay = backoff.retry_in(exc, "history_prune_failed")
-        else:
-            backoff.reset()
-            delay = PRUNE_EVERY
-        if not await lifecycle.sleep(delay):
-            return
+    """Prune now and then hourly, until stopping (`Lifecycle.repeat`)."""
+    days = cfg.history.retention_days
+    await lifecycle.repeat(PRUNE_EVERY, lambda: prune(db, days), "history_prune_failed")
 
 
 async def apply_row_level_security(db: Database) -> bool:

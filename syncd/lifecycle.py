@@ -79,6 +79,24 @@ class Lifecycle:
                     tg.start_soon(until, wake)
         return not self.stopping.is_set()
 
+    async def repeat(
+        self, every: float, action: Callable[[], Awaitable[object]], failed: str
+    ) -> None:
+        """`action` now and then every `every` seconds, until stopping. Retryable errors
+        (PostgreSQL unavailable) are retried with backoff, logged as `failed`; anything else
+        ends the daemon loudly."""
+        backoff = Backoff()
+        while True:
+            try:
+                await action()
+            except SyncdError as exc:
+                delay = backoff.retry_in(exc, failed)
+            else:
+                backoff.reset()
+                delay = every
+            if not await self.sleep(delay):
+                return
+
     async def watch_signals(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
