@@ -168,6 +168,8 @@ def newest_of_second(events: list[Event], second: int) -> Event | None:
     tied = [e for e in events if int(e.get("created") or 0) == second]
     types = [str(e.get("type") or "") for e in tied]
     last = [e for e, t in zip(tied, types, strict=True) if not any(_precedes(t, u) for u in types)]
+    if len(last) == 1:
+        return last[0]  # the usual case: nothing to compare (no serialising on the hot path)
     contents = {orjson.dumps(_object_of(e), option=orjson.OPT_SORT_KEYS) for e in last}
     return last[-1] if len(contents) == 1 else None
 
