@@ -698,10 +698,18 @@ class Applier:
             for resource, ref in self._referenced(g):
                 # Fetched again once Stripe's clock has passed the change (refetch_queue), so
                 # a storm of them is spread over later polls instead of holding this batch.
-                await conn.execute("refetch_queue_add", resource.table, ref, c.version.latest)
+                await conn.execute(
+                    "refetch_queue_add",
+                    resource.table,
+                    ref,
+                    c.version.latest,
+                    self.writer.account_id,
+                )
         rows = [row for g in groups for row in g.ledger_rows()]
         if rows:
-            await conn.execute("events_ledger_record", storable(orjson.dumps(rows)))
+            await conn.execute(
+                "events_ledger_record", storable(orjson.dumps(rows)), self.writer.account_id
+            )
         return changed
 
     @staticmethod

@@ -107,6 +107,19 @@ async def cmd_resync(cfg: Config, args: argparse.Namespace) -> int:
     except SyncdError as exc:
         print(f"syncd: error: {exc}", file=sys.stderr)
         return 2
+    if args.account and not cfg.stripe.accounts:
+        print("syncd: error: --account: stripe.accounts is not set (one account)", file=sys.stderr)
+        return 2
+    if args.account and not args.account.startswith("acct_"):
+        print(f"syncd: error: --account: {args.account!r} is not an account id", file=sys.stderr)
+        return 2
+    if args.direct and cfg.stripe.accounts:
+        print(
+            "syncd: error: --direct: not with stripe.accounts (the replica leasing an account"
+            " runs its resyncs): ask the daemon",
+            file=sys.stderr,
+        )
+        return 2
     if args.direct:
         cfg.require_api_key()
         return await resync_schedule.run_direct(
@@ -122,6 +135,7 @@ async def cmd_resync(cfg: Config, args: argparse.Namespace) -> int:
         return await resync_schedule.request(
             db,
             args.type or None,
+            account=args.account,
             wait=args.wait,
             out=sys.stdout,
             timeout=args.timeout,
@@ -151,6 +165,11 @@ def _resync_arguments(p: argparse.ArgumentParser) -> None:
         "--direct",
         action="store_true",
         help="run the resync in this process instead of asking the daemon (when none runs)",
+    )
+    p.add_argument(
+        "--account",
+        metavar="ACCT",
+        help="Connect (stripe.accounts): resync this account only (acct_...); default: every one",
     )
 
 

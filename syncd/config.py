@@ -241,6 +241,8 @@ def _check(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
     elif hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif origin is list:
+        if isinstance(value, str):  # `accounts = "all"`, `include = "a, b"`: as in the env
+            value = [part.strip() for part in value.split(",") if part.strip()]
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     elif origin is dict:
         ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
@@ -309,6 +311,7 @@ def _validate(cfg: Config) -> None:
         )
     if cfg.stripe.account and not cfg.stripe.account.startswith("acct_"):
         raise ConfigError(f"stripe.account: {cfg.stripe.account!r} is not an account id (acct_...)")
+    _validate_accounts(cfg)
     if cfg.events.warn_cursor_age_days >= cfg.events.max_cursor_age_days:
         raise ConfigError("events.warn_cursor_age_days: must be below events.max_cursor_age_days")
     if cfg.events.notify_channel and not _IDENT.match(cfg.events.notify_channel):
@@ -324,6 +327,29 @@ def _validate(cfg: Config) -> None:
     _host, sep, port = cfg.http.bind.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"http.bind: {cfg.http.bind!r} is not host:port")
+
+
+def _validate_accounts(cfg: Config) -> None:
+    accounts = cfg.stripe.accounts
+    if not accounts:
+        return
+    if cfg.stripe.account:
+        raise ConfigError(
+            "stripe.accounts: set with stripe.account; use one (stripe.accounts lists them all)"
+        )
+    if "all" in accounts and len(accounts) > 1:
+        raise ConfigError("stripe.accounts: 'all' takes no account ids beside it")
+    for account in accounts:
+        if account != "all" and not re.fullmatch(r"acct_[A-Za-z0-9]+", account):
+            raise ConfigError(
+                f"stripe.accounts: {account!r} is not an account id (acct_...) or 'all'"
+            )
+    if len(set(accounts)) != len(accounts):
+        raise ConfigError("stripe.accounts: an account is listed twice")
+    if cfg.verify.interval > 0:
+        raise ConfigError(
+            "verify.interval: not with stripe.accounts yet (verify compares one account)"
+        )
 
 
 def _suggest(name: str, valid: Iterable[str]) -> str:

@@ -65,6 +65,24 @@ class StripeConfig:
     )
     api_version: str = _opt(PINNED_API_VERSION, "Stripe-Version pinned on every request")
     account: str = _opt("", "connected account id (Stripe-Account header); empty: the key's own")
+    accounts: list[str] = _opt(
+        [],
+        "Connect (docs/connect.md): empty: one account (the key's own, or stripe.account);"
+        " acct_ ids: those accounts; all: the platform and every connected account, kept current",
+    )
+    connect_limits: str = _opt(
+        "shared",
+        "Connect: shared: requests for connected accounts count against the platform's limit"
+        " (the stricter reading); account: each account has a budget of its own",
+        choices=("shared", "account"),
+    )
+    accounts_refresh_interval: float = _opt(
+        300.0,
+        "Connect, accounts = all: seconds between listings of the connected accounts (account"
+        " events are seen sooner)",
+        lo=5,
+        hi=86400,
+    )
     rate_limit: float = _opt(
         0.0,
         "requests per second shared by all loops; 0: rate_share of Stripe's limit"
@@ -141,6 +159,13 @@ class EventsConfig:
     notify_channel: str = _opt("syncd_changes", "NOTIFY channel for changed rows; empty: off")
     fetch_concurrency: int = _opt(
         8, "objects refetched at once for a batch of events (shared rate limit)", lo=1, hi=64
+    )
+    quiet_poll_interval: float = _opt(
+        60.0,
+        "Connect: a connected account without recent events is polled less often, up to this"
+        " many seconds apart (more, when the budget needs it: docs/connect.md)",
+        lo=0.05,
+        hi=3600,
     )
 
 
@@ -231,6 +256,13 @@ class DaemonConfig:
     leader_election: bool = _opt(True, "one replica leads (advisory lock), others stand by")
     election_interval: float = _opt(
         1.0, "seconds between a standby's lock attempts and the leader's lock checks", lo=0.1, hi=60
+    )
+    lease_interval: float = _opt(
+        2.0,
+        "Connect: seconds between a replica's rounds of leasing accounts (a dead replica's"
+        " accounts are taken over within about two)",
+        lo=0.1,
+        hi=60,
     )
 
 

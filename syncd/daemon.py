@@ -21,6 +21,7 @@ import anyio
 
 from syncd import (
     __version__,
+    accounts,
     appschema,
     events,
     health,
@@ -172,9 +173,14 @@ def session_settings(cfg: Config) -> dict[str, str]:
 
 def attach_features(runtime: Runtime) -> None:
     """Give each feature its loops and request handlers (one call per feature). The event
-    stream comes first: its cursor is taken before a first full resync can start listing."""
-    events.attach(runtime)
-    resync_schedule.attach(runtime)
+    stream comes first: its cursor is taken before a first full resync can start listing.
+    Under Connect (stripe.accounts) each account has its stream and resync loop, on the replica
+    that leases it (syncd.accounts)."""
+    if runtime.cfg.stripe.accounts:
+        accounts.attach(runtime)
+    else:
+        events.attach(runtime)
+        resync_schedule.attach(runtime)
     runtime.startup.append(lambda: appschema.startup_step(runtime.db, runtime.cfg))
     history.attach(runtime)  # its view's policy follows the views' just installed
     usage_schedule.attach(runtime)
@@ -208,6 +214,8 @@ async def run_daemon(cfg: Config, features: Callable[[Runtime], None] = attach_f
                         if cfg.http.enabled:
                             await tg.start(health.serve, daemon.runtime, name="http")
                         tg.start_soon(daemon.heartbeat_loop, name="heartbeat")
+                        for name, loop in daemon.runtime.replica_loops:
+                            tg.start_soon(loop, name=name)
                         await daemon.lead_when_elected()
                 daemon.set_role("stopped")
                 await _mark_stopped(db, daemon.runtime.instance_id)

@@ -28,7 +28,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import orjson
@@ -85,6 +85,20 @@ class Relist:
     after: str | None = None
 
 
+class Pacer(Protocol):
+    """Sets the pace of a stream's polls (Connect: an account without recent events is polled
+    less often, `syncd.accounts.AccountPacer`), and hears how each went."""
+
+    interval: float  # seconds between polls now
+    wake: anyio.Event  # set: poll now (something hinted at activity)
+
+    async def polled(self, result: PollResult) -> float:
+        """A poll worked: the seconds until the next one."""
+
+    async def failed(self, error: SyncdError) -> None:
+        """A poll failed (it is retried with backoff)."""
+
+
 @dataclass
 class PollResult:
     listed: int = 0  # events listed
@@ -128,7 +142,10 @@ class EventStream:
         self.batch_size = batch_size
         self.db = db
         self.api = api
-        self.account = cfg.stripe.account
+        # The account whose cursor this stream moves (its writer's), and whose queued
+        # refetches it settles (Connect; None: every one, as with one account).
+        self.account = writer.account_id
+        self.rows_of = writer.rows_of
         chosen = (
             resources if resources is not None else selected(cfg.sync.include, cfg.sync.exclude)
         )
@@ -139,6 +156,11 @@ class EventStream:
         self.state = state if state is not None else State()
         self.problems = self.state.problems
         self._last_age_warning = -math.inf
+        # Connect: how often this account is polled, and what its polls tell (syncd.accounts).
+        self.pacer: Pacer | None = None
+        # Connect: what the platform's own events say about its accounts, recorded in the
+        # transaction that records the events (syncd.accounts).
+        self.on_commit: Callable[[Tx, list[Event]], Awaitable[None]] | None = None
 
     # ---- cursor ----------------------------------------------------------------------------
 
@@ -177,7 +199,10 @@ class EventStream:
 
         async def tx(conn: Tx) -> None:
             await conn.execute("events_cursor_restart", self.account, now, reason)
-            await conn.fetchrow("submit_request", "resync", {"reason": reason}, requested_by)
+            args = {"reason": reason}
+            if self.rows_of is not None:
+                args["account"] = self.rows_of  # Connect: this account's resync only
+            await conn.fetchrow("submit_request", "resync", args, requested_by)
 
         await self.db.transact(tx)
         log.warning("events_cursor_restarted", reason=reason, position=round(now, 3))
@@ -203,15 +228,18 @@ class EventStream:
 
     # ---- polling ---------------------------------------------------------------------------
 
-    async def poll_head(self, stop: anyio.Event | None = None) -> PollResult:
-        """Drain and apply the events since the cursor; then advance it to this poll's start."""
+    async def poll_head(
+        self, stop: anyio.Event | None = None, reach: float = HEAD_MARGIN
+    ) -> PollResult:
+        """Drain and apply the events since the cursor (less `reach` seconds); then advance it
+        to this poll's start."""
         position = await self.cursor()
         if position is None:
             position = await self.take_cursor()
         started = self.api.clock.now()
         if await self._too_old(position, started):
             return PollResult(restarted=True)
-        return await self._drain(math.floor(position) - HEAD_MARGIN, None, started, stop)
+        return await self._drain(math.floor(position - reach), None, started, stop)
 
     async def sweep(self, stop: anyio.Event | None = None) -> PollResult:
         """List the overlap window below the head window again, for events visible late.
@@ -357,6 +385,8 @@ class EventStream:
 
     async def _commit(self, conn: Tx, groups: list[Group], advance_to: float | None) -> int:
         changed = await self.applier.write(conn, groups) if groups else 0
+        if self.on_commit is not None and groups:
+            await self.on_commit(conn, [e for g in groups for e in g.events])
         if advance_to is not None:
             await conn.execute("events_cursor_advance", self.account, advance_to)
         return changed
@@ -437,7 +467,7 @@ class EventStream:
         due = self.api.clock.earliest()
         relisted = await self._relist(due)
         walking = self._relisting.resource.table if self._relisting is not None else ""
-        rows = await self.db.fetch("refetch_queue_due", due, SETTLE_BATCH, walking)
+        rows = await self.db.fetch("refetch_queue_due", due, SETTLE_BATCH, walking, self.rows_of)
         if not rows:
             return relisted
         entries = [(r["table_name"], r["object_id"], r["parent_id"]) for r in rows]
@@ -518,7 +548,7 @@ class EventStream:
 
     async def _crowded(self, due: float) -> Relist | None:
         """The first type with more due entries than pages list all of it, if any."""
-        for row in await self.db.fetch("refetch_queue_due_tables", due):
+        for row in await self.db.fetch("refetch_queue_due_tables", due, self.rows_of):
             res = BY_TABLE.get(row["table_name"])
             if res is None or res.table in self._unlistable or not self.applier.can_relist(res):
                 continue
@@ -526,7 +556,7 @@ class EventStream:
             # the due retrieves when there are fewer than that many rows.
             pages_for = row["n"] // len(res.list_variants)
             live = await self.db.fetchval(
-                "mirror_live_count_upto", pages_for * PAGE, table=res.table
+                "mirror_live_count_upto", pages_for * PAGE, self.rows_of, table=res.table
             )
             if int(live) // PAGE + 1 < pages_for:
                 return Relist(res, due)
@@ -571,24 +601,34 @@ class EventStream:
         backoff = Backoff()
         last_sweep = -math.inf  # sweep first: events that became visible while we were down
         sweep_took = 0.0
+        pacer = self.pacer
         while not lifecycle.stopping.is_set():
             started = time.monotonic()
             try:
-                # A sweep re-lists `overlap` seconds of events: after a storm (40,000 events of
-                # 5,000 renewals are 400 pages) it takes long, and the head polls wait for it.
-                # So it takes at most a quarter of the loop's time.
-                if started - last_sweep >= max(events.overlap_interval, 4 * sweep_took):
-                    await self.sweep(lifecycle.stopping)
-                    last_sweep, sweep_took = started, time.monotonic() - started
-                await self.poll_head(lifecycle.stopping)
+                if pacer is not None and pacer.interval >= events.overlap_interval:
+                    # Polled as seldom as sweeps: each poll reaches back over the overlap
+                    # window itself, one request where a quiet account's events fit a page.
+                    result = await self.poll_head(lifecycle.stopping, reach=events.overlap)
+                    last_sweep = started
+                else:
+                    # A sweep re-lists `overlap` seconds of events: after a storm (40,000
+                    # events of 5,000 renewals are 400 pages) it takes long, and the head polls
+                    # wait for it. So it takes at most a quarter of the loop's time.
+                    if started - last_sweep >= max(events.overlap_interval, 4 * sweep_took):
+                        await self.sweep(lifecycle.stopping)
+                        last_sweep, sweep_took = started, time.monotonic() - started
+                    result = await self.poll_head(lifecycle.stopping)
             except SyncdError as exc:
+                if pacer is not None:
+                    await pacer.failed(exc)
                 delay = backoff.retry_in(exc, "events_poll_failed")
                 last_sweep = -math.inf  # a gap in polling: sweep first once it works again
             else:
                 backoff.reset()
                 self.state.succeeded("events")
-                delay = max(0.0, events.poll_interval - (time.monotonic() - started))
-            if not await lifecycle.sleep(delay):
+                interval = events.poll_interval if pacer is None else await pacer.polled(result)
+                delay = max(0.0, interval - (time.monotonic() - started))
+            if not await lifecycle.sleep(delay, None if pacer is None else pacer.wake):
                 return
 
     async def prune_ledger(self) -> None:

@@ -231,3 +231,19 @@ heartbeats = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+accounts_leased = Gauge(
+    "syncd_accounts_leased",
+    "Connect: accounts this replica syncs now (leased through PostgreSQL advisory locks)",
+    registry=REGISTRY,
+)
+accounts_failing = Gauge(
+    "syncd_accounts_failing",
+    "Connect: accounts of this replica whose last poll failed",
+    registry=REGISTRY,
+)
+account_polls = Counter(
+    "syncd_account_polls",
+    "Connect: event polls of accounts by how the account was paced (active, quiet)",
+    ["pace"],
+    registry=REGISTRY,
+)

@@ -88,6 +88,7 @@ class Bucket:
         "capacity",
         "factor",
         "name",
+        "nominal",
         "slowed_at",
         "stamp",
         "tokens",
@@ -95,7 +96,7 @@ class Bucket:
 
     def __init__(self, name: str, rate: float, capacity: float, now: float) -> None:
         self.name = name
-        self.base_rate = _check_rate(name, rate)
+        self.nominal = self.base_rate = _check_rate(name, rate)
         self.capacity = capacity
         self.tokens = capacity
         self.stamp = now
@@ -122,6 +123,11 @@ class Bucket:
         if t > self.stamp:
             self.tokens = min(self.capacity, self.tokens + (t - self.stamp) * self.rate)
             self.stamp = t
+
+    def share(self, fraction: float, now: float) -> None:
+        """Run at `fraction` of the nominal rate from now on (tokens so far accrue at the old)."""
+        self.refill(now)
+        self.base_rate = self.nominal * fraction
 
     def ready(self, now: float) -> bool:
         self.refill(now)
@@ -199,6 +205,7 @@ class RateSchedule:
         self._active: dict[str, _Endpoint] = {}  # endpoints with someone waiting
         self._grants = 0
         self.waiting = 0
+        self.fraction = 1.0  # of every rate above, as `share` set it
         # A bad endpoint rate is refused now, not at the first request to that endpoint.
         for key, r in [("endpoint", self.endpoint_rate), *self._endpoint_rates.items()]:
             _check_rate(key, r)
@@ -211,8 +218,18 @@ class RateSchedule:
             else:
                 rate, burst = self.endpoint_rate, self._endpoint_burst
             bucket = Bucket(key, rate, _capacity(rate, burst), self.clock())
+            if self.fraction != 1.0:
+                bucket.share(self.fraction, self.clock())
             ep = self._endpoints[key] = _Endpoint(key, bucket, key in self._outside)
         return ep
+
+    def share(self, fraction: float) -> None:
+        """Every bucket at `fraction` of its rate: Connect's shared budget split between the
+        replicas that run (each takes 1/N of the platform's)."""
+        now = self.clock()
+        self.fraction = fraction
+        for bucket in [self.global_bucket, *(ep.bucket for ep in self._endpoints.values())]:
+            bucket.share(fraction, now)
 
     def endpoint_bucket(self, key: str) -> Bucket:
         return self._endpoint(key).bucket
@@ -362,6 +379,12 @@ class RateLimiter:
         """Requests waiting for their tokens now: while any wait, the budget bounds the rate,
         not the requests in flight, so more of them in flight would not go faster."""
         return self.schedule.waiting
+
+    def share(self, fraction: float) -> None:
+        """Run at `fraction` of the configured rates (see RateSchedule.share)."""
+        if fraction != self.schedule.fraction:
+            self.schedule.share(fraction)
+            self._run()
 
     def rate_now(self, endpoint: str | None = None) -> float:
         """The global rate (or `endpoint`'s) as it is now: below the configured one while a 429

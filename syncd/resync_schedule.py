@@ -64,12 +64,17 @@ class ResyncLoop:
         self.lifecycle = lifecycle
         self.problems = problems if problems is not None else Problems()
         self.resync = Resync(cfg, db, api, writer, lifecycle, self.problems)
+        self.account = writer.run_key  # whose runs this loop does
         self._wake = anyio.Event()
         self._sighup = False
         self._current: int | None = None  # the run being tried (its failures are recorded)
 
     def on_sighup(self) -> None:
         self._sighup = True
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look for a run to do now (Connect: one was filed for this loop's account)."""
         self._wake.set()
 
     async def handle_request(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +96,7 @@ class ResyncLoop:
                     await self.resync.enqueue(None, "sighup")
                 ran = await self._run_unfinished()
                 empty = first and not ran and self.cfg.sync.resync_on_empty
-                if empty and not await has_completed_resync(self.db):
+                if empty and not await has_completed_resync(self.db, self.account):
                     await self._run(None, "first_start")
                 if first:
                     await self._backfill_new_types()
@@ -130,14 +135,14 @@ class ResyncLoop:
     async def _backfill_new_types(self) -> None:
         """Types selected now that no finished resync covered (added to `sync.include`, or no
         longer excluded, since): resync them, and only them, at start."""
-        if not await has_completed_resync(self.db):
+        if not await has_completed_resync(self.db, self.account):
             return  # the first full resync covers everything
-        covered = {r["table_name"] for r in await self.db.fetch("resync_covered")}
+        covered = {r["table_name"] for r in await self.db.fetch("resync_covered", self.account)}
         chosen = self.resync.mirrored_tables()
         if not covered:
             # Upgraded from a version that did not record coverage: what is selected now is
             # the baseline (it was mirrored by the resyncs before).
-            await self.db.execute("resync_cover", None, chosen)
+            await self.db.execute("resync_cover", None, chosen, self.account)
             return
         new = sorted(set(chosen) - covered)
         if new:
@@ -160,7 +165,7 @@ class ResyncLoop:
     async def _run_unfinished(self) -> bool:
         ran = False
         while True:
-            rows = await self.db.fetch("resync_unfinished_runs")
+            rows = await self.db.fetch("resync_unfinished_runs", self.account)
             if not rows:
                 return ran
             row = rows[0]
@@ -173,7 +178,7 @@ class ResyncLoop:
         interval = self.cfg.sync.reconcile_interval
         if interval <= 0:
             return None
-        last = await self.db.fetchval("resync_last_completed")
+        last = await self.db.fetchval("resync_last_completed", self.account)
         if last is None:
             return None  # no complete resync yet: the first one is not periodic
         return float(last) + interval - time.time()
@@ -202,6 +207,7 @@ async def request(
     *,
     wait: bool,
     out: TextIO,
+    account: str | None = None,
     timeout: float = 0.0,  # noqa: ASYNC109 (a CLI option, applied with move_on_after below)
     poll: float = 0.5,
     live_after: float = 15.0,
@@ -209,9 +215,10 @@ async def request(
     """Ask the running daemon for a resync (from anywhere); with `wait`, follow it to the end.
 
     `live_after`: seconds without a heartbeat after which a replica counts as gone."""
-    request_id = await control.submit(
-        db, "resync", {"tables": list(tables) if tables else None, "reason": "cli"}
-    )
+    args: dict[str, Any] = {"tables": list(tables) if tables else None, "reason": "cli"}
+    if account:
+        args["account"] = account
+    request_id = await control.submit(db, "resync", args)
     follow = _Follow(db, out, live_after=live_after, poll=poll)
     if not wait:
         print(f"resync requested (request {request_id})", file=out)
@@ -229,7 +236,13 @@ async def request(
         if row["status"] != "done":
             follow.say(f"resync request {request_id} failed: {row['error']}")
             return 1
-        return await follow.watch(int(row["result"]["run_id"]))
+        result = row["result"]
+        # Connect: one run per account, followed in turn; the worst outcome decides.
+        run_ids = result.get("run_ids") or [result["run_id"]]
+        code = 0
+        for run_id in run_ids:
+            code = max(code, await follow.watch(int(run_id)))
+        return code
     follow.say(f"gave up waiting after {timeout:g}s (--timeout): {follow.where}")
     return 1
 

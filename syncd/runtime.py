@@ -58,6 +58,8 @@ class Runtime:
     state: State
     instance_id: str
     loops: list[tuple[str, Task]] = field(default_factory=list)
+    # Loops every replica runs, leader or not (Connect: leasing and syncing accounts).
+    replica_loops: list[tuple[str, Task]] = field(default_factory=list)
     # Awaited in order before the loops start (e.g. taking the events cursor before a first
     # full resync can begin listing).
     startup: list[Task] = field(default_factory=list)

@@ -2,10 +2,11 @@
 
 Leader and replicas (from their heartbeats), schema version and pending migrations, the last
 poll, operator requests, rows per mirror table, and the features' own state when their tables
-exist (events cursor and ledger, full resyncs, usage, the periodic verify). Exit code 1 when
-unhealthy: no live
-leader, pending migrations, a stale poll or an events cursor too old; so `syncd status --quiet`
-works as a health check from anywhere that reaches the database.
+exist (events cursor and ledger, full resyncs, usage, the periodic verify), and with Connect
+(`stripe.accounts`) the accounts synced, lagging and failing (`_accounts`). Exit code 1 when
+unhealthy: no live leader, pending migrations, a stale poll, an events cursor too old or an
+account failing; so `syncd status --quiet` works as a health check from anywhere that reaches
+the database.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from syncd import migrations, quarantine
 from syncd.config import Config
 from syncd.db import Database, describe_target
 from syncd.health import POLL_LOOP
+from syncd.redaction import scrub
 from syncd.registry import BY_TABLE, RESOURCES
 from syncd.resync.eta import left_text
 
@@ -29,6 +31,11 @@ Report = dict[str, Any]
 REFETCH_QUEUE_STUCK = 600.0
 # Problems the database tells in more detail (the resync run's attempts and next try).
 _SHOWN_FROM_DATABASE = {"resync_failing", "verify_failing"}
+# Connect: an account whose last successful poll is older than this many of its poll intervals
+# (and than ACCOUNT_LAG_MIN seconds) is lagging; the lists name this many accounts at most.
+ACCOUNT_LAG_POLLS = 3
+ACCOUNT_LAG_MIN = 30.0
+ACCOUNTS_LISTED = 10
 
 
 def live_after(cfg: Config) -> float:
@@ -136,6 +143,11 @@ async def gather(db: Database, cfg: Config) -> Report:
     # The features' own state, when their migrations are in (each is optional).
     if await _exists(db, f'"{state}".events_cursor'):
         report["events"] = await _events(db, cfg, problems)
+    if await _exists(db, f'"{state}".accounts'):
+        accounts = await _accounts(db, report["instances"])
+        if accounts is not None:  # only with Connect: the table holds no row without it
+            report["accounts"] = accounts
+            _accounts_problems(accounts, problems, warnings)
     if await _exists(db, f'"{state}".refetch_queue'):
         row = await db.fetchrow("status_refetch_queue")
         assert row is not None
@@ -165,6 +177,9 @@ async def gather(db: Database, cfg: Config) -> Report:
     return report
 
 
+EVENT_CURSORS_SHOWN = 5
+
+
 async def _events(db: Database, cfg: Config, problems: list[str]) -> list[dict[str, Any]]:
     out = []
     for r in await db.fetch("status_events"):
@@ -182,8 +197,104 @@ async def _events(db: Database, cfg: Config, problems: list[str]) -> list[dict[s
         )
         warn_days = cfg.events.warn_cursor_age_days
         if age > warn_days * 86400:
-            problems.append(f"events cursor is {age / 86400:.1f} days old (> {warn_days:g})")
-    return out
+            problems.append(
+                f"events cursor{_of(r['account_id'])} is {age / 86400:.1f} days old"
+                f" (> {warn_days:g})"
+            )
+    # Connect: the oldest cursors tell; the accounts section tells the rest.
+    return out[:EVENT_CURSORS_SHOWN]
+
+
+def _of(account_id: str) -> str:
+    return f" of {account_id}" if account_id else ""
+
+
+async def _accounts(db: Database, instances: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Connect (`stripe.accounts`): the accounts of `{state}.accounts` by state; None when the
+    table has no row (one account, as without Connect). Each active account is in one of:
+
+    * failing: its last poll failed (`error` is set; it is cleared once a poll works);
+    * lagging: not failing, and its last successful poll is older than
+      max(3 x its poll_interval, 30 s), or no replica leases it while live replicas exist;
+    * not yet synced: neither, and no poll has succeeded yet or no full resync of the account
+      has completed (a run of all types, `done` or `done_with_problems`);
+    * synced: the rest (a successful poll, recent enough, and a completed full resync).
+
+    `resyncing` counts the active accounts with a run pending or running, whatever their state;
+    `deauthorized` and `unlisted` accounts are counted apart (syncd keeps their rows). Lists:
+    the failing accounts (longest failing first) and the lagging ones (oldest poll first), at
+    most ACCOUNTS_LISTED each; and how many accounts each live replica leases."""
+    live = [i["id"] for i in instances if i["alive"]]
+    rows = await db.fetch(
+        "status_accounts", ACCOUNT_LAG_MIN, ACCOUNT_LAG_POLLS, bool(live), ACCOUNTS_LISTED
+    )
+    if not rows:
+        return None
+    by_state = {r["state"]: r for r in rows}
+
+    def count(state: str) -> int:
+        row = by_state.get(state)
+        return int(row["accounts"]) if row is not None else 0
+
+    def first(state: str) -> list[dict[str, Any]]:
+        row = by_state.get(state)
+        return list(row["first"] or []) if row is not None else []
+
+    active = ("failing", "lagging", "not_synced", "synced")
+    counts = {
+        "active": sum(count(s) for s in active),
+        "synced": count("synced"),
+        "lagging": count("lagging"),
+        "failing": count("failing"),
+        "not_synced": count("not_synced"),
+        "resyncing": sum(int(by_state[s]["resyncing"]) for s in active if s in by_state),
+        "deauthorized": count("deauthorized"),
+        "unlisted": count("unlisted"),
+    }
+    leased = {r["leased_by"]: int(r["accounts"]) for r in await db.fetch("status_account_leases")}
+    return {
+        "counts": counts,
+        "failing": [
+            {
+                "account": a["account"],
+                "since": _iso(datetime.fromisoformat(a["since"]).astimezone(UTC))
+                if a["since"]
+                else None,
+                "failing_for": _round(a["failing_for"]),
+                "error": scrub(a["error"]),
+            }
+            for a in first("failing")
+        ],
+        "lagging": [
+            {
+                "account": a["account"],
+                "last_poll_age": _round(a["last_poll_age"]),
+                "poll_interval": a["poll_interval"],
+                "leased_by": a["leased_by"],
+            }
+            for a in first("lagging")
+        ],
+        "leases": {who: leased.get(who, 0) for who in live},
+        # Leases a replica that is not alive still holds on paper (it died; another takes over).
+        "leased_by_gone": sum(n for who, n in leased.items() if who not in live),
+    }
+
+
+def _accounts_problems(accounts: dict[str, Any], problems: list[str], warnings: list[str]) -> None:
+    """A failing account is a problem (status exits 1), a lagging one a warning."""
+    counts = accounts["counts"]
+    if counts["failing"]:
+        problems.append(f"{_accounts_text(counts['failing'])} failing (listed under accounts)")
+    if counts["lagging"]:
+        warnings.append(f"{_accounts_text(counts['lagging'])} lagging (listed under accounts)")
+
+
+def _accounts_text(n: int) -> str:
+    return f"{n} account" if n == 1 else f"{n} accounts"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 async def _resync(db: Database, version: int) -> list[dict[str, Any]]:
@@ -372,6 +483,8 @@ def render(report: Report) -> str:
             f"events      cursor {_age(ev['cursor_age'])} ({ev['cursor_reason']}), moved "
             f"{_age(ev['cursor_advanced'])}; ledger 24h: {ledger}; median lag {lag}"
         )
+    if "accounts" in report:
+        lines.extend(_render_accounts(report["accounts"]))
     queue = report.get("refetch_queue")
     if queue is not None and queue["objects"]:
         lines.append(
@@ -413,6 +526,41 @@ def render(report: Report) -> str:
         deleted = f" (+{t['deleted']} deleted)" if t["deleted"] else ""
         lines.append(f"  {name:<28} {t['live']:>8}{deleted}")
     return "\n".join(lines) + "\n"
+
+
+def _render_accounts(accounts: dict[str, Any]) -> list[str]:
+    """Connect: the counts on one line, then the failing and lagging accounts and the leases."""
+    c = accounts["counts"]
+    line = (
+        f"accounts    {c['active']} active: {c['synced']} synced, {c['lagging']} lagging,"
+        f" {c['failing']} failing, {c['not_synced']} not yet synced"
+    )
+    if c["resyncing"]:
+        line += f"; {c['resyncing']} resyncing"
+    gone = [f"{c[s]} {s}" for s in ("deauthorized", "unlisted") if c[s]]
+    if gone:
+        line += f"; {', '.join(gone)} (rows kept)"
+    lines = [line]
+    for a in accounts["failing"]:
+        since = f"since {a['since']} ({_age(a['failing_for'])})" if a["since"] else "since ?"
+        lines.append(f"  failing   {a['account']}  {since}: {' '.join(a['error'].split())}")
+    if c["failing"] > len(accounts["failing"]):
+        lines.append(f"  failing   and {c['failing'] - len(accounts['failing'])} more")
+    for a in accounts["lagging"]:
+        age = a["last_poll_age"]
+        poll = "no poll yet" if age is None else f"last poll {_age(age)}"
+        if a["poll_interval"] is not None:
+            poll += f" (every {a['poll_interval']:g}s)"
+        lease = f"leased by {a['leased_by']}" if a["leased_by"] else "not leased"
+        lines.append(f"  lagging   {a['account']}  {poll}, {lease}")
+    if c["lagging"] > len(accounts["lagging"]):
+        lines.append(f"  lagging   and {c['lagging'] - len(accounts['lagging'])} more")
+    leases = [f"{who} {n}" for who, n in accounts["leases"].items()]
+    if accounts["leased_by_gone"]:
+        leases.append(f"{accounts['leased_by_gone']} by replicas gone")
+    if leases:
+        lines.append(f"  leases    {', '.join(leases)}")
+    return lines
 
 
 def _render_progress(run: dict[str, Any]) -> list[str]:

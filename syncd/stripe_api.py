@@ -21,6 +21,7 @@ it had, and the loop that sent it stops between batches as usual.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
@@ -289,6 +290,17 @@ class StripeAPI:
         )
         self.max_retries = cfg.stripe.max_retries
         self.clock = StripeClock()
+        self.account: str | None = cfg.stripe.account or None  # the Stripe-Account header
+
+    def for_account(self, account: str | None, limiter: RateLimiter | None = None) -> StripeAPI:
+        """This client acting for `account` (its Stripe-Account header; None: the key's own),
+        over the same connections and Stripe clock; with `limiter`, under a budget of its own
+        (`stripe.connect_limits = "account"`), else under this client's. Not to be closed."""
+        view = copy.copy(self)
+        view.account = account
+        if limiter is not None:
+            view.limiter = limiter
+        return view
 
     async def close(self) -> None:
         await self._http.close_async()  # type: ignore[no-untyped-call]
@@ -370,6 +382,8 @@ class StripeAPI:
         options: dict[str, Any] = {}
         if idempotency_key:
             options["idempotency_key"] = idempotency_key
+        if self.account:
+            options["stripe_account"] = self.account
         started = time.monotonic()
         try:
             content, status, headers = await self._client._requestor.request_raw_async(

@@ -49,10 +49,26 @@ class Written:
 
 
 class Writer:
-    def __init__(self, db: Database, *, account_id: str = "", notify_channel: str = ""):
+    def __init__(
+        self, db: Database, *, account_id: str = "", notify_channel: str = "", connect: bool = False
+    ):
+        """`account_id`: written on every row. `connect`: one of several accounts
+        (stripe.accounts), so the resync's runs and sweeps and the refetch queue keep to this
+        account's rows; without it they cover every row, as with one account."""
         self.db = db
         self.account_id = account_id
         self.notify_channel = notify_channel
+        self.connect = connect
+
+    @property
+    def run_key(self) -> str:
+        """The account the resync runs and coverage are kept under ('' with one account)."""
+        return self.account_id if self.connect else ""
+
+    @property
+    def rows_of(self) -> str | None:
+        """The account whose rows a sweep or queue may touch; None: every row."""
+        return self.account_id if self.connect else None
 
     async def upsert(
         self,

@@ -28,9 +28,11 @@ ON CONFLICT (account_id) DO UPDATE
 SELECT event_id FROM {state}.events_ledger WHERE event_id = ANY($1::text[]);
 
 -- name: events_ledger_record
--- $1: a JSON array of {event_id, type, created, object_type, object_id, outcome, reason}.
-INSERT INTO {state}.events_ledger (event_id, type, created, object_type, object_id, outcome, reason)
-SELECT event_id, type, created, object_type, object_id, outcome, reason
+-- $1: a JSON array of {event_id, type, created, object_type, object_id, outcome, reason};
+-- $2: the account the events came from.
+INSERT INTO {state}.events_ledger (event_id, type, created, object_type, object_id, outcome, reason,
+                                   account_id)
+SELECT event_id, type, created, object_type, object_id, outcome, reason, $2
   FROM jsonb_to_recordset($1::jsonb) AS e(event_id text, type text, created bigint,
                                            object_type text, object_id text, outcome text,
                                            reason text)
@@ -49,6 +51,7 @@ SELECT outcome, reason, count(*) AS n FROM {state}.events_ledger GROUP BY outcom
 SELECT table_name, object_id, parent_id, not_before
   FROM {state}.refetch_queue
  WHERE not_before < to_timestamp($1) AND table_name <> $3
+   AND ($4::text IS NULL OR account_id = $4)  -- $4: one account's (Connect), NULL: all
  ORDER BY not_before LIMIT $2;
 
 -- name: refetch_queue_due_tables
@@ -56,11 +59,14 @@ SELECT table_name, object_id, parent_id, not_before
 SELECT table_name, count(*) AS n
   FROM {state}.refetch_queue
  WHERE not_before < to_timestamp($1) AND parent_id IS NULL
+   AND ($2::text IS NULL OR account_id = $2)
  GROUP BY table_name ORDER BY n DESC;
 
 -- name: mirror_live_count_upto
--- Live rows of {table}, counted up to $1 at most (bounded work on a large mirror).
-SELECT count(*) FROM (SELECT 1 FROM {mirror}.{table} WHERE deleted_at IS NULL LIMIT $1) AS live;
+-- Live rows of {table} (of account $2; NULL: any), counted up to $1 at most (bounded work).
+SELECT count(*) FROM (SELECT 1 FROM {mirror}.{table}
+                       WHERE deleted_at IS NULL AND ($2::text IS NULL OR account_id = $2)
+                       LIMIT $1) AS live;
 
 -- name: refetch_queue_done
 -- Entries settled by a fetch; one queued again meanwhile (a later not_before) stays.
@@ -72,7 +78,8 @@ DELETE FROM {state}.refetch_queue q
 -- name: refetch_queue_add
 -- An object an applied event changed without an event of its own (apply.REFERENCED): fetched
 -- again by the same loop once Stripe's clock has passed $3, the end of the event's second.
-SELECT {state}.refetch_later($1, $2, NULL, to_timestamp($3));
+-- $4: the account that holds it.
+SELECT {state}.refetch_later($1, $2, NULL, to_timestamp($3), $4);
 
 -- name: refetch_queue_size
 SELECT count(*) FROM {state}.refetch_queue;

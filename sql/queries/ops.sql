@@ -88,7 +88,10 @@ SELECT c.account_id, c.position, c.reason, c.advanced_at,
                  ORDER BY processed_at DESC LIMIT 200) l) AS median_lag,
        (SELECT max(processed_at) FROM {state}.events_ledger) AS last_event_at
   FROM {state}.events_cursor c
- ORDER BY c.account_id;
+ -- Connect: a disconnected account's cursor stands still for good; it is not the stream's.
+ WHERE NOT EXISTS (SELECT 1 FROM {state}.accounts a
+                    WHERE a.account_id = c.account_id AND a.status <> 'active')
+ ORDER BY c.position, c.account_id;
 
 -- name: status_refetch_queue
 -- Objects waiting to be fetched again (docs/events.md, Versions): how many, and how long the
@@ -137,3 +140,50 @@ SELECT run_id, status, reason, extract(epoch FROM finished_at - started_at)::flo
        (SELECT COALESCE(sum(objects), 0)::bigint FROM {state}.resync_slices s
          WHERE s.run_id = r.run_id) AS objects
   FROM {state}.resync_runs r ORDER BY run_id DESC LIMIT 1;
+
+-- name: status_accounts
+-- Connect (stripe.accounts): the accounts by state, as `syncd status` defines them
+-- (syncd/status.py, _accounts): how many, how many of each have a resync pending or running, and
+-- the first $4 of each (failing: longest failing first; lagging: oldest poll first). $1: the
+-- least lag that counts (seconds), $2: the lag in poll intervals that counts, $3: whether live
+-- replicas exist (then an active account none leases is lagging).
+WITH a AS (
+    SELECT a.account_id, a.status, a.leased_by, a.last_poll_at, a.poll_interval, a.error,
+           a.failing_since,
+           extract(epoch FROM now() - a.last_poll_at)::float8 AS poll_age,
+           EXISTS (SELECT 1 FROM {state}.resync_runs r
+                    WHERE r.account_id = a.account_id AND r.tables IS NULL
+                      AND r.status IN ('done', 'done_with_problems')) AS fully_synced,
+           EXISTS (SELECT 1 FROM {state}.resync_runs r
+                    WHERE r.account_id = a.account_id
+                      AND r.status IN ('pending', 'running')) AS resyncing
+      FROM {state}.accounts a
+), classified AS (
+    SELECT *,
+           CASE WHEN status <> 'active' THEN status
+                WHEN error IS NOT NULL THEN 'failing'
+                WHEN poll_age > greatest($2 * coalesce(poll_interval, 0), $1)
+                  OR (leased_by IS NULL AND $3) THEN 'lagging'
+                WHEN last_poll_at IS NULL OR NOT fully_synced THEN 'not_synced'
+                ELSE 'synced' END AS state
+      FROM a
+)
+SELECT state, count(*)::bigint AS accounts,
+       count(*) FILTER (WHERE resyncing)::bigint AS resyncing,
+       (array_agg(jsonb_build_object(
+                     'account', account_id, 'error', error, 'leased_by', leased_by,
+                     'since', failing_since,
+                     'failing_for', extract(epoch FROM now() - failing_since)::float8,
+                     'last_poll_age', poll_age, 'poll_interval', poll_interval)
+                  ORDER BY CASE WHEN state = 'failing' THEN failing_since END NULLS LAST,
+                           last_poll_at NULLS FIRST, account_id)
+            FILTER (WHERE state IN ('failing', 'lagging')))[1:$4] AS first
+  FROM classified
+ GROUP BY state;
+
+-- name: status_account_leases
+-- Connect: how many accounts each replica leases now (leased_by).
+SELECT leased_by, count(*)::bigint AS accounts
+  FROM {state}.accounts
+ WHERE leased_by IS NOT NULL
+ GROUP BY leased_by;

@@ -1,18 +1,26 @@
 -- Full resync: runs, tables, slices (checkpoints) and the sweep for vanished objects.
 
 -- name: resync_find_unfinished
--- The unfinished run of exactly this scope ($1 sorted tables, NULL: everything), if any.
+-- The unfinished run of exactly this scope ($1 sorted tables, NULL: everything) of account $2
+-- ('' with one account), if any.
 SELECT run_id, tables, reason, status, started_version
   FROM {state}.resync_runs
  WHERE status IN ('pending', 'running') AND tables IS NOT DISTINCT FROM $1::text[]
+   AND account_id = $2
  ORDER BY run_id LIMIT 1;
 
 -- name: resync_unfinished_runs
 SELECT run_id, tables, reason, status, started_version
-  FROM {state}.resync_runs WHERE status IN ('pending', 'running') ORDER BY run_id;
+  FROM {state}.resync_runs WHERE status IN ('pending', 'running') AND account_id = $1
+ ORDER BY run_id;
+
+-- name: resync_accounts_waiting
+-- Accounts with a run to do (Connect: the replica leasing one wakes its resync loop).
+SELECT DISTINCT account_id FROM {state}.resync_runs WHERE status IN ('pending', 'running');
 
 -- name: resync_create_run
-INSERT INTO {state}.resync_runs (tables, reason) VALUES ($1::text[], $2) RETURNING run_id;
+INSERT INTO {state}.resync_runs (tables, reason, account_id) VALUES ($1::text[], $2, $3)
+RETURNING run_id;
 
 -- name: resync_start_run
 -- Keeps the first start's version on a resumed run: rows it confirmed stay confirmed.
@@ -27,6 +35,7 @@ RETURNING started_version, reason, started_at;
 UPDATE {state}.resync_runs
    SET status = 'superseded', finished_at = now(), error = 'superseded by run ' || $1
  WHERE status IN ('pending', 'running') AND run_id <> $1
+   AND account_id = (SELECT account_id FROM {state}.resync_runs WHERE run_id = $1)
    AND ($2::text[] IS NULL OR (tables IS NOT NULL AND tables <@ $2::text[]));
 
 -- name: resync_finish_run
@@ -39,19 +48,21 @@ SELECT run_id, tables, reason, status, started_version, requested_at, started_at
 
 -- name: resync_has_completed
 SELECT EXISTS (SELECT 1 FROM {state}.resync_runs
-                WHERE status IN ('done', 'done_with_problems') AND tables IS NULL);
+                WHERE status IN ('done', 'done_with_problems') AND tables IS NULL
+                  AND account_id = $1);
 
 -- name: resync_last_completed
 -- Unix time the last complete (every type) resync finished; NULL: never.
 SELECT extract(epoch FROM max(finished_at))::double precision
-  FROM {state}.resync_runs WHERE status IN ('done', 'done_with_problems') AND tables IS NULL;
+  FROM {state}.resync_runs
+ WHERE status IN ('done', 'done_with_problems') AND tables IS NULL AND account_id = $1;
 
 -- name: resync_previous_objects
 -- Objects per table in the last finished run: the biggest types start first.
 SELECT s.table_name, sum(s.objects)::bigint AS objects
   FROM {state}.resync_slices s
  WHERE s.run_id = (SELECT max(run_id) FROM {state}.resync_runs
-                    WHERE status IN ('done', 'done_with_problems'))
+                    WHERE status IN ('done', 'done_with_problems') AND account_id = $1)
  GROUP BY s.table_name;
 
 -- name: resync_init_table
@@ -159,14 +170,17 @@ SELECT t.table_name, t.status, t.tombstoned, t.error,
 -- name: resync_unconfirmed
 -- Live rows of {table} that no answer since the run began confirmed ($1: threshold), by id
 -- after $2: the candidates for tombstones once a complete list did not show them.
+-- $4: the account's rows only (Connect), NULL: every row.
 SELECT id FROM {mirror}.{table}
  WHERE deleted_at IS NULL AND fetched_at < to_timestamp($1) AND id > $2
+   AND ($4::text IS NULL OR account_id = $4)
  ORDER BY id LIMIT $3;
 
 -- name: resync_unconfirmed_children
 -- Same for an owned child table, with the parent's id.
 SELECT id, parent_id FROM {mirror}.{table}
  WHERE deleted_at IS NULL AND fetched_at < to_timestamp($1) AND id > $2
+   AND ($4::text IS NULL OR account_id = $4)
  ORDER BY id LIMIT $3;
 
 -- name: resync_record_failure
@@ -190,13 +204,13 @@ UPDATE {state}.requests
 RETURNING id;
 
 -- name: resync_cover
--- Run $1 covered tables $2 (listed, or fetched with their parents).
-INSERT INTO {state}.resync_coverage AS c (table_name, run_id)
-SELECT t, $1 FROM unnest($2::text[]) AS t
-ON CONFLICT (table_name) DO UPDATE SET run_id = EXCLUDED.run_id, covered_at = now();
+-- Run $1 covered tables $2 (listed, or fetched with their parents) of account $3.
+INSERT INTO {state}.resync_coverage AS c (table_name, run_id, account_id)
+SELECT t, $1, $3 FROM unnest($2::text[]) AS t
+ON CONFLICT (account_id, table_name) DO UPDATE SET run_id = EXCLUDED.run_id, covered_at = now();
 
 -- name: resync_covered
-SELECT table_name FROM {state}.resync_coverage;
+SELECT table_name FROM {state}.resync_coverage WHERE account_id = $1;
 
 -- name: resync_walk_of
 -- A per-parent walk's checkpoint (resync/parents.py): the last parent done, parents, children.
@@ -212,15 +226,17 @@ ON CONFLICT (run_id, table_name, variant, slice_no) DO UPDATE
        done = EXCLUDED.done;
 
 -- name: resync_parent_ids
--- The live parents of a per-parent walk, by id after $1.
-SELECT id FROM {mirror}.{table} WHERE deleted_at IS NULL AND id > $1 ORDER BY id LIMIT $2;
+-- The live parents of a per-parent walk, by id after $1 ($3: of this account; NULL: any).
+SELECT id FROM {mirror}.{table}
+ WHERE deleted_at IS NULL AND id > $1 AND ($3::text IS NULL OR account_id = $3)
+ ORDER BY id LIMIT $2;
 
 -- name: resync_entitled_customers
 -- Customers ({table}) that can have active entitlements, by id after $1: a live subscription
 -- that grants them (Stripe: active, trialing or past_due) on a product with live features, or
 -- live entitlement rows in the mirror (their set may have become empty).
 SELECT c.id FROM {mirror}.{table} c
- WHERE c.deleted_at IS NULL AND c.id > $1
+ WHERE c.deleted_at IS NULL AND c.id > $1 AND ($3::text IS NULL OR c.account_id = $3)
    AND (EXISTS (SELECT 1
                   FROM {mirror}.subscriptions s
                   JOIN {mirror}.subscription_items i
@@ -236,14 +252,15 @@ SELECT c.id FROM {mirror}.{table} c
 -- name: resync_parents_left
 -- Parents ({table}) a per-parent walk has still to go through after its cursor $1: live rows,
 -- as resync_parent_ids walks them. One request each (resync/eta.py).
-SELECT count(*)::bigint FROM {mirror}.{table} WHERE deleted_at IS NULL AND id > $1;
+SELECT count(*)::bigint FROM {mirror}.{table}
+ WHERE deleted_at IS NULL AND id > $1 AND ($2::text IS NULL OR account_id = $2);
 
 -- name: resync_entitled_left
 -- The same for the active entitlements walk: customers ({table}) that can have any, as
 -- resync_entitled_customers chooses them. Counted from the (few) candidates, not by testing
 -- every customer.
 SELECT count(*)::bigint FROM {mirror}.{table} c
- WHERE c.deleted_at IS NULL AND c.id > $1
+ WHERE c.deleted_at IS NULL AND c.id > $1 AND ($2::text IS NULL OR c.account_id = $2)
    AND c.id IN (SELECT s.customer_id
                   FROM {mirror}.subscriptions s
                   JOIN {mirror}.subscription_items i

@@ -200,7 +200,7 @@ class RunEta:
     async def update(self) -> None:
         run, state = self.run, self.run.state
         if self.previous is None:
-            rows = await run.db.fetch("resync_previous_objects")
+            rows = await run.db.fetch("resync_previous_objects", run.writer.run_key)
             self.previous = {r["table_name"]: int(r["objects"]) for r in rows}
         now = run.clock.now()
         lists: dict[str, float] = {}
@@ -262,9 +262,13 @@ class RunEta:
         if child_res.table == "active_entitlements":
             # Only customers who can have any, as the mirror shows them now (product features
             # are walked first, so this is known better as the run goes).
-            count = await run.db.fetchval("resync_entitled_left", cursor, table=parent.table)
+            count = await run.db.fetchval(
+                "resync_entitled_left", cursor, run.writer.rows_of, table=parent.table
+            )
             return max(0, int(count) - answered), False
-        count = await run.db.fetchval("resync_parents_left", cursor, table=parent.table)
+        count = await run.db.fetchval(
+            "resync_parents_left", cursor, run.writer.rows_of, table=parent.table
+        )
         left, at_least = max(0, int(count) - answered), False
         if status == "listing":
             # The walk will go through the parents the listing leaves in the mirror. A mirror

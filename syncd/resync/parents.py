@@ -77,10 +77,16 @@ class ParentLists:
         while child_res.table not in run.state.disabled_children:
             if child_res.table == "active_entitlements":  # only customers who can have any
                 rows = await run.db.fetch(
-                    "resync_entitled_customers", cursor, BATCH, table=parent.table
+                    "resync_entitled_customers",
+                    cursor,
+                    BATCH,
+                    run.writer.rows_of,
+                    table=parent.table,
                 )
             else:
-                rows = await run.db.fetch("resync_parent_ids", cursor, BATCH, table=parent.table)
+                rows = await run.db.fetch(
+                    "resync_parent_ids", cursor, BATCH, run.writer.rows_of, table=parent.table
+                )
             ids = [r["id"] for r in rows]
             if not ids:
                 break

@@ -4,6 +4,7 @@ listing and the sweep in turn, the quarantine retry, the problems it ends with, 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -93,9 +94,10 @@ def resolve_scope(cfg: Config, tables: Sequence[str] | None) -> list[str] | None
     return sorted(out)
 
 
-async def has_completed_resync(db: Database) -> bool:
-    """Whether a resync of every type ever finished (the mirror has been filled once)."""
-    return bool(await db.fetchval("resync_has_completed"))
+async def has_completed_resync(db: Database, account: str = "") -> bool:
+    """Whether a resync of every type ever finished (the mirror has been filled once), for
+    `account` (Writer.run_key: '' with one account)."""
+    return bool(await db.fetchval("resync_has_completed", account))
 
 
 class Resync:
@@ -116,6 +118,8 @@ class Resync:
         self.problems = problems if problems is not None else Problems()
         self.quarantine = Quarantine(db)
         self._lock = anyio.Lock()
+        # Connect: the replica's runs take turns (a few at once), each account's loop its own.
+        self.gate: anyio.Semaphore | None = None
 
     # ---- scope and runs ---------------------------------------------------------------------
 
@@ -125,19 +129,21 @@ class Resync:
     async def enqueue(self, tables: Sequence[str] | None, reason: str) -> int:
         """A pending run for this scope (an unfinished one of the same scope is reused)."""
         scope = self.scope(tables)
-        row = await self.db.fetchrow("resync_find_unfinished", scope)
+        key = self.writer.run_key
+        row = await self.db.fetchrow("resync_find_unfinished", scope, key)
         if row is not None:
             return int(row["run_id"])
-        return int(await self.db.fetchval("resync_create_run", scope, reason))
+        return int(await self.db.fetchval("resync_create_run", scope, reason, key))
 
     async def run(self, tables: Sequence[str] | None = None, *, reason: str) -> ResyncResult:
         """Resync `tables` (None: every mirrored type), resuming an unfinished run of that scope."""
         scope = self.scope(tables)
-        async with self._lock:
-            row = await self.db.fetchrow("resync_find_unfinished", scope)
+        async with self._lock, self.gate or contextlib.nullcontext():
+            key = self.writer.run_key
+            row = await self.db.fetchrow("resync_find_unfinished", scope, key)
             resumed = row is not None and row["status"] == "running"
             if row is None:
-                run_id = int(await self.db.fetchval("resync_create_run", scope, reason))
+                run_id = int(await self.db.fetchval("resync_create_run", scope, reason, key))
             else:
                 run_id = int(row["run_id"])
             with bind_context(resync_run=run_id):
@@ -315,7 +321,7 @@ class Resync:
         selected later that is missing here is backfilled at the next start."""
         listed = [r for r in resources if state.status.get(r.table) in ("listed", "swept")]
         covered = set(self.mirrored_tables(listed)) - state.disabled_children
-        await self.db.execute("resync_cover", run_id, sorted(covered))
+        await self.db.execute("resync_cover", run_id, sorted(covered), self.writer.run_key)
 
     def mirrored_tables(self, resources: list[Resource] | None = None) -> list[str]:
         """The tables a resync of `resources` (None: every listed type selected) fills: the
@@ -347,7 +353,8 @@ class Resync:
 
     async def _load(self, run_id: int, resources: list[Resource]) -> RunState:
         previous = {
-            r["table_name"]: r["objects"] for r in await self.db.fetch("resync_previous_objects")
+            r["table_name"]: r["objects"]
+            for r in await self.db.fetch("resync_previous_objects", self.writer.run_key)
         }
 
         async def init(conn: Tx) -> None:

@@ -81,7 +81,12 @@ class Sweep:
         after = ""
         while True:
             rows = await self.db.fetch(
-                "resync_unconfirmed", self.threshold, after, SWEEP_BATCH, table=res.table
+                "resync_unconfirmed",
+                self.threshold,
+                after,
+                SWEEP_BATCH,
+                self.writer.rows_of,
+                table=res.table,
             )
             if not rows:
                 return
@@ -160,6 +165,7 @@ class Sweep:
                 self.threshold,
                 after,
                 SWEEP_BATCH * 10,
+                self.writer.rows_of,
                 table=res.table,
             )
             if not rows:

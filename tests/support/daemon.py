@@ -38,13 +38,20 @@ def daemon_env(db_url: str, emu: Emulator) -> dict[str, str]:
 
 
 def start_daemon(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "syncd", "run"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # TEST_DAEMON_LOG=path: the daemons' logs, appended there (debugging a test).
+    log_path = os.environ.get("TEST_DAEMON_LOG")
+    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND) if log_path else None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "syncd", "run"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL if out is None else out,
+            stderr=subprocess.DEVNULL if out is None else out,
+        )
+    finally:
+        if out is not None:
+            os.close(out)  # the child has its own copy
 
 
 @asynccontextmanager
