@@ -62,6 +62,7 @@ RECORD_EVERY = 10.0
 DEAUTHORIZED = "account.application.deauthorized"
 AUTHORIZED = "account.application.authorized"
 PROBLEM = "accounts"
+FAILING = "accounts_failing"
 
 
 async def platform_account(api: StripeAPI) -> str:
@@ -292,6 +293,7 @@ class Replica:
             start=self._start,
             stop=self._stop,
             replicas_changed=self._share,
+            problems=self.runtime.problems,
         )
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -322,6 +324,15 @@ class Replica:
                 since = now
                 failing = sum(1 for r in self.running.values() if r.pacer and r.pacer.failing)
                 metrics.accounts_failing.set(failing)
+                if failing:
+                    self.runtime.problems.report(
+                        FAILING,
+                        f"{failing} of {len(self.running)} accounts failing here"
+                        " (syncd status lists them)",
+                        blocking=False,
+                    )
+                else:
+                    self.runtime.problems.clear(FAILING)
             except SyncdError as exc:
                 log.warning("account_hints_failed", error=str(exc))
 

@@ -591,7 +591,15 @@ class EventStream:
             else:
                 backoff.reset()
                 more = self._relisting is not None or fetched >= SETTLE_BATCH
-                delay = 0.0 if more else self.cfg.events.poll_interval
+                # Connect: a quiet account's queue is looked at less often (a thousand accounts
+                # would otherwise cost a thousand queries a second), at most a sweep apart.
+                events = self.cfg.events
+                pace = (
+                    events.poll_interval
+                    if self.pacer is None
+                    else min(self.pacer.interval, events.overlap_interval)
+                )
+                delay = 0.0 if more else pace
             if not await lifecycle.sleep(delay):
                 return
 

@@ -80,7 +80,9 @@ class Health:
         checks["role"] = role if role in ("leader", "standby") else f"not ready ({role})"
         if role == "leader":
             checks["poll"] = self._poll_check()
-            # A loop that cannot do its job (the event stream unable to commit): not ready.
+        if role == "leader" or self.cfg.stripe.accounts:
+            # A loop that cannot do its job (the event stream unable to commit; Connect: every
+            # replica syncs accounts, and one that cannot lease any): not ready.
             for key, problem in state.problems.blocking().items():
                 checks[key] = problem.message
         ok = all(

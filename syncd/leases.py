@@ -32,8 +32,10 @@ from syncd.db import Database, Dedicated, translate
 from syncd.errors import SyncdError
 from syncd.lifecycle import Lifecycle
 from syncd.logs import get_logger
+from syncd.problems import Problems
 
 log = get_logger(__name__)
+PROBLEM = "account_leases"
 
 
 def _int4(text: str) -> int:
@@ -60,6 +62,7 @@ class Leases:
         start: Callable[[str], Awaitable[None]],
         stop: Callable[[str], Awaitable[None]],
         replicas_changed: Callable[[int], None] = lambda n: None,
+        problems: Problems | None = None,
     ):
         self.db = db
         self.lifecycle = lifecycle
@@ -67,6 +70,7 @@ class Leases:
         self.interval = interval
         self._start, self._stop = start, stop
         self._replicas_changed = replicas_changed
+        self.problems = problems if problems is not None else Problems()
         # One lock class for the accounts and one for presence, per state schema (two syncd
         # installs in one database lease apart).
         self.account_class = _int4(f"syncd:accounts:{db.schemas.state}")
@@ -85,9 +89,12 @@ class Leases:
             while not self.lifecycle.stopping.is_set():
                 try:
                     await self._round()
+                    self.problems.clear(PROBLEM)
                 except (SyncdError, TimeoutError, OSError) as exc:
                     error = exc if isinstance(exc, SyncdError) else translate(exc, self.db.dsn)
                     log.warning("lease_round_failed", error=str(error), held=len(self.held))
+                    # This replica syncs no account until a round works again: not ready.
+                    self.problems.report(PROBLEM, f"accounts not leased: {error}", blocking=True)
                     await self._drop_all("lease connection failed")
                 await self.lifecycle.sleep(self.interval, self._lost)
         finally:

@@ -82,7 +82,7 @@ async def converged(db_url: str, emu: Emulator, accounts: dict[str, str | None])
     with anyio.fail_after(60):
         while True:
             ok = True
-            for account_id in accounts:
+            for account_id, header in accounts.items():
                 if await mirrored(db_url, account_id) != live_customers(emu, header):
                     ok = False
             if ok:
@@ -111,6 +111,14 @@ async def test_platform_and_connected_accounts_converge_and_deauthorization_keep
             "SELECT count(DISTINCT account_id) = 3 FROM syncd.resync_runs"
             " WHERE status = 'done' AND tables IS NULL",
         )
+        # The application views show each row's account.
+        plans = await fetch(db_url, "SELECT DISTINCT account_id FROM billing.pricing_plans")
+        with_prices = {
+            acct
+            for acct, header in accounts.items()
+            if (emu.account(header) if header else emu).objects("price")
+        }
+        assert {r["account_id"] for r in plans} == with_prices
         # Changes in each account stream in under that account.
         await create_customer(emu, a, "new-a@example.com")
         await create_customer(emu, b, "new-b@example.com")

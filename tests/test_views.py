@@ -41,6 +41,7 @@ async def test_customers_view_maps_user_ids(synced: Synced) -> None:
         "full_name": cus["name"],
         "created_at": ts(cus["created"]),
         "updated_at": sub["updated_at"],
+        "account_id": "",  # the key's own account (Connect: the account's id)
     }
     # Checkout made this customer without metadata: the session's client_reference_id maps it.
     assert got[acc.checkout_customer]["id"] == acc.checkout_user
@@ -156,6 +157,7 @@ async def test_payments_view(synced: Synced) -> None:
         "created_at": ts(session["created"]),
         "source": "checkout_session",
         "payment_intent_id": session["payment_intent"],
+        "account_id": "",
     }
     guest = await rows(db, "SELECT * FROM billing.payments WHERE user_id = $1", acc.guest)
     assert [(r["amount"], r["customer_id"]) for r in guest] == [(1500, None)]

@@ -67,6 +67,17 @@ async def check_is_subscribed(s: Synced, sql: str) -> None:
 
 
 @check
+async def check_subscribed_per_account(s: Synced, sql: str) -> None:
+    # One account here (the key's own, account_id ''): one row per user with subscriptions.
+    acc = s.acc
+    for user in (acc.subscriber, acc.checkout_user, acc.buyer, acc.guest, *acc.users):
+        subs = user_subs(s, user, tuple({x["status"] for x in s.emu.objects("subscription")}))
+        expected = [("", bool(user_subs(s, user, LIVE)))] if subs else []
+        assert await run(s, sql, user) == expected, user
+    assert await run(s, sql, acc.subscriber) == [("", True)]
+
+
+@check
 async def check_current_subscription(s: Synced, sql: str) -> None:
     prices = {p["id"]: p for p in s.emu.objects("price")}
     products = {p["id"]: p for p in s.emu.objects("product")}
