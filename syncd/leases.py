@@ -121,10 +121,12 @@ class Leases:
             await self._drop_all("lease connection closed")
         conn = await self._connection()
         with anyio.fail_after(max(5.0, self.interval * 3)):
+            # The server must hold exactly the locks we work under (accounts whose keys
+            # collide share one); anything else, and no account's work goes on.
             held_now = int(await conn.fetchval("lease_held", self.account_class))
-            # Locks of colliding keys are shared by their accounts: never more than we think.
-            if held_now > len(self.held):
-                raise SyncdError(f"lease locks held {held_now}, expected {len(self.held)}")
+            expected = len({account_key(a) for a in self.held})
+            if held_now != expected:
+                raise SyncdError(f"lease locks held {held_now}, expected {expected}")
             replicas = max(1, int(await conn.fetchval("lease_replicas", self.presence_class)))
             active = [r["account_id"] for r in await self.db.fetch("accounts_active")]
         if replicas != self.replicas:
