@@ -33,6 +33,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from syncd import metrics
+from syncd.config import Config
 from syncd.control import submit
 from syncd.db import Tx
 from syncd.errors import StripePermissionDenied, SyncdError, one_error
@@ -53,9 +54,6 @@ log = get_logger(__name__)
 
 # At most this share of a replica's budget goes to polling its quiet accounts.
 QUIET_SHARE = 0.5
-# Full resyncs one replica runs at once (a thousand accounts' first resyncs take turns, and
-# the active accounts' polls keep their share of the budget).
-RESYNCS_AT_ONCE = 4
 # An account's status row is rewritten at least this often while nothing changes.
 RECORD_EVERY = 10.0
 # Platform event types about a connected account's link to the platform.
@@ -63,6 +61,13 @@ DEAUTHORIZED = "account.application.deauthorized"
 AUTHORIZED = "account.application.authorized"
 PROBLEM = "accounts"
 FAILING = "accounts_failing"
+
+
+def resyncs_at_once(cfg: Config) -> int:
+    """Full resyncs one replica runs at once: a thousand accounts' first resyncs take turns.
+    Each holds `sync.writers` pooled connections for its listing and one for its bookkeeping,
+    and two stay for the polls: more at once would wait for connections, not go faster."""
+    return max(1, (cfg.database.pool_max_size - 2) // (cfg.sync.writers + 1))
 
 
 async def platform_account(api: StripeAPI) -> str:
@@ -254,7 +259,7 @@ class Replica:
         self.lifecycle = runtime.lifecycle
         self.platform: str | None = None
         self.running: dict[str, _Running] = {}
-        self.resync_gate = anyio.Semaphore(RESYNCS_AT_ONCE)
+        self.resync_gate = anyio.Semaphore(resyncs_at_once(self.cfg))
         self.shared = self.cfg.stripe.connect_limits == "shared"
         self._tg: TaskGroup | None = None
         self._sighup = False
