@@ -151,6 +151,43 @@ CREATE FUNCTION stripe.user_mapping_lock(customer text) RETURNS bigint
 $$;
 
 --
+-- Name: adopt_own_rows(text); Type: FUNCTION; Schema: syncd; Owner: -
+--
+
+CREATE FUNCTION syncd.adopt_own_rows(platform text) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $_$
+DECLARE
+    t text;
+    n bigint;
+    moved bigint := 0;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM "syncd".events_cursor WHERE account_id = '')
+       AND NOT EXISTS (SELECT 1 FROM "syncd".resync_runs WHERE account_id = '') THEN
+        RETURN 0;  -- nothing from before: no table is scanned
+    END IF;
+    FOR t IN SELECT c.relname FROM pg_class c
+               JOIN pg_attribute a ON a.attrelid = c.oid
+              WHERE c.relnamespace = '"stripe"'::regnamespace AND c.relkind IN ('r', 'p')
+                AND a.attname = 'account_id' AND NOT a.attisdropped
+    LOOP
+        EXECUTE format('UPDATE "stripe".%I SET account_id = $1 WHERE account_id = ''''', t)
+          USING platform;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        moved := moved + n;
+    END LOOP;
+    UPDATE "syncd".events_cursor SET account_id = platform
+     WHERE account_id = ''
+       AND NOT EXISTS (SELECT 1 FROM "syncd".events_cursor WHERE account_id = platform);
+    UPDATE "syncd".resync_runs SET account_id = platform WHERE account_id = '';
+    UPDATE "syncd".resync_coverage SET account_id = platform
+     WHERE account_id = ''
+       AND NOT EXISTS (SELECT 1 FROM "syncd".resync_coverage WHERE account_id = platform);
+    UPDATE "syncd".refetch_queue SET account_id = platform WHERE account_id = '';
+    RETURN moved;
+END $_$;
+
+--
 -- Name: unfit(text, text); Type: FUNCTION; Schema: syncd; Owner: -
 --
 
@@ -205,19 +242,26 @@ CREATE FUNCTION syncd.json_time(value text) RETURNS timestamp with time zone
     RETURN CASE WHEN (value ~ '^\s*[-+]?[0-9]{1,11}(\.[0-9]*)?\s*$'::text) THEN to_timestamp((value)::double precision) WHEN ((value IS NOT NULL) AND (syncd.unfit(value, 'time'::text) IS NULL)) THEN NULL::timestamp with time zone ELSE NULL::timestamp with time zone END;
 
 --
--- Name: refetch_later(text, text, text, timestamp with time zone); Type: FUNCTION; Schema: syncd; Owner: -
+-- Name: refetch_later(text, text, text, timestamp with time zone, text); Type: FUNCTION; Schema: syncd; Owner: -
 --
 
-CREATE FUNCTION syncd.refetch_later(table_name text, object_id text, parent_id text, not_before timestamp with time zone) RETURNS boolean
+CREATE FUNCTION syncd.refetch_later(table_name text, object_id text, parent_id text, not_before timestamp with time zone, account text DEFAULT NULL::text) RETURNS boolean
     LANGUAGE plpgsql
-    AS $$
+    AS $_$
+DECLARE
+    owner text := account;
 BEGIN
-    INSERT INTO "syncd".refetch_queue AS q (table_name, object_id, parent_id, not_before)
-    VALUES (table_name, object_id, parent_id, not_before)
+    IF owner IS NULL THEN
+        EXECUTE format('SELECT account_id FROM "stripe".%I WHERE id = $1', table_name)
+           INTO owner USING object_id;
+    END IF;
+    INSERT INTO "syncd".refetch_queue AS q (table_name, object_id, parent_id, not_before,
+                                            account_id)
+    VALUES (table_name, object_id, parent_id, not_before, coalesce(owner, ''))
     ON CONFLICT ON CONSTRAINT refetch_queue_pkey
     DO UPDATE SET not_before = GREATEST(q.not_before, EXCLUDED.not_before);
     RETURN false;
-END $$;
+END $_$;
 
 --
 -- Name: version_admits(timestamp with time zone, timestamp with time zone, bigint, double precision[], jsonb, timestamp with time zone, timestamp with time zone, bigint, double precision[], jsonb, boolean, regclass, text, text); Type: FUNCTION; Schema: syncd; Owner: -
@@ -335,7 +379,8 @@ CREATE VIEW billing.active_entitlements WITH (security_invoker='true') AS
     e.parent_id AS customer_id,
     e.feature_id,
     e.lookup_key,
-    f.name AS feature_name
+    f.name AS feature_name,
+    e.account_id
    FROM ((stripe.active_entitlements e
      JOIN stripe.customers c ON ((c.id = e.parent_id)))
      LEFT JOIN stripe.entitlement_features f ON ((f.id = e.feature_id)))
@@ -351,7 +396,8 @@ CREATE VIEW billing.customers WITH (security_invoker='true') AS
     c.email,
     c.name AS full_name,
     c.created AS created_at,
-    c.synced_at AS updated_at
+    c.synced_at AS updated_at,
+    c.account_id
    FROM stripe.customers c
   WHERE ((c.deleted_at IS NULL) AND (c.user_id IS NOT NULL));
 
@@ -418,7 +464,8 @@ CREATE VIEW billing.invoices WITH (security_invoker='true') AS
     i.due_date,
     i.paid_at,
     i.created AS created_at,
-    i.synced_at AS updated_at
+    i.synced_at AS updated_at,
+    i.account_id
    FROM (stripe.invoices i
      LEFT JOIN stripe.customers c ON ((c.id = i.customer_id)))
   WHERE (i.deleted_at IS NULL);
@@ -503,7 +550,8 @@ CREATE VIEW billing.payments WITH (security_invoker='true') AS
     cs.metadata,
     cs.created AS created_at,
     'checkout_session'::text AS source,
-    cs.payment_intent_id
+    cs.payment_intent_id,
+    cs.account_id
    FROM (stripe.checkout_sessions cs
      LEFT JOIN stripe.customers c ON ((c.id = cs.customer_id)))
   WHERE ((cs.deleted_at IS NULL) AND (cs.mode = 'payment'::text) AND (cs.status = 'complete'::text))
@@ -518,7 +566,8 @@ UNION ALL
     i.metadata,
     COALESCE(i.paid_at, i.created) AS created_at,
     'invoice'::text AS source,
-    COALESCE(((i.raw -> 'payment_intent'::text) ->> 'id'::text), (i.raw ->> 'payment_intent'::text)) AS payment_intent_id
+    COALESCE(((i.raw -> 'payment_intent'::text) ->> 'id'::text), (i.raw ->> 'payment_intent'::text)) AS payment_intent_id,
+    i.account_id
    FROM (stripe.invoices i
      LEFT JOIN stripe.customers c ON ((c.id = i.customer_id)))
   WHERE ((i.deleted_at IS NULL) AND (i.status = 'paid'::text));
@@ -612,7 +661,8 @@ CREATE VIEW billing.pricing_plans WITH (security_invoker='true') AS
     pr.created AS created_at,
     pr.lookup_key,
     pr.type,
-    pr.recurring_usage_type AS usage_type
+    pr.recurring_usage_type AS usage_type,
+    pr.account_id
    FROM (stripe.prices pr
      JOIN stripe.products p ON ((p.id = pr.product_id)))
   WHERE ((pr.deleted_at IS NULL) AND (p.deleted_at IS NULL));
@@ -736,7 +786,8 @@ CREATE VIEW billing.subscription_items WITH (security_invoker='true') AS
     i.price_id,
     i.product_id,
     i.quantity,
-    i.created AS created_at
+    i.created AS created_at,
+    i.account_id
    FROM ((stripe.subscription_items i
      JOIN stripe.subscriptions s ON ((s.id = i.parent_id)))
      LEFT JOIN stripe.customers c ON ((c.id = s.customer_id)))
@@ -763,7 +814,8 @@ CREATE VIEW billing.subscriptions WITH (security_invoker='true') AS
     s.created AS created_at,
     s.synced_at AS updated_at,
     COALESCE(((((((s.raw -> 'items'::text) -> 'data'::text) -> 0) -> 'price'::text) -> 'product'::text) ->> 'id'::text), (((((s.raw -> 'items'::text) -> 'data'::text) -> 0) -> 'price'::text) ->> 'product'::text)) AS product_id,
-    s.ended_at
+    s.ended_at,
+    s.account_id
    FROM (stripe.subscriptions s
      LEFT JOIN stripe.customers c ON ((c.id = s.customer_id)))
   WHERE (s.deleted_at IS NULL);
@@ -1392,6 +1444,29 @@ ALTER TABLE stripe_history.subscriptions ALTER COLUMN version ADD GENERATED ALWA
 );
 
 --
+-- Name: accounts; Type: TABLE; Schema: syncd; Owner: -
+--
+
+CREATE TABLE syncd.accounts (
+    account_id text NOT NULL,
+    platform boolean DEFAULT false NOT NULL,
+    source text NOT NULL,
+    status text DEFAULT 'active'::text NOT NULL,
+    added_at timestamp with time zone DEFAULT now() NOT NULL,
+    status_at timestamp with time zone DEFAULT now() NOT NULL,
+    leased_by text,
+    leased_at timestamp with time zone,
+    last_poll_at timestamp with time zone,
+    last_event_at timestamp with time zone,
+    poll_interval double precision,
+    error text,
+    failing_since timestamp with time zone,
+    hinted_at timestamp with time zone,
+    CONSTRAINT accounts_source_check CHECK ((source = ANY (ARRAY['platform'::text, 'configured'::text, 'discovered'::text]))),
+    CONSTRAINT accounts_status_check CHECK ((status = ANY (ARRAY['active'::text, 'deauthorized'::text, 'unlisted'::text])))
+);
+
+--
 -- Name: events_cursor; Type: TABLE; Schema: syncd; Owner: -
 --
 
@@ -1416,6 +1491,7 @@ CREATE TABLE syncd.events_ledger (
     outcome text NOT NULL,
     reason text,
     processed_at timestamp with time zone DEFAULT now() NOT NULL,
+    account_id text DEFAULT ''::text NOT NULL,
     CONSTRAINT events_ledger_outcome_check CHECK ((outcome = ANY (ARRAY['applied'::text, 'ignored'::text, 'quarantined'::text])))
 );
 
@@ -1447,7 +1523,8 @@ CREATE TABLE syncd.refetch_queue (
     object_id text NOT NULL,
     parent_id text,
     not_before timestamp with time zone NOT NULL,
-    queued_at timestamp with time zone DEFAULT now() NOT NULL
+    queued_at timestamp with time zone DEFAULT now() NOT NULL,
+    account_id text DEFAULT ''::text NOT NULL
 );
 
 --
@@ -1529,7 +1606,8 @@ ALTER SEQUENCE syncd.requests_id_seq OWNED BY syncd.requests.id;
 CREATE TABLE syncd.resync_coverage (
     table_name text NOT NULL,
     run_id bigint,
-    covered_at timestamp with time zone DEFAULT now() NOT NULL
+    covered_at timestamp with time zone DEFAULT now() NOT NULL,
+    account_id text DEFAULT ''::text NOT NULL
 );
 
 --
@@ -1548,6 +1626,7 @@ CREATE TABLE syncd.resync_runs (
     error text,
     attempts integer DEFAULT 0 NOT NULL,
     next_try_at timestamp with time zone,
+    account_id text DEFAULT ''::text NOT NULL,
     CONSTRAINT resync_runs_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'done_with_problems'::text, 'failed'::text, 'superseded'::text])))
 );
 
@@ -1673,6 +1752,7 @@ CREATE TABLE syncd.usage_events (
     attempts integer DEFAULT 0 NOT NULL,
     sent_at timestamp with time zone,
     error text,
+    account_id text DEFAULT ''::text NOT NULL,
     CONSTRAINT usage_events_status_check CHECK ((status = ANY (ARRAY['sending'::text, 'reported'::text, 'failed'::text])))
 );
 
@@ -1702,7 +1782,8 @@ CREATE TABLE syncd.usage_meters (
     event_name text NOT NULL,
     meter_id text,
     problem text,
-    checked_at timestamp with time zone DEFAULT now() NOT NULL
+    checked_at timestamp with time zone DEFAULT now() NOT NULL,
+    account_id text DEFAULT ''::text NOT NULL
 );
 
 --
@@ -2010,6 +2091,13 @@ ALTER TABLE ONLY stripe_history.subscriptions
     ADD CONSTRAINT subscriptions_pkey PRIMARY KEY (id, version);
 
 --
+-- Name: accounts accounts_pkey; Type: CONSTRAINT; Schema: syncd; Owner: -
+--
+
+ALTER TABLE ONLY syncd.accounts
+    ADD CONSTRAINT accounts_pkey PRIMARY KEY (account_id);
+
+--
 -- Name: events_cursor events_cursor_pkey; Type: CONSTRAINT; Schema: syncd; Owner: -
 --
 
@@ -2056,7 +2144,7 @@ ALTER TABLE ONLY syncd.requests
 --
 
 ALTER TABLE ONLY syncd.resync_coverage
-    ADD CONSTRAINT resync_coverage_pkey PRIMARY KEY (table_name);
+    ADD CONSTRAINT resync_coverage_pkey PRIMARY KEY (account_id, table_name);
 
 --
 -- Name: resync_runs resync_runs_pkey; Type: CONSTRAINT; Schema: syncd; Owner: -
@@ -2112,7 +2200,7 @@ ALTER TABLE ONLY syncd.usage_events
 --
 
 ALTER TABLE ONLY syncd.usage_meters
-    ADD CONSTRAINT usage_meters_pkey PRIMARY KEY (metric);
+    ADD CONSTRAINT usage_meters_pkey PRIMARY KEY (account_id, metric);
 
 --
 -- Name: verify_runs verify_runs_pkey; Type: CONSTRAINT; Schema: syncd; Owner: -
@@ -2356,6 +2444,12 @@ CREATE INDEX events_ledger_processed_at ON syncd.events_ledger USING btree (proc
 CREATE INDEX instances_beat ON syncd.instances USING btree (beat_at DESC);
 
 --
+-- Name: refetch_queue_account; Type: INDEX; Schema: syncd; Owner: -
+--
+
+CREATE INDEX refetch_queue_account ON syncd.refetch_queue USING btree (account_id, not_before);
+
+--
 -- Name: rejected_objects_open; Type: INDEX; Schema: syncd; Owner: -
 --
 
@@ -2366,6 +2460,12 @@ CREATE UNIQUE INDEX rejected_objects_open ON syncd.rejected_objects USING btree 
 --
 
 CREATE INDEX requests_pending ON syncd.requests USING btree (id) WHERE (status = 'pending'::text);
+
+--
+-- Name: resync_runs_account; Type: INDEX; Schema: syncd; Owner: -
+--
+
+CREATE INDEX resync_runs_account ON syncd.resync_runs USING btree (account_id, status);
 
 --
 -- Name: resync_runs_unfinished; Type: INDEX; Schema: syncd; Owner: -

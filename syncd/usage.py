@@ -10,7 +10,10 @@ A flush, in order (docs/usage.md explains why each step is safe to interrupt):
    it will send; commit; send with bounded concurrency; record Stripe's answers and the rows'
    outcome in one transaction.
 Counting once does not depend on the locks (identifiers do that); the locks only keep two
-flushes from sending the same request twice. What each row becomes (checked, grouped, its
+flushes from sending the same request twice.
+Connect (`stripe.accounts`): each request goes to the account that owns its customer
+(`_accounts`), stored with the request so a resend goes there too; each such account's meters
+are checked the first time a flush claims rows of it. What each row becomes (checked, grouped, its
 request) is decided in `usage_grouping`; this module does the flush's database and Stripe work.
 """
 
@@ -21,7 +24,7 @@ import math
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import count
 from typing import Any
@@ -34,6 +37,7 @@ from syncd.config import Config
 from syncd.db import Database, Dedicated, Row, Tx
 from syncd.errors import StripeError, StripePermissionDenied
 from syncd.logs import get_logger
+from syncd.ratelimit import limiter_for
 from syncd.stripe_api import StripeAPI
 from syncd.usage_grouping import (
     Event,
@@ -96,6 +100,7 @@ class _Outbound:
     base: str
     params: dict[str, Any]
     row_ids: list[int]
+    account: str  # the Stripe account it goes to ('': the key's own, as configured)
 
 
 class _Lanes:
@@ -153,6 +158,10 @@ class _Answer:
     error: str | None  # None: delivered
 
 
+class _Held(Exception):
+    """Connect: a connected account refuses the key (disconnected): its requests wait."""
+
+
 class _Stop(Exception):
     """Sending must stop (retries ran out, or the key was refused); unsent events stay."""
 
@@ -176,7 +185,13 @@ class UsageFlusher:
         self.read_api = read_api or api
         self.instance = instance
         self.stopping = stopping
-        self._meters: dict[str, Meter] = {}
+        # Per account ('': the key's own): the metrics whose meter was found, this flush.
+        self._meters: dict[str, dict[str, Meter]] = {}
+        # Connect: (send, read) clients per connected account, kept so that an account's
+        # budget (`stripe.connect_limits = "account"`) lasts from one flush to the next.
+        self._clients: dict[str, tuple[StripeAPI, StripeAPI]] = {}
+        # Connect: accounts that refused the key this flush (their requests stay unsent).
+        self._held: set[str] = set()
 
     # -- the flush ------------------------------------------------------------------------------
 
@@ -193,17 +208,14 @@ class UsageFlusher:
             return result
         lock_conn = await self.db.dedicated_connection()
         try:
-            meters: dict[str, Meter] = {}
+            self._meters, self._held = {}, set()
             if self.usage.target == "meters":
-                meters = await self.check_meters(result)
-            self._meters = meters
+                self._meters[""] = await self.check_meters(result)
             try:
                 await self._recover(lock_conn, result)
                 last_id = 0
                 while not self._stopping():
-                    claimed, last_id, outbound = await self._claim(
-                        lock_conn, meters, last_id, result
-                    )
+                    claimed, last_id, outbound = await self._claim(lock_conn, last_id, result)
                     if outbound is not None:
                         await self._send(lock_conn, *outbound, result)
                     if claimed < self.usage.batch_size:
@@ -231,16 +243,46 @@ class UsageFlusher:
     def _stopping(self) -> bool:
         return self.stopping is not None and self.stopping.is_set()
 
+    # -- accounts (Connect) ---------------------------------------------------------------------
+
+    def _api(self, account: str, *, read: bool = False) -> StripeAPI:
+        """The client for requests to `account` ('': the key's own, the client as configured):
+        a connected account's sends `Stripe-Account: account`, under a budget of its own when
+        `stripe.connect_limits = "account"`, else under the shared one."""
+        if not account:
+            return self.read_api if read else self.api
+        clients = self._clients.get(account)
+        if clients is None:
+            own = self.cfg.stripe.connect_limits == "account"
+            limiter = limiter_for(self.cfg) if own else None
+            clients = self._clients[account] = (
+                self.api.for_account(account, limiter),
+                self.read_api.for_account(account, limiter),
+            )
+        return clients[1] if read else clients[0]
+
+    async def _accounts(self, conn: Tx, rows: Sequence[Row]) -> dict[str, str]:
+        """The one place that decides where usage goes: customer -> the connected account that
+        owns it (`{mirror}.customers.account_id`); a customer absent from the answer (the
+        platform's own, or not mirrored) is reported to the key's own account. Without
+        `stripe.accounts` every customer is the key's own, as before Connect."""
+        if not self.cfg.stripe.accounts:
+            return {}
+        customers = sorted({r["customer_id"] for r in rows if r["customer_id"]})
+        found = await conn.fetch("usage_customer_accounts", customers)
+        return {r["id"]: r["account_id"] for r in found}
+
     # -- meters ---------------------------------------------------------------------------------
 
-    async def check_meters(self, result: FlushResult) -> dict[str, Meter]:
-        """Active meters of the configured metrics; missing ones logged and recorded."""
+    async def check_meters(self, result: FlushResult, account: str = "") -> dict[str, Meter]:
+        """Active meters of the configured metrics in `account` ('': the key's own); missing
+        ones logged and recorded."""
         try:
-            active = await self._active_meters()
+            active = await self._active_meters(account)
         except StripePermissionDenied as exc:
             # A key that may write meter events but not read meters: assume the configured
             # meters exist with Stripe's default payload keys; Stripe refuses events otherwise.
-            log.warning("usage_meter_check_denied", error=str(exc))
+            log.warning("usage_meter_check_denied", error=str(exc), account=account)
             active = {
                 name: Meter("", name, "stripe_customer_id", "value")
                 for name in self.usage.meters.values()
@@ -251,21 +293,25 @@ class UsageFlusher:
             problem = None
             if meter is None:
                 problem = f"no active Stripe meter with event_name {event_name!r}"
-                result.meters_missing.append(metric)
-                log.warning("usage_meter_missing", metric=metric, event_name=event_name)
+                result.meters_missing.append(f"{metric} in {account}" if account else metric)
+                log.warning(
+                    "usage_meter_missing", metric=metric, event_name=event_name, account=account
+                )
             else:
                 found[metric] = meter
+            meter_id = meter.id or None if meter else None
             await self.db.execute(
-                "usage_save_meter", metric, event_name, meter.id or None if meter else None, problem
+                "usage_save_meter", metric, event_name, meter_id, problem, account
             )
         await self.db.execute("usage_forget_meters", sorted(self.usage.meters))
         return found
 
-    async def _active_meters(self) -> dict[str, Meter]:
+    async def _active_meters(self, account: str) -> dict[str, Meter]:
         active: dict[str, Meter] = {}
         params: dict[str, Any] = {"status": "active", "limit": 100}
+        api = self._api(account, read=True)
         while True:
-            page = await self.read_api.get("/v1/billing/meters", params)
+            page = await api.get("/v1/billing/meters", params)
             for m in page.get("data", []):
                 if m.get("status") != "active":
                     continue
@@ -284,11 +330,7 @@ class UsageFlusher:
     # -- claiming -------------------------------------------------------------------------------
 
     async def _claim(
-        self,
-        lock_conn: Dedicated,
-        meters: Mapping[str, Meter],
-        last_id: int,
-        result: FlushResult,
+        self, lock_conn: Dedicated, last_id: int, result: FlushResult
     ) -> tuple[int, int, tuple[int, list[_Outbound]] | None]:
         """One round: claim, classify, write the batch; returns (claimed, last id, batch)."""
 
@@ -298,7 +340,13 @@ class UsageFlusher:
             if not rows:
                 return 0, last_id, None
             items = await self._metered_items(conn, rows)
-            events, rejected, waiting = classify(self.cfg, rows, meters, items)
+            accounts = await self._accounts(conn, rows)
+            if self.usage.target == "meters":
+                # A connected account's meters are its own: checked once per flush, when its
+                # rows are first claimed (the rows stay locked meanwhile; others skip them).
+                for account in sorted(set(accounts.values()) - self._meters.keys()):
+                    self._meters[account] = await self.check_meters(result, account)
+            events, rejected, waiting = classify(self.cfg, rows, self._meters, items, accounts)
             result.rows_waiting += waiting
             if rejected:
                 await conn.execute(
@@ -342,7 +390,7 @@ class UsageFlusher:
         requests = [
             (
                 f"syncd_{batch_id}_{nonce}_{n}",
-                *event_request(e, f"syncd_{batch_id}_{nonce}_{n}", self._meters),
+                *event_request(e, f"syncd_{batch_id}_{nonce}_{n}", self._meters.get(e.account, {})),
             )
             for n, e in enumerate(events)
         ]
@@ -360,6 +408,7 @@ class UsageFlusher:
             [r[2] for r in requests],
             [orjson.dumps(r[3]).decode() for r in requests],
             ["{" + ",".join(map(str, e.row_ids)) + "}" for e in events],
+            [e.account for e in events],
         )
         ids = {r["identifier"]: r["id"] for r in inserted}
         row_ids: list[int] = []
@@ -371,7 +420,9 @@ class UsageFlusher:
             row_ids.extend(e.row_ids)
             event_ids.extend([event_id] * len(e.row_ids))
             customers.extend([e.customer_id] * len(e.row_ids))
-            outbound.append(_Outbound(event_id, identifier, path, base, params, e.row_ids))
+            outbound.append(
+                _Outbound(event_id, identifier, path, base, params, e.row_ids, e.account)
+            )
         await conn.execute("usage_rows_sending", batch_id, row_ids, event_ids, customers)
         log.info("usage_batch_written", batch_id=batch_id, rows=rows, events=len(events))
         return batch_id, outbound
@@ -394,6 +445,7 @@ class UsageFlusher:
                     r["base"],
                     orjson.loads(r["params"]),
                     list(r["row_ids"]),
+                    r["account_id"],  # the account it was meant for, whatever the mirror says now
                 )
                 for r in await self.db.fetch("usage_batch_events", batch_id)
             ]
@@ -432,7 +484,11 @@ class UsageFlusher:
                     continue
                 key, ob = taken
                 try:
+                    if ob.account in self._held:
+                        continue  # unsent: sent again by a later flush
                     error = await self._send_one(ob)
+                except _Held:
+                    continue
                 except _Stop as exc:
                     stop.append(str(exc))
                     return
@@ -520,14 +576,15 @@ class UsageFlusher:
         event_name, payload = ob.params.get("event_name"), ob.params.get("payload")
         if not isinstance(event_name, str) or not isinstance(payload, dict):
             return (ob.path, "")
-        meter = next((m for m in self._meters.values() if m.event_name == event_name), None)
+        meters = self._meters.get(ob.account, {}).values()
+        meter = next((m for m in meters if m.event_name == event_name), None)
         key = meter.customer_key if meter is not None else "stripe_customer_id"
         return (event_name, str(payload.get(key, "")))
 
     async def _send_one(self, ob: _Outbound) -> str | None:
         """Send one request: None when delivered, Stripe's reason when refused for good."""
         try:
-            await self.api.request(
+            await self._api(ob.account).request(
                 "POST", ob.path, ob.params, idempotency_key=ob.identifier, base=ob.base
             )
         except StripeError as exc:
@@ -536,6 +593,13 @@ class UsageFlusher:
                 # Delivered by an earlier attempt that died before recording the answer.
                 metrics.usage_events.labels("duplicate").inc()
                 return None
+            if ob.account and exc.status in (401, 403):
+                # One connected account refuses the key (it disconnected): its requests wait,
+                # unsent, for a later flush (it may connect again); the others go on.
+                if ob.account not in self._held:
+                    self._held.add(ob.account)
+                    log.warning("usage_account_refused", account=ob.account, error=message)
+                raise _Held(message) from exc
             if (
                 exc.retryable
                 or exc.status in (None, 401, 403)

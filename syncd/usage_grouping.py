@@ -1,6 +1,8 @@
 """What claimed usage rows become: each row checked (bad input rejected with a reason, rows
 that cannot go yet left waiting), the rest summed exactly per (customer or item, metric, time
 bucket) into events, and each event's request to Stripe (a meter event or a legacy usage record).
+An event goes to the account of its customer (Connect): `accounts` maps customers to it, ''
+is the key's own account; each account has meters of its own.
 No I/O: `usage.UsageFlusher` claims the rows, stores the requests and sends them.
 """
 
@@ -45,6 +47,7 @@ class Event:
     event_name: str | None
     item: str | None
     ts: int
+    account: str = ""  # the Stripe account the request goes to ('': the key's own)
     value: Decimal = Decimal(0)
     row_ids: list[int] = field(default_factory=list)
 
@@ -75,15 +78,18 @@ def meter_value_problem(value: Decimal) -> str | None:
 def classify(
     cfg: Config,
     rows: Sequence[Row],
-    meters: Mapping[str, Meter],
+    meters: Mapping[str, Mapping[str, Meter]],
     items: Mapping[str, list[tuple[str, str | None]]],
+    accounts: Mapping[str, str],
 ) -> tuple[list[Event], list[tuple[int, str]], int]:
     """Group good rows into events; bad ones get a reason; others wait for a later flush.
-    Totals are exact; an event whose total Stripe cannot take exactly fails its rows."""
+    `meters`: per account, the metrics whose meter exists; `accounts`: customer -> connected
+    account (absent: the key's own, ''). Totals are exact; an event whose total Stripe cannot
+    take exactly fails its rows."""
     events: dict[tuple[str, str, int], Event] = {}
     rejected: list[tuple[int, str]] = []
     with localcontext(EXACT):
-        waiting = _group(cfg, rows, meters, items, events, rejected)
+        waiting = _group(cfg, rows, meters, items, accounts, events, rejected)
     good: list[Event] = []
     for event in events.values():
         reason = _unsendable(cfg, event)
@@ -97,8 +103,9 @@ def classify(
 def _group(
     cfg: Config,
     rows: Sequence[Row],
-    meters: Mapping[str, Meter],
+    meters: Mapping[str, Mapping[str, Meter]],
     items: Mapping[str, list[tuple[str, str | None]]],
+    accounts: Mapping[str, str],
     events: dict[tuple[str, str, int], Event],
     rejected: list[tuple[int, str]],
 ) -> int:
@@ -112,6 +119,12 @@ def _group(
     for r in rows:
         row_id, metric, ts, now = r["id"], r["metric"], r["ts"], r["now"]
         customer = r["customer_id"]
+        if customer and cfg.stripe.accounts and customer not in accounts and r["age"] < grace:
+            # Connect: whose account the customer is in is known once the mirror has it (a
+            # customer just created in a connected account); after the grace, the key's own.
+            waiting += 1
+            continue
+        account = accounts.get(customer, "") if customer else ""
         if not legacy and metric not in usage.meters:
             rejected.append((row_id, f"rejected: unknown metric {metric!r} (not in usage.meters)"))
             continue
@@ -121,8 +134,8 @@ def _group(
         if ts > now + FUTURE_LIMIT:
             waiting += 1  # due soon: Stripe takes it once it is within 5 minutes
             continue
-        if not legacy and metric not in meters:
-            waiting += 1  # the meter is missing in Stripe: see usage_meters / syncd status
+        if not legacy and metric not in meters.get(account, {}):
+            waiting += 1  # the meter is missing in (this account of) Stripe: see usage_meters
             continue
         problem = None if legacy else meter_value_problem(r["quantity"])
         if problem is not None:
@@ -145,11 +158,12 @@ def _group(
                     waiting += 1
                 continue
         start = ts - ts % bucket
+        # A customer (and its items) belongs to one account: the key needs no account.
         key = (item or customer, metric, start)
         event = events.get(key)
         if event is None:
-            event_name = None if legacy else meters[metric].event_name
-            event = events[key] = Event(customer, metric, event_name, item, start)
+            event_name = None if legacy else meters[account][metric].event_name
+            event = events[key] = Event(customer, metric, event_name, item, start, account)
         event.value += r["quantity"]
         event.row_ids.append(row_id)
     return waiting
@@ -174,7 +188,8 @@ def _unsendable(cfg: Config, event: Event) -> str | None:
 def event_request(
     e: Event, identifier: str, meters: Mapping[str, Meter]
 ) -> tuple[str, str, dict[str, Any]]:
-    """(path, base address, parameters) of the event's request to Stripe."""
+    """(path, base address, parameters) of the event's request to Stripe; `meters`: those of
+    the event's account."""
     if e.item is not None:
         params: dict[str, Any] = {
             "quantity": int(e.value),

@@ -43,8 +43,10 @@ ALTER TABLE {state}.refetch_queue ADD COLUMN account_id text NOT NULL DEFAULT ''
 CREATE INDEX refetch_queue_account ON {state}.refetch_queue (account_id, not_before);
 
 -- The object's account: the caller's when it knows it, else the mirror row's (the writer's
--- ordering guard queues an object whose row it is looking at), else ''.
-CREATE OR REPLACE FUNCTION {state}.refetch_later(
+-- ordering guard queues an object whose row it is looking at), else ''. Replaces 0064's
+-- (dropped first: a fifth parameter makes a second function, and calls with four ambiguous).
+DROP FUNCTION {state}.refetch_later(text, text, text, timestamptz);
+CREATE FUNCTION {state}.refetch_later(
     table_name text, object_id text, parent_id text, not_before timestamptz,
     account text DEFAULT NULL
 ) RETURNS boolean LANGUAGE plpgsql AS $$

@@ -26,6 +26,17 @@ SELECT c.id, c.metric, c.quantity, c.subscription_id, c.user_id,
          LIMIT 1
        ) u ON true;
 
+-- name: usage_customer_accounts
+-- Connect (stripe.accounts): the account each of these customers ($1) belongs to, as the
+-- mirror has it: '' for the platform's own (the key's own account, no Stripe-Account header).
+-- A customer the mirror does not have is left out (its account is not known yet).
+SELECT cu.id,
+       CASE WHEN EXISTS (SELECT 1 FROM {state}.accounts a
+                          WHERE a.account_id = cu.account_id AND a.platform)
+            THEN '' ELSE cu.account_id END AS account_id
+  FROM {mirror}.customers cu
+ WHERE cu.id = ANY($1::text[]);
+
 -- name: usage_tx_settings
 -- The planner's JIT compiles the claim for a second on big batches and saves nothing: off.
 SELECT set_config('jit', 'off', true);
@@ -43,16 +54,17 @@ VALUES ($1, $2, $3, $4)
 RETURNING id;
 
 -- name: usage_insert_events
--- Every request of a batch, with its exact parameters, written before anything is sent.
+-- Every request of a batch, with its exact parameters and the account it goes to ('': the
+-- key's own), written before anything is sent.
 INSERT INTO {state}.usage_events
        (batch_id, identifier, customer_id, metric, event_name, subscription_item_id, value,
-        "timestamp", path, base, params, rows, row_ids)
+        "timestamp", path, base, params, rows, row_ids, account_id)
 SELECT $1, e.identifier, e.customer_id, e.metric, e.event_name, e.item, e.value, e.ts, e.path,
-       e.base, e.params::jsonb, cardinality(e.row_ids::bigint[]), e.row_ids::bigint[]
+       e.base, e.params::jsonb, cardinality(e.row_ids::bigint[]), e.row_ids::bigint[], e.account
   FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::numeric[],
-              $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[])
+              $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
        AS e(identifier, customer_id, metric, event_name, item, value, ts, path, base, params,
-            row_ids)
+            row_ids, account)
 RETURNING id, identifier;
 
 -- name: usage_rows_sending
@@ -83,7 +95,7 @@ SELECT id FROM {state}.usage_batches WHERE status = 'sending' ORDER BY id;
 SELECT status FROM {state}.usage_batches WHERE id = $1;
 
 -- name: usage_batch_events
-SELECT id, identifier, path, base, params::text AS params, row_ids
+SELECT id, identifier, path, base, params::text AS params, row_ids, account_id
   FROM {state}.usage_events
  WHERE batch_id = $1 AND status = 'sending'
  ORDER BY id;
@@ -137,9 +149,10 @@ DELETE FROM {state}.usage_batches
  WHERE status = 'done' AND finished_at < now() - make_interval(secs => $1);
 
 -- name: usage_save_meter
-INSERT INTO {state}.usage_meters (metric, event_name, meter_id, problem, checked_at)
-VALUES ($1, $2, $3, $4, now())
-ON CONFLICT (metric) DO UPDATE
+-- $5: the account whose meters were checked ('': the key's own).
+INSERT INTO {state}.usage_meters (metric, event_name, meter_id, problem, checked_at, account_id)
+VALUES ($1, $2, $3, $4, now(), $5)
+ON CONFLICT (account_id, metric) DO UPDATE
    SET event_name = EXCLUDED.event_name, meter_id = EXCLUDED.meter_id,
        problem = EXCLUDED.problem, checked_at = EXCLUDED.checked_at;
 
@@ -175,9 +188,13 @@ SELECT
     (SELECT max(sent_at) FROM {state}.usage_events WHERE status = 'reported')
         AS last_reported_at,
     (SELECT count(*) FROM {state}.usage_batches WHERE status = 'sending') AS batches_sending,
+    -- A connected account's problem names the account (the key's own ones stay as they were).
     (SELECT COALESCE(jsonb_agg(jsonb_build_object(
                 'metric', metric, 'event_name', event_name, 'problem', problem,
-                'checked_at', checked_at) ORDER BY metric), '[]'::jsonb)
+                'checked_at', checked_at)
+                || CASE WHEN account_id <> '' THEN jsonb_build_object('account_id', account_id)
+                        ELSE '{}'::jsonb END
+                ORDER BY account_id, metric), '[]'::jsonb)
        FROM {state}.usage_meters WHERE problem IS NOT NULL) AS meter_problems,
     (SELECT COALESCE(jsonb_agg(jsonb_build_object(
                 'id', id, 'metric', metric, 'customer_id', customer_id, 'quantity', quantity,
