@@ -24,6 +24,7 @@ budget evenly; under `"account"` each account has the whole budget of its own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import time
 from dataclasses import dataclass, field
@@ -171,21 +172,24 @@ class Directory:
         await self.db.execute("accounts_hint", active)
         return {"run_id": run_ids[0] if len(run_ids) == 1 else None, "run_ids": run_ids}
 
-    async def platform_events(self, conn: Tx, events: list[dict[str, Any]]) -> None:
-        """The platform's own events, in the transaction that records them: an account that
-        disconnected stops being synced, one that connected starts (under `all`), and any other
-        event about an account has its replica poll it now."""
+    async def platform_events(
+        self, conn: Tx, events: list[dict[str, Any]], *, platform: str
+    ) -> None:
+        """The platform's own events, in the transaction that records them (on whichever
+        replica leases the platform): an account that disconnected stops being synced, one that
+        connected starts (under `all`), and any other event about an account has its replica
+        poll it now."""
         hinted: set[str] = set()
         for event in events:
             account = _about(event)
-            if account is None or account == self.platform:
+            if account is None or account == platform:
                 continue
             kind = event.get("type")
             if kind == DEAUTHORIZED:
                 await conn.execute("accounts_set_status", account, "deauthorized")
                 log.warning("account_deauthorized", account=account)
             elif kind == AUTHORIZED and self.everything:
-                await conn.execute("accounts_add", [account], "discovered", self.platform)
+                await conn.execute("accounts_add", [account], "discovered", platform)
                 log.info("account_authorized", account=account)
             else:
                 hinted.add(account)
@@ -369,7 +373,11 @@ class Replica:
                         if not isinstance(error, SyncdError):
                             raise
                         delay = backoff.next()
-                        log.error(
+                        # Disconnected: expected, and its lease goes within a round.
+                        gone = isinstance(error, StripePermissionDenied) and (
+                            error.code == "account_invalid"
+                        )
+                        (log.warning if gone else log.error)(
                             "account_sync_failed",
                             account=account_id,
                             error=str(error),
@@ -395,7 +403,9 @@ class Replica:
         pacer = AccountPacer(self, account_id)
         stream.pacer = running.pacer = pacer
         if platform:
-            stream.on_commit = self.directory.platform_events
+            stream.on_commit = functools.partial(
+                self.directory.platform_events, platform=account_id
+            )
         loop = ResyncLoop(cfg, db, api, writer, self.lifecycle, Problems())
         loop.resync.gate = self.resync_gate
         running.resync = loop

@@ -391,6 +391,10 @@ class EventStream:
             await conn.execute("events_cursor_advance", self.account, advance_to)
         return changed
 
+    async def _told(self, conn: Tx, group: Group) -> None:
+        if self.on_commit is not None:
+            await self.on_commit(conn, group.events)
+
     async def _commit_isolated(
         self, groups: list[Group], advance_to: float | None, error: BaseException
     ) -> int:
@@ -401,7 +405,9 @@ class EventStream:
         for group in groups:
 
             async def one(conn: Tx, group: Group = group) -> int:
-                return await self.applier.write(conn, [group])
+                written = await self.applier.write(conn, [group])
+                await self._told(conn, group)
+                return written
 
             try:
                 changed += await self.db.transact(one)
@@ -428,6 +434,7 @@ class EventStream:
 
             async def keep(conn: Tx, group: Group = group, exc: BaseException = refused) -> None:
                 await self.applier.quarantine_group(conn, group, exc)
+                await self._told(conn, group)  # what the events say of accounts still counts
 
             await self.db.transact(keep)
         await self.db.transact(lambda conn: self._commit(conn, [], advance_to))

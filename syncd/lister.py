@@ -259,7 +259,7 @@ async def fetch_children(
         lists.missing[key] = lists.missing.get(key, 0) + 1
         return None, [], True
     except StripeError as exc:
-        if exc.status in (401, 403):
+        if exc.status in (401, 403) and exc.code != "account_invalid":
             lists.disabled.add(res.table)
             return None, [], False
         raise

@@ -139,7 +139,7 @@ class ResyncLoop:
             return  # the first full resync covers everything
         covered = {r["table_name"] for r in await self.db.fetch("resync_covered", self.account)}
         chosen = self.resync.mirrored_tables()
-        if not covered:
+        if not covered and not self.resync.writer.connect:
             # Upgraded from a version that did not record coverage: what is selected now is
             # the baseline (it was mirrored by the resyncs before).
             await self.db.execute("resync_cover", None, chosen, self.account)

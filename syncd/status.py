@@ -302,6 +302,7 @@ async def _resync(db: Database, version: int) -> list[dict[str, Any]]:
         {
             "run": r["run_id"],
             "scope": ",".join(r["tables"]) if r["tables"] else "all",
+            "account": r["account_id"] or None,
             "reason": r["reason"],
             "status": r["status"],
             "started_at": _iso(r["started_at"]),
@@ -479,8 +480,9 @@ def render(report: Report) -> str:
     for ev in report.get("events", []):
         ledger = ", ".join(f"{k} {v}" for k, v in sorted(ev["ledger_24h"].items())) or "empty"
         lag = "n/a" if ev["median_lag"] is None else f"{ev['median_lag']}s"
+        of = "" if ev["account"] == "(own)" else f" of {ev['account']}"
         lines.append(
-            f"events      cursor {_age(ev['cursor_age'])} ({ev['cursor_reason']}), moved "
+            f"events      cursor{of} {_age(ev['cursor_age'])} ({ev['cursor_reason']}), moved "
             f"{_age(ev['cursor_advanced'])}; ledger 24h: {ledger}; median lag {lag}"
         )
     if "accounts" in report:
@@ -494,8 +496,9 @@ def render(report: Report) -> str:
     for run in report.get("resync", []):
         took = f" in {run['seconds']}s" if run["seconds"] is not None else ""
         error = f": {run['error']}" if run["error"] else ""
+        of = f" of {run['account']}" if run.get("account") else ""
         lines.append(
-            f"resync      #{run['run']} {run['scope']} {run['status']}{took}, "
+            f"resync      #{run['run']} {run['scope']}{of} {run['status']}{took}, "
             f"{run['objects']} objects, started {run['started_at']} ({run['reason']}){error}"
         )
         if "tables" in run:

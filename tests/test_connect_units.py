@@ -46,7 +46,7 @@ def test_accounts_are_read_from_toml_lists_strings_and_the_environment() -> None
     env = {"SYNCD_STRIPE_ACCOUNTS": "acct_1, acct_2"}
     assert load_config(None, env).stripe.accounts == ["acct_1", "acct_2"]
     assert load_config(None, {}).stripe.accounts == []
-    with pytest.raises(ConfigError, match="^stripe.accounts: 'acct-x' is not"):
+    with pytest.raises(ConfigError, match=r"^stripe\.accounts: 'acct-x' is not"):
         load_config(None, {"SYNCD_STRIPE_ACCOUNTS": "acct-x"})
 
 

@@ -14,14 +14,16 @@ ON CONFLICT (account_id) DO UPDATE
 -- Active accounts not among $1 any more become $2 (deauthorized: gone from the platform's list;
 -- unlisted: no longer configured). Their mirror rows stay. Returns them.
 UPDATE {state}.accounts
-   SET status = $2, status_at = now()
+   SET status = $2, status_at = now(), leased_by = NULL  -- its replica gives it up, or died
  WHERE status = 'active' AND NOT (account_id = ANY($1::text[]))
 RETURNING account_id;
 
 -- name: accounts_set_status
 -- One account ($1) became $2 (the platform's account.application.* events, or a 403
 -- account_invalid). Returns it when it changed.
-UPDATE {state}.accounts SET status = $2, status_at = now()
+UPDATE {state}.accounts
+   SET status = $2, status_at = now(),
+       leased_by = CASE WHEN $2 = 'active' THEN leased_by END
  WHERE account_id = $1 AND status <> $2
 RETURNING account_id;
 

@@ -105,7 +105,8 @@ SELECT r.run_id, r.tables, r.reason, r.status, r.requested_at, r.started_at, r.f
        r.error, r.attempts, r.next_try_at,
        extract(epoch FROM r.finished_at - r.started_at)::float8 AS seconds,
        (SELECT COALESCE(sum(objects), 0)::bigint FROM {state}.resync_slices s
-         WHERE s.run_id = r.run_id) AS objects
+         WHERE s.run_id = r.run_id) AS objects,
+       to_jsonb(r)->>'account_id' AS account_id  -- Connect (0068); NULL on older schemas
   FROM {state}.resync_runs r
  ORDER BY r.run_id DESC
  LIMIT $1;

@@ -239,8 +239,8 @@ class Listing:
                 try:
                     reply = await self.fetch(res.list_path, params)
                 except StripeError as exc:
-                    if exc.retryable:
-                        raise
+                    if exc.retryable or exc.code == "account_invalid":
+                        raise  # Connect: the account, not the type, is gone: the run fails
                     if exc.status == 400 and exc.code == "resource_missing" and s.cursor:
                         if previous is not None:
                             await previous.committed.wait()  # its objects are above the restart
