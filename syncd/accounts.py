@@ -313,7 +313,7 @@ class Replica:
     async def _hints(self) -> None:
         """Each lease interval: poll now the accounts something hinted at, and wake the resync
         loops of accounts with a run waiting."""
-        since = await self.db.fetchval("lease_now")
+        since: Any = None  # the database's time of the last round (hints after it are new)
         while not self.lifecycle.stopping.is_set():
             await self.lifecycle.sleep(self.cfg.daemon.lease_interval)
             try:
@@ -321,8 +321,8 @@ class Replica:
                     self._sighup = False
                     await submit(self.db, "resync", {"reason": "sighup"})
                 now = await self.db.fetchval("lease_now")
-                held = list(self.running)
-                for row in await self.db.fetch("accounts_hinted", held, since):
+                held: list[str] = list(self.running) if since is not None else []
+                for row in await self.db.fetch("accounts_hinted", held, since or now):
                     run = self.running.get(row["account_id"])
                     if run is not None and run.pacer is not None:
                         run.pacer.hint()
