@@ -19,12 +19,13 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO, TypeVar
 
 import anyio
 
 from syncd import control, metrics, migrations
+from syncd.apply import IMPLIED
 from syncd.config import Config
 from syncd.db import Database, Row
 from syncd.errors import ConfigError, DatabaseUnavailable, SyncdError
@@ -144,7 +145,7 @@ class ResyncLoop:
             # the baseline (it was mirrored by the resyncs before).
             await self.db.execute("resync_cover", None, chosen, self.account)
             return
-        new = sorted(set(chosen) - covered)
+        new = backfill_of(set(chosen) - covered, chosen)
         if new:
             log.info("resync_new_types", tables=new)
             await self._run(new, "selection_changed")
@@ -192,6 +193,15 @@ def attach(runtime: Runtime) -> None:
     runtime.add_loop("resync", loop.run)
     runtime.control.register("resync", loop.handle_request)
     runtime.lifecycle.on_signal(signal.SIGHUP, loop.on_sighup)
+
+
+def backfill_of(new: Iterable[str], chosen: Sequence[str]) -> list[str]:
+    """What a resync re-lists when types `new` become selected: those, and the selected types
+    that embed them (apply.IMPLIED: a subscription item embeds its price). While a type was not
+    mirrored its events were ignored, so its changes did not reach the objects embedding it."""
+    out = set(new)
+    out |= {c.table for t in new for c in IMPLIED.get(t, []) if c.table in chosen}
+    return sorted(out)
 
 
 # ---- `syncd resync` ------------------------------------------------------------------------

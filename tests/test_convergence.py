@@ -30,6 +30,7 @@ from syncd.emulator import Emulator
 from syncd.errors import SyncdError
 from syncd.registry import BY_TABLE
 from syncd.resync import Resync
+from syncd.resync_schedule import backfill_of
 from tests.support.daemon import daemon_env, start_daemon
 from tests.support.events import (
     STREAMED_TYPES,
@@ -349,7 +350,8 @@ async def widen(h: Harness, full_cfg: Any) -> None:
     ResyncLoop resyncs the types no finished resync covered) and streamed from then on."""
     h.cfg = full_cfg
     h.new_stream()
-    await resync_until_done(h, NARROWED)
+    chosen = Resync(h.cfg, h.db, h.api, h.writer).mirrored_tables()
+    await resync_until_done(h, backfill_of(NARROWED, chosen))
 
 
 async def resync_until_done(h: Harness, tables: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from syncd.emulator import Emulator
+from syncd.resync_schedule import backfill_of
 from tests.support.daemon import daemon, daemon_env
 from tests.support.events import harness, mirror
 
@@ -53,3 +54,13 @@ async def test_a_type_added_to_the_selection_is_backfilled_alone(
         async with daemon({**env, "SYNCD_SYNC_INCLUDE": "customers,products"}):
             await anyio.sleep(3)
         assert len(await runs(h)) == 2
+
+
+def test_a_backfill_relists_the_types_that_embed_the_new_ones() -> None:
+    """Prices selected again: the subscriptions (whose items embed their price) are re-listed
+    with them; a price change whose event was lost while prices were not mirrored reaches the
+    items that way (the randomized convergence test's narrowed scenarios depend on it)."""
+    chosen = ["customers", "invoice_items", "invoices", "prices", "products", "subscriptions"]
+    assert backfill_of({"prices", "products"}, chosen) == ["prices", "products", "subscriptions"]
+    assert backfill_of({"invoices"}, chosen) == ["invoice_items", "invoices"]
+    assert backfill_of({"prices"}, ["prices", "customers"]) == ["prices"]

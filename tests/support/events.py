@@ -5,6 +5,7 @@ comparison of the mirror with the emulator's state, waited for (`converge`); the
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -117,6 +118,11 @@ async def differences(
                 )
                 if diff:
                     problems.append(f"{table} {oid}: fields differ: {diff}")
+                    if os.environ.get("TEST_SHOW_DIFFERENCES"):  # debugging a scenario
+                        for k in diff:
+                            print(
+                                f"DIFF {table} {oid} {k}:\n  stripe {obj.get(k)!r}\n  mirror {row[0].get(k)!r}"
+                            )
         for oid in set(rows) - set(expected):
             problems.append(f"{table} {oid}: in the mirror, unknown to Stripe")
     return problems
