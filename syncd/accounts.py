@@ -79,16 +79,22 @@ async def platform_account(api: StripeAPI) -> str:
     return account_id
 
 
+# Platform objects that name a connected account, and the field that does: a fee taken from
+# a charge on it, a transfer to it.
+NAMES_ACCOUNT = {"account": "id", "application_fee": "account", "transfer": "destination"}
+
+
 def _about(event: dict[str, Any]) -> str | None:
-    """The connected account a platform event is about (Stripe sets `account` on them)."""
+    """The connected account a platform event is about: its `account` (Stripe sets it on the
+    events of Connect), else the account its object names."""
     account = event.get("account")
     if isinstance(account, str) and account:
         return account
     obj = (event.get("data") or {}).get("object") or {}
-    if str(event.get("type", "")).startswith("account.") and obj.get("object") == "account":
-        found = obj.get("id")
-        return found if isinstance(found, str) else None
-    return None
+    found = obj.get(NAMES_ACCOUNT.get(str(obj.get("object")), ""))
+    if isinstance(found, dict):  # expanded
+        found = found.get("id")
+    return found if isinstance(found, str) and found.startswith("acct_") else None
 
 
 class Directory:

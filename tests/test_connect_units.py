@@ -62,3 +62,18 @@ def test_a_shared_budget_is_split_between_replicas() -> None:
     assert all(n <= 21 for n in per_endpoint.values())  # 2/s each endpoint, not 6/s
     s.share(1.0)  # the others died: the whole budget again
     assert len(run_until(s, clock, clock.t + 5.0)) >= 58
+
+
+def test_platform_events_name_the_account_they_are_about() -> None:
+    from syncd.accounts import _about
+
+    def event(kind: str, obj: dict[str, object], **top: object) -> dict[str, object]:
+        return {"type": kind, "data": {"object": obj}, **top}
+
+    assert _about(event("account.updated", {"object": "account", "id": "acct_1"})) == "acct_1"
+    assert _about(event("x.y", {"object": "customer", "id": "cus_1"}, account="acct_2")) == "acct_2"
+    fee = {"object": "application_fee", "id": "fee_1", "account": "acct_3"}
+    assert _about(event("application_fee.created", fee)) == "acct_3"
+    transfer = {"object": "transfer", "id": "tr_1", "destination": {"id": "acct_4"}}
+    assert _about(event("transfer.created", transfer)) == "acct_4"
+    assert _about(event("customer.created", {"object": "customer", "id": "cus_1"})) is None
