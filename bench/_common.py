@@ -1,5 +1,5 @@
 """What the benchmarks share: the emulator in a process of its own and its control API, the
-PostgreSQL server they measure, and the CPU time of processes.
+PostgreSQL server they measure, and the CPU time and memory of processes.
 
 Imported as `bench._common`: the scripts run from the repository root with `PYTHONPATH=.` (or
 put the root on sys.path themselves).
@@ -170,6 +170,18 @@ def tree_cpu(root: int) -> float:
         if int(fields[1]) == root:
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of one process in kB (VmRSS, from /proc); 0 when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def self_cpu() -> float:

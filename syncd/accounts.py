@@ -283,7 +283,9 @@ class Replica:
         when this replica's quiet polls would take more than QUIET_SHARE of its budget."""
         ceiling = self.cfg.events.quiet_poll_interval
         if self.shared:
-            rate = self.api.limiter.rate * self.api.limiter.schedule.fraction
+            # Every poll is a GET /v1/events: the endpoint's limit binds before the global one.
+            limiter = self.api.limiter
+            rate = min(limiter.rate, limiter.endpoint_rate) * limiter.schedule.fraction
             ceiling = max(ceiling, len(self.running) / (QUIET_SHARE * rate))
         return ceiling
 
@@ -407,7 +409,15 @@ class Replica:
         )
         stream = EventStream(cfg, db, api, writer, state=State())
         pacer = AccountPacer(self, account_id)
+        # Taken over (or a restart): at the pace it had. A thousand accounts starting at once
+        # at `poll_interval` would queue the events endpoint for minutes.
+        pace = await db.fetchval("accounts_pace", account_id)
+        if pace is not None:
+            pacer.interval = min(max(float(pace), pacer.base), self.quiet_ceiling())
         stream.pacer = running.pacer = pacer
+        # An active account's requests go first at their endpoint: a thousand quiet accounts'
+        # polls share GET /v1/events with it, and its changes are the ones awaited.
+        api.urgent = lambda: pacer.interval <= pacer.base
         if platform:
             stream.on_commit = functools.partial(
                 self.directory.platform_events, platform=account_id

@@ -247,10 +247,17 @@ class RateSchedule:
         self._take(ep)
         return True
 
-    def enqueue(self, key: str, now: float, wake: Callable[[], None] | None = None) -> Waiter:
+    def enqueue(
+        self, key: str, now: float, wake: Callable[[], None] | None = None, *, first: bool = False
+    ) -> Waiter:
+        """Wait for `key`'s tokens; `first`: ahead of the endpoint's other waiters (Connect: an
+        active account's poll before the quiet accounts' polls queued at the same endpoint)."""
         ep = self._endpoint(key)
         waiter = Waiter(ep, now, wake)
-        ep.queue.append(waiter)
+        if first:
+            ep.queue.appendleft(waiter)
+        else:
+            ep.queue.append(waiter)
         self._active[key] = ep
         self.waiting += 1
         return waiter
@@ -394,14 +401,15 @@ class RateLimiter:
         bucket.refill(schedule.clock())  # a recovery that is due counts
         return bucket.rate
 
-    async def acquire(self, endpoint: str = "") -> None:
-        """Wait until a request to `endpoint` (`GET /v1/customers/{id}`; "" for none) may go."""
+    async def acquire(self, endpoint: str = "", *, first: bool = False) -> None:
+        """Wait until a request to `endpoint` (`GET /v1/customers/{id}`; "" for none) may go;
+        `first`: ahead of the others waiting for that endpoint."""
         schedule = self.schedule
         now = schedule.clock()
         if schedule.try_now(endpoint, now):
             return
         ready = anyio.Event()
-        waiter = schedule.enqueue(endpoint, now, ready.set)
+        waiter = schedule.enqueue(endpoint, now, ready.set, first=first)
         self._run()
         try:
             await ready.wait()

@@ -291,6 +291,9 @@ class StripeAPI:
         self.max_retries = cfg.stripe.max_retries
         self.clock = StripeClock()
         self.account: str | None = cfg.stripe.account or None  # the Stripe-Account header
+        # Connect: whether this client's requests go ahead of others waiting for the same
+        # endpoint now (an active account's, before the quiet accounts' polls).
+        self.urgent: Callable[[], bool] = lambda: False
 
     def for_account(self, account: str | None, limiter: RateLimiter | None = None) -> StripeAPI:
         """This client acting for `account` (its Stripe-Account header; None: the key's own),
@@ -330,7 +333,7 @@ class StripeAPI:
         label = endpoint_label(path)
         key = f"{method.upper()} {label}"  # the endpoint Stripe limits
         while True:
-            await self.limiter.acquire(key)
+            await self.limiter.acquire(key, first=self.urgent())
             sent = time.monotonic()
             # Stripe's time as the request leaves, from the band as it is now: an answer that
             # shows Stripe's clock jumped (an emulator's, moved) says nothing of before.

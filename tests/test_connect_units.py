@@ -77,3 +77,14 @@ def test_platform_events_name_the_account_they_are_about() -> None:
     transfer = {"object": "transfer", "id": "tr_1", "destination": {"id": "acct_4"}}
     assert _about(event("transfer.created", transfer)) == "acct_4"
     assert _about(event("customer.created", {"object": "customer", "id": "cus_1"})) is None
+
+
+def test_an_urgent_request_goes_ahead_of_its_endpoints_queue() -> None:
+    """An active account's poll is served before the quiet accounts' polls already waiting
+    at GET /v1/events (StripeAPI.urgent, RateSchedule.enqueue(first=True))."""
+    clock = FakeClock()
+    s = schedule(2, clock, burst=1)
+    quiet = backlog(s, clock, "GET /v1/events", 20)  # ten seconds' worth at 2/s
+    active = s.enqueue("GET /v1/events", clock.t, first=True)
+    run_until(s, clock, clock.t + 1.0)
+    assert active.granted and sum(w.granted for w in quiet) <= 2

@@ -91,3 +91,7 @@ SELECT pg_advisory_unlock($1, key) FROM unnest($2::int[]) AS key;
 SELECT count(*) FROM pg_locks
  WHERE locktype = 'advisory' AND classid::int = $1 AND objsubid = 2 AND granted
    AND pid = pg_backend_pid();
+
+-- name: accounts_pace
+-- The seconds between an account's polls when its last replica stopped (NULL: never polled).
+SELECT poll_interval FROM {state}.accounts WHERE account_id = $1;
