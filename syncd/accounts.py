@@ -197,6 +197,7 @@ class Directory:
             elif kind == AUTHORIZED and self.everything:
                 await conn.execute("accounts_add", [account], "discovered", platform)
                 log.info("account_authorized", account=account)
+                hinted.add(account)  # a replica still holding it retries its resync now
             else:
                 hinted.add(account)
         if hinted:
@@ -334,6 +335,8 @@ class Replica:
                     run = self.running.get(row["account_id"])
                     if run is not None and run.pacer is not None:
                         run.pacer.hint()
+                    if run is not None and run.resync is not None:
+                        run.resync.wake(now=True)
                 for row in await self.db.fetch("resync_accounts_waiting"):
                     run = self.running.get(row["account_id"])
                     if run is not None and run.resync is not None:

@@ -165,6 +165,8 @@ class Leases:
                     log.info("accounts_leased", count=len(taken), held=len(self.held))
                     for account in taken:
                         await self._start(account)
+        if self.held:
+            await self.db.execute("accounts_still_leased", self.instance_id, sorted(self.held))
         metrics.accounts_leased.set(len(self.held))
 
     async def _give_up(self, conn: Dedicated, accounts: list[str], why: str) -> None:

@@ -69,14 +69,17 @@ class ResyncLoop:
         self._wake = anyio.Event()
         self._sighup = False
         self._current: int | None = None  # the run being tried (its failures are recorded)
+        self._backing_off = False
 
     def on_sighup(self) -> None:
         self._sighup = True
         self._wake.set()
 
-    def wake(self) -> None:
-        """Look for a run to do now (Connect: one was filed for this loop's account)."""
-        self._wake.set()
+    def wake(self, *, now: bool = False) -> None:
+        """Look for a run to do (Connect: one was filed for this loop's account). A failed
+        run's backoff is kept, unless `now` (the account connected again)."""
+        if now or not self._backing_off:
+            self._wake.set()
 
     async def handle_request(self, args: dict[str, Any]) -> dict[str, Any]:
         tables = args.get("tables") or None
@@ -127,7 +130,12 @@ class ResyncLoop:
                         f"{exc}",
                         blocking=False,
                     )
-                if not await self.lifecycle.sleep(delay, self._wake):
+                self._backing_off = True
+                try:
+                    slept = await self.lifecycle.sleep(delay, self._wake)
+                finally:
+                    self._backing_off = False
+                if not slept:
                     return
                 continue
             if not await self.lifecycle.sleep(wait if wait is not None else 3600.0, self._wake):

@@ -95,3 +95,9 @@ SELECT count(*) FROM pg_locks
 -- name: accounts_pace
 -- The seconds between an account's polls when its last replica stopped (NULL: never polled).
 SELECT poll_interval FROM {state}.accounts WHERE account_id = $1;
+
+-- name: accounts_still_leased
+-- Replica $1 still leases accounts $2: rows that say otherwise (cleared when an account left
+-- and came back between two rounds) are put right.
+UPDATE {state}.accounts SET leased_by = $1, leased_at = now()
+ WHERE account_id = ANY($2::text[]) AND leased_by IS DISTINCT FROM $1;
